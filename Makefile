@@ -1,0 +1,53 @@
+# make demo  : venv + data + the main job (a study on full Fashion-MNIST, embedded default: local Ray, SQLite MLflow)
+# make test  : venv + data + the default test suite (CI runs `make test-slow` after it)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TORCH := torch==2.13.0
+FMNIST_SYS := /usr/share/datasets/fashion-mnist
+FMNIST_LOCAL := data/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: setup venv data demo test test-slow bench clean-runs
+
+setup: venv data
+
+venv: $(VENV)/.installed
+
+# torch first and pinned: the CPU wheel here, the CUDA build on a GPU box; unpinned it pulls GBs of CUDA packages.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH)
+	$(PIP) install -r requirements.lock
+	$(PIP) install -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist: apt-get as root, else apt-get download + dpkg-deb -x.
+data:
+	@if [ -f $(FMNIST_SYS)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST_LOCAL)/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "fashion-mnist: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	else \
+	  mkdir -p $(FMNIST_LOCAL) && cd $(FMNIST_LOCAL) && apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb . ; \
+	fi
+
+demo: setup
+	$(VENV)/bin/largebatch tune tune_spaces/fashion-mnist.yaml
+	@echo
+	@echo "Browse the trials:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db   (then open http://127.0.0.1:5000)"
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,36 @@
+"""Errors a person can act on.
+
+`BadInput` is raised for anything the user can fix (config, paths, URIs, credentials). The CLI prints its
+one-line message and exits 2, with no traceback. The message names the file, the field, the value and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """A user-fixable problem. str(e) is the single line shown to the user."""
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.source = source
+        self.field = field
+        prefix = ""
+        if source:
+            prefix += f"{source}: "
+        if field:
+            prefix += f"{field}: "
+        super().__init__(prefix + " ".join(message.split()))
+
+
+def did_you_mean(value: Any, options: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(str(value), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_choice(kind: str, value: Any, options: Iterable[str]) -> str:
+    options = list(options)
+    return f"unknown {kind} {value!r}{did_you_mean(value, options)}; valid: {', '.join(options)}"

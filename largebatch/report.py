@@ -1,0 +1,384 @@
+"""The study report: generalization gap per batch size, max safe batch, Pareto front, recommendation.
+
+Input is the list of trial records the tune driver collects (plain dicts, one per trial; DESIGN §5). Output is a
+JSON-able dict, a Markdown table for the terminal, and PNG plots. Everything here is pure except
+`write_report`, so the same report can be rebuilt from MLflow later.
+
+Units: accuracies stay fractions (0..1) in the report; gaps and the tolerance are in percentage POINTS
+(tolerance 0.5 means the recipe may be 0.005 below the baseline). Wall-clock is training time, start-up excluded.
+
+The gap itself is Keskar et al. 2016 (arXiv 1609.04836); the recipes that close it are Goyal et al. 2017
+(arXiv 1706.02677, linear rule + warmup) and Hoffer et al. 2017 (arXiv 1705.08741, sqrt rule).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from largebatch.errors import BadInput, unknown_choice
+
+METRICS = ("best_val_acc", "final_val_acc")
+# Statuses whose metric is a result. stopped_early (e.g. ASHA) counts: it is what the trial reached.
+# diverged / failed / running carry no accuracy.
+SCORED = ("completed", "stopped_early")
+STATUSES = ("completed", "diverged", "stopped_early", "failed", "running")
+_EPS = 1e-12  # float slack for "within tolerance" comparisons
+_REQUIRED = ("trial_id", "global_batch_size", "rule", "warmup_epochs", "optimizer", "base_lr", "status")
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    trial_id: str
+    name: str
+    is_baseline: bool
+    batch: int
+    rule: str
+    warmup: float  # epochs
+    optimizer: str
+    base_lr: float  # LR per base batch
+    peak_lr: float | None  # resolved LR after the scaling rule
+    status: str
+    reason: str | None
+    acc: float | None  # the chosen metric, None unless status is scored and the value is finite
+    wall_s: float | None
+    steps: int | None
+
+
+def _finite(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _parse(rec: dict, metric: str) -> _Trial:
+    missing = [k for k in _REQUIRED if k not in rec]
+    if missing:
+        raise BadInput(f"trial record {rec.get('trial_id', '?')!r} lacks {', '.join(missing)}", field="records")
+    status = str(rec["status"])
+    if status not in STATUSES:
+        raise BadInput(unknown_choice("status", status, STATUSES), field=f"records[{rec['trial_id']}].status")
+    steps = rec.get("steps")
+    return _Trial(
+        trial_id=str(rec["trial_id"]),
+        name=str(rec.get("name") or rec["trial_id"]),
+        is_baseline=bool(rec.get("is_baseline", False)),
+        batch=int(rec["global_batch_size"]),
+        rule=str(rec["rule"]),
+        warmup=float(rec["warmup_epochs"]),
+        optimizer=str(rec["optimizer"]),
+        base_lr=float(rec["base_lr"]),
+        peak_lr=_finite(rec.get("peak_lr")),
+        status=status,
+        reason=rec.get("reason"),
+        acc=_finite(rec.get(metric)) if status in SCORED else None,
+        wall_s=_finite(rec.get("wall_s")),
+        steps=int(steps) if steps is not None else None,
+    )
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(xs: list[float]) -> float | None:
+    """Sample std over seeds (ddof=1); 0.0 for a single seed, None for none."""
+    if not xs:
+        return None
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _recipe_status(trials: list[_Trial]) -> str:
+    statuses = {t.status for t in trials}
+    if not any(t.acc is not None for t in trials):
+        for s in ("diverged", "failed", "running", "stopped_early", "completed"):
+            if s in statuses:
+                return s
+    return statuses.pop() if len(statuses) == 1 else "partial"
+
+
+def _label(batch: int, rule: str, warmup: float, optimizer: str, base_lr: float) -> str:
+    return f"B={batch} {rule} warmup={warmup:g}ep {optimizer} base_lr={base_lr:g}"
+
+
+def _aggregate(trials: list[_Trial]) -> dict:
+    """Seeds of one recipe -> one row. Wall-clock and steps come from the scored trials when there are any,
+    since a diverged trial stops early and would flatter the time."""
+    scored = [t for t in trials if t.acc is not None]
+    timed = scored or trials
+    walls = [t.wall_s for t in timed if t.wall_s is not None]
+    steps = [t.steps for t in timed if t.steps is not None]
+    peaks = [t.peak_lr for t in trials if t.peak_lr is not None]
+    accs = [t.acc for t in scored]
+    statuses = {s: n for s in STATUSES if (n := sum(t.status == s for t in trials))}
+    return {
+        "acc_mean": _mean(accs),
+        "acc_std": _std(accs),
+        "n_seeds": len(accs),
+        "n_trials": len(trials),
+        "n_diverged": statuses.get("diverged", 0),
+        "status": _recipe_status(trials),
+        "statuses": statuses,
+        "wall_s_mean": _mean(walls),
+        "steps": round(statistics.fmean(steps)) if steps else None,
+        "peak_lr": peaks[0] if peaks else None,
+        "trial_ids": sorted(t.trial_id for t in trials),
+    }
+
+
+def _baseline(trials: list[_Trial], warnings: list[str]) -> dict | None:
+    base = [t for t in trials if t.is_baseline]
+    if not base:
+        warnings.append("no baseline trial (is_baseline) in the study: gaps, speed-ups and max_safe_batch are unset")
+        return None
+    agg = _aggregate(base)
+    if agg["acc_mean"] is None:
+        warnings.append(
+            f"no baseline trial has a result ({', '.join(f'{k}={v}' for k, v in agg['statuses'].items())}): "
+            "gaps, speed-ups and max_safe_batch are unset"
+        )
+        return None
+    recipes = sorted({(t.batch, t.rule, t.warmup, t.optimizer, t.base_lr) for t in base})
+    if len(recipes) > 1:
+        warnings.append(f"{len(recipes)} distinct baseline recipes were pooled into one baseline")
+    first = recipes[0]
+    return {
+        "global_batch_size": first[0],
+        "rule": first[1],
+        "warmup_epochs": first[2],
+        "optimizer": first[3],
+        "base_lr": first[4],
+        "acc_mean": agg["acc_mean"],
+        "acc_std": agg["acc_std"],
+        "n": agg["n_seeds"],
+        "n_trials": agg["n_trials"],
+        "wall_s_mean": agg["wall_s_mean"],
+        "steps": agg["steps"],
+        "trial_ids": agg["trial_ids"],
+    }
+
+
+def _configs(trials: list[_Trial], baseline: dict | None, tol_frac: float) -> list[dict]:
+    # peak_lr joins the key so two `power` recipes with different alpha (same base_lr) stay apart.
+    groups: dict[tuple, list[_Trial]] = {}
+    for t in trials:
+        key = (t.batch, t.rule, t.warmup, t.optimizer, t.base_lr, -1.0 if t.peak_lr is None else round(t.peak_lr, 12))
+        groups.setdefault(key, []).append(t)
+    rows = []
+    for key in sorted(groups):
+        batch, rule, warmup, optimizer, base_lr, _ = key
+        members = groups[key]
+        row = {
+            "label": _label(batch, rule, warmup, optimizer, base_lr),
+            "global_batch_size": batch,
+            "rule": rule,
+            "warmup_epochs": warmup,
+            "optimizer": optimizer,
+            "base_lr": base_lr,
+            "is_baseline": any(t.is_baseline for t in members),
+            **_aggregate(members),
+        }
+        row.update(_versus_baseline(row["acc_mean"], row["wall_s_mean"], baseline, tol_frac))
+        rows.append(row)
+    return rows
+
+
+def _versus_baseline(acc: float | None, wall: float | None, baseline: dict | None, tol_frac: float) -> dict:
+    if baseline is None:
+        return {"gap_points": None, "speedup": None, "within_tolerance": None}
+    b_acc, b_wall = baseline["acc_mean"], baseline["wall_s_mean"]
+    return {
+        "gap_points": None if acc is None else (b_acc - acc) * 100.0,
+        "speedup": b_wall / wall if b_wall is not None and wall else None,
+        "within_tolerance": None if acc is None else acc >= b_acc - tol_frac - _EPS,
+    }
+
+
+def _best(rows: list[dict]) -> dict | None:
+    """Highest acc_mean; ties go to the faster, then to the first in sorted order."""
+    scored = [r for r in rows if r["acc_mean"] is not None]
+    if not scored:
+        return None
+    wall = lambda r: r["wall_s_mean"] if r["wall_s_mean"] is not None else math.inf  # noqa: E731
+    return min(scored, key=lambda r: (-r["acc_mean"], wall(r)))
+
+
+def _per_batch(configs: list[dict]) -> list[dict]:
+    out = []
+    for batch in sorted({c["global_batch_size"] for c in configs}):
+        rows = [c for c in configs if c["global_batch_size"] == batch]
+        best = _best(rows)
+        # "No scaling" beside it: rule none with the best recipe's optimizer and base LR, else the best rule-none.
+        none_rows = [c for c in rows if c["rule"] == "none"]
+        same = [c for c in none_rows if best and (c["optimizer"], c["base_lr"]) == (best["optimizer"], best["base_lr"])]
+        noscale = _best(same) or _best(none_rows)
+        entry = {
+            "global_batch_size": batch,
+            "n_recipes": len(rows),
+            "n_trials": sum(c["n_trials"] for c in rows),
+            "n_diverged": sum(c["n_diverged"] for c in rows),
+            "best": None if best is None else best["label"],
+        }
+        for k in ("rule", "warmup_epochs", "optimizer", "base_lr", "peak_lr", "acc_mean", "acc_std", "n_seeds",
+                  "gap_points", "within_tolerance", "steps", "speedup"):
+            entry[k] = None if best is None else best[k]
+        entry["wall_s"] = None if best is None else best["wall_s_mean"]
+        entry["noscale"] = None if noscale is None else noscale["label"]
+        entry["noscale_acc"] = None if noscale is None else noscale["acc_mean"]
+        entry["noscale_gap_points"] = None if noscale is None else noscale["gap_points"]
+        entry["gap_closed_points"] = (
+            (best["acc_mean"] - noscale["acc_mean"]) * 100.0 if best is not None and noscale is not None else None
+        )
+        out.append(entry)
+    return out
+
+
+def _pareto(configs: list[dict]) -> list[dict]:
+    """Non-dominated recipes: minimise wall_s_mean, maximise acc_mean. Sorted by wall_s, then best acc."""
+    pts = [c for c in configs if c["acc_mean"] is not None and c["wall_s_mean"] is not None]
+
+    def dominated(p: dict) -> bool:
+        return any(
+            q["wall_s_mean"] <= p["wall_s_mean"] and q["acc_mean"] >= p["acc_mean"]
+            and (q["wall_s_mean"] < p["wall_s_mean"] or q["acc_mean"] > p["acc_mean"])
+            for q in pts
+        )
+
+    front = [p for p in pts if not dominated(p)]
+    return sorted(front, key=lambda c: (c["wall_s_mean"], -c["acc_mean"], c["label"]))
+
+
+def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "best_val_acc") -> dict:
+    """Aggregate trial records into the study report (pure, JSON-able, deterministic order).
+
+    tolerance: how far below the baseline's mean a recipe may be, in percentage points.
+    metric: the per-trial accuracy to compare (a fraction), `best_val_acc` or `final_val_acc`.
+    """
+    if metric not in METRICS:
+        raise BadInput(unknown_choice("metric", metric, METRICS), field="metric")
+    if _finite(tolerance) is None or tolerance < 0:
+        raise BadInput(f"tolerance must be a finite number of percentage points >= 0, got {tolerance!r}",
+                       field="tolerance")
+    tol_frac = float(tolerance) / 100.0
+    trials = [_parse(r, metric) for r in records]
+    warnings: list[str] = []
+    baseline = _baseline(trials, warnings)
+    configs = _configs(trials, baseline, tol_frac)
+    per_batch = _per_batch(configs)
+    safe = [p["global_batch_size"] for p in per_batch if p["within_tolerance"]]
+    pareto = _pareto(configs)
+    ok = [c for c in pareto if c["within_tolerance"]]
+    recommended = dict(ok[0]) if ok else None  # the front is sorted by wall_s: first is fastest
+    if not trials:
+        warnings.append("no trial records")
+    counts = {"total": len(trials), **{s: sum(t.status == s for t in trials) for s in STATUSES}}
+    failures = [
+        {"trial_id": t.trial_id, "name": t.name, "status": t.status, "reason": t.reason}
+        for t in sorted(trials, key=lambda t: t.trial_id)
+        if t.status in ("diverged", "failed")
+    ]
+    return {
+        "metric": metric,
+        "tolerance": float(tolerance),
+        "baseline": baseline,
+        "configs": configs,
+        "per_batch": per_batch,
+        "max_safe_batch": max(safe) if safe else None,
+        "pareto": pareto,
+        "recommended": recommended,
+        "counts": counts,
+        "failures": failures,
+        "warnings": warnings,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def _pct(acc: float | None, std: float | None = None) -> str:
+    if acc is None:
+        return "-"
+    return f"{acc * 100:.2f}%" + (f" ± {std * 100:.2f}" if std is not None else "")
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _recipe_cell(p: dict) -> str:
+    if p["rule"] is None:
+        return f"all {p['n_diverged']} diverged" if p["n_diverged"] else "no result"
+    return f"{p['rule']}, warmup {p['warmup_epochs']:g}ep, peak LR {_num(p['peak_lr'], '.4g')}"
+
+
+def _config_line(c: dict | None) -> str:
+    if c is None:
+        return "none"
+    return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_pct(c['acc_mean'], c['acc_std'])}, "
+            f"{_num(c['wall_s_mean'], '.1f')} s, speed-up {_num(c['speedup'], '.2f')}x")
+
+
+def format_table(report: dict) -> str:
+    """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures."""
+    head = ["batch", "best recipe (rule, warmup, peak LR)", "val_acc (mean ± std)", "gap vs baseline (pts)",
+            "no-scaling val_acc", "wall-clock s", "steps", "speed-up"]
+    rows = []
+    for p in report["per_batch"]:
+        rows.append([
+            str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
+            _recipe_cell(p),
+            _pct(p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
+            _num(p["gap_points"], "+.2f"),
+            _pct(p["noscale_acc"]),
+            _num(p["wall_s"], ".1f"),
+            _num(p["steps"], "d"),
+            "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
+        ])
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
+    b = report["baseline"]
+    out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} pts")
+    out.append("- baseline: none" if b is None else
+               f"- baseline: B={b['global_batch_size']} {b['rule']} {b['optimizer']} base_lr={b['base_lr']:g}: "
+               f"{_pct(b['acc_mean'], b['acc_std'])} (n={b['n']}), {_num(b['wall_s_mean'], '.1f')} s, "
+               f"{_num(b['steps'], 'd')} steps")
+    out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
+    out.append(f"- recommended: {_config_line(report['recommended'])}")
+    out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    out.append(f"- failures: {len(report['failures'])}")
+    out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
+            for f in report["failures"]]
+    out += [f"- warning: {w}" for w in report["warnings"]]
+    return "\n".join(out) + "\n"
+
+
+def _is_baseline_batch(report: dict, p: dict) -> bool:
+    b = report["baseline"]
+    return b is not None and b["global_batch_size"] == p["global_batch_size"]
+
+
+def format_markdown(report: dict) -> str:
+    """report.md: title, the table, the Pareto front, failures (inside the table block)."""
+    parts = ["# largebatch report", "", format_table(report), "## Pareto front (wall-clock vs accuracy)", ""]
+    parts += [f"{i}. {_config_line(c)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(report: dict, records: list[dict], out_dir: str | Path) -> list[Path]:
+    """Write report.json, report.md and the PNG plots that have data. Returns the paths written."""
+    from largebatch.report_plots import write_plots  # matplotlib is imported only when plots are drawn
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md"]
+    paths[0].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    paths[1].write_text(format_markdown(report))
+    return paths + write_plots(report, records, out)

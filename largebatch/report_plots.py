@@ -1,0 +1,166 @@
+"""PNG plots for the study report (see `largebatch.report`).
+
+matplotlib is imported inside each call and drawn on a bare `Figure` with the Agg canvas: no pyplot, no global
+backend switch, so this is safe in a Ray driver or a thread. A plot with nothing to show is skipped, not drawn empty.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+_RULE_COLORS = {"none": "tab:gray", "linear": "tab:blue", "sqrt": "tab:green", "power": "tab:purple"}
+
+
+def _figure(width: float = 7.0, height: float = 4.5):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _color(rule: str) -> str:
+    return _RULE_COLORS.get(rule, "tab:orange")
+
+
+def _baseline_band(ax, report: dict) -> None:
+    b = report["baseline"]
+    if b is None:
+        return
+    acc, tol = b["acc_mean"] * 100, report["tolerance"]
+    ax.axhspan(acc - tol, acc + tol, color="tab:red", alpha=0.12, lw=0, label=f"baseline ± {tol:g} pts")
+    ax.axhline(acc, color="tab:red", lw=1, ls="--", label=f"baseline B={b['global_batch_size']}")
+
+
+def plot_acc_vs_batch(report: dict, path: Path) -> Path | None:
+    """One line per rule (best over warmups/optimizers per batch), 'x' at the bottom where trials diverged."""
+    scored = [c for c in report["configs"] if c["acc_mean"] is not None]
+    if not scored:
+        return None
+    fig, ax = _figure()
+    _baseline_band(ax, report)
+    rules = sorted({c["rule"] for c in report["configs"]})
+    for rule in rules:
+        best: dict[int, dict] = {}
+        for c in scored:
+            if c["rule"] == rule and (c["global_batch_size"] not in best
+                                      or c["acc_mean"] > best[c["global_batch_size"]]["acc_mean"]):
+                best[c["global_batch_size"]] = c
+        xs = sorted(best)
+        if xs:
+            ax.errorbar(xs, [best[x]["acc_mean"] * 100 for x in xs], yerr=[best[x]["acc_std"] * 100 for x in xs],
+                        marker="o", capsize=3, color=_color(rule), label=rule)
+    lows = [c["acc_mean"] * 100 for c in scored]
+    if report["baseline"] is not None:
+        lows.append(report["baseline"]["acc_mean"] * 100 - report["tolerance"])
+    bottom = min(lows) - 2.0
+    div = [c for c in report["configs"] if c["n_diverged"]]
+    for rule in sorted({c["rule"] for c in div}):
+        xs = sorted({c["global_batch_size"] for c in div if c["rule"] == rule})
+        ax.scatter(xs, [bottom + 0.5] * len(xs), marker="x", s=60, color=_color(rule),
+                   label=f"{rule}: diverged")
+    ax.set_ylim(bottom=bottom)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("global batch size (log2)")
+    ax.set_ylabel(f"{report['metric']} (%)")
+    ax.set_title("Validation accuracy vs batch size (best warmup per rule)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
+    """Every recipe as a point; the Pareto front as a step line; the recommendation starred."""
+    pts = [c for c in report["configs"] if c["acc_mean"] is not None and c["wall_s_mean"] is not None]
+    if not pts:
+        return None
+    fig, ax = _figure()
+    _baseline_band(ax, report)
+    for rule in sorted({c["rule"] for c in pts}):
+        sub = [c for c in pts if c["rule"] == rule]
+        ax.scatter([c["wall_s_mean"] for c in sub], [c["acc_mean"] * 100 for c in sub], color=_color(rule),
+                   alpha=0.6, label=rule)
+    front = report["pareto"]
+    if front:
+        ax.plot([c["wall_s_mean"] for c in front], [c["acc_mean"] * 100 for c in front], drawstyle="steps-post",
+                color="black", lw=1.5, marker="o", mfc="none", ms=10, label="Pareto front")
+        for c in front:
+            ax.annotate(f"B={c['global_batch_size']}", (c["wall_s_mean"], c["acc_mean"] * 100), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
+    rec = report["recommended"]
+    if rec is not None:
+        ax.scatter([rec["wall_s_mean"]], [rec["acc_mean"] * 100], marker="*", s=250, color="gold",
+                   edgecolor="black", zorder=5, label="recommended")
+    walls = [c["wall_s_mean"] for c in pts]
+    if min(walls) > 0 and max(walls) / min(walls) > 10:
+        ax.set_xscale("log")
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel(f"{report['metric']} (%)")
+    ax.set_title("Accuracy vs wall-clock (up and left is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def _curve(history: list[dict]) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for h in history or []:
+        x, y = h.get("wall_s"), h.get("val_acc")
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(x) and math.isfinite(y):
+            xs.append(float(x))
+            ys.append(float(y) * 100)
+    return xs, ys
+
+
+def plot_learning_curves(report: dict, records: list[dict], path: Path) -> Path | None:
+    """val_acc per epoch vs wall-clock: the recommended recipe (else the best non-baseline one) vs the baseline."""
+    target = report["recommended"]
+    if target is None:
+        scored = [c for c in report["configs"] if c["acc_mean"] is not None]
+        scored.sort(key=lambda c: (c["is_baseline"], -c["acc_mean"]))
+        target = scored[0] if scored else None
+    by_id = {str(r.get("trial_id")): r for r in records}
+    groups = []
+    if target is not None:
+        groups.append((target["label"], target["trial_ids"], "tab:blue"))
+    b = report["baseline"]
+    if b is not None and (target is None or set(b["trial_ids"]) != set(target["trial_ids"])):
+        groups.append((f"baseline B={b['global_batch_size']}", b["trial_ids"], "tab:red"))
+    fig, ax = _figure()
+    drawn = False
+    for label, ids, color in groups:
+        first = True
+        for tid in ids:
+            xs, ys = _curve(by_id.get(tid, {}).get("history") or [])
+            if xs:
+                ax.plot(xs, ys, marker=".", color=color, alpha=0.8, label=label if first else None)
+                first, drawn = False, True
+    if not drawn:
+        return None
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel("val_acc (%)")
+    ax.set_title("Learning curves (one line per seed)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
+    """Draw the three plots into out_dir; return the ones written (skipped plots are absent)."""
+    plots = {
+        "val_acc_vs_batch.png": lambda p: plot_acc_vs_batch(report, p),
+        "val_acc_vs_wallclock.png": lambda p: plot_acc_vs_wallclock(report, p),
+        "learning_curves.png": lambda p: plot_learning_curves(report, records, p),
+    }
+    written = []
+    for name, draw in plots.items():
+        path = out_dir / name
+        if draw(path) is not None:
+            written.append(path)
+        else:
+            path.unlink(missing_ok=True)  # a stale plot from an earlier report would contradict this one
+    return written

@@ -1,0 +1,144 @@
+"""MLflow: one experiment per study, one parent run per invocation, one child run per trial (DESIGN §2.4).
+
+Only this module imports mlflow. We use `MlflowClient` with explicit run ids (no fluent global state), so concurrent
+trials and restarted workers log to the right run. Per-epoch metrics are logged by rank 0 only (`EpochLogger`), after
+the epoch's checkpoint is persisted; on resume it backfills epochs missing from MLflow, so each epoch lands exactly
+once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+PARAM_MAX = 500  # MLflow caps a param value at 500 characters
+_SECRET = re.compile(r"(secret|token|password|passwd|credential|access_key|session_key|api_key)", re.I)
+TRIAL_TAG = "largebatch.trial_id"
+KIND_TAG = "largebatch.kind"  # study | trial
+STATUS_TAG = "status"
+
+
+def default_tracking_uri(run_root: str | Path = "runs") -> str:
+    return f"sqlite:///{Path(run_root).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(cli_value: Optional[str], run_root: str | Path = "runs") -> str:
+    """--mlflow, else MLFLOW_TRACKING_URI, else the embedded SQLite store under the run folder."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_root)
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def safe_params(flat: dict[str, Any]) -> dict[str, str]:
+    """Params as strings, secrets dropped, values capped at MLflow's limit."""
+    out = {}
+    for k, v in flat.items():
+        if _SECRET.search(k):
+            continue
+        s = str(v)
+        out[k] = s if len(s) <= PARAM_MAX else s[: PARAM_MAX - 3] + "..."
+    return out
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite-or-NaN float metrics of a report (MLflow takes NaN; strings and bools go to tags)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[k] = float(v) if not math.isinf(v) else (1e308 if v > 0 else -1e308)
+    return out
+
+
+class Tracker:
+    """Driver-side: experiments, the parent run and the child runs."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = _client(uri)
+
+    def experiment_id(self, name: str, artifact_location: Optional[str] = None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_location)
+
+    def start_run(self, experiment_id: str, name: str, *, parent_id: Optional[str] = None,
+                  params: Optional[dict[str, Any]] = None, tags: Optional[dict[str, str]] = None) -> str:
+        from mlflow.entities import Param, RunTag
+
+        all_tags = dict(tags or {})
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        if params:
+            items = [Param(k, v) for k, v in safe_params(params).items()]
+            for i in range(0, len(items), 100):  # log_batch takes at most 100 params a call
+                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id
+
+    def find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+
+    def log_final(self, run_id: str, metrics: dict[str, Any], status: str, reason: Optional[str] = None,
+                  step: Optional[int] = None) -> None:
+        from mlflow.entities import Metric, RunTag
+        import time as _t
+
+        ts = int(_t.time() * 1000)
+        ms = [Metric(k, v, ts, step or 0) for k, v in numeric(metrics).items()]
+        tags = [RunTag(STATUS_TAG, status)] + ([RunTag("reason", reason[:5000])] if reason else [])
+        self.client.log_batch(run_id, metrics=ms, tags=tags)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+
+class EpochLogger:
+    """Worker-side (rank 0): per-epoch metrics at step=epoch, exactly once per epoch across restarts."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = _client(uri)
+        self.run_id = run_id
+        hist = self.client.get_metric_history(run_id, "val_acc")
+        self.last_logged = max((m.step for m in hist), default=-1)
+
+    @classmethod
+    def from_spec(cls, spec: Optional[dict]) -> Optional["EpochLogger"]:
+        if not spec or not spec.get("run_id"):
+            return None
+        return cls(spec["uri"], spec["run_id"])
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+        import time as _t
+
+        epoch = int(metrics["epoch"])
+        if epoch <= self.last_logged:
+            return
+        ts = int(_t.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in numeric(metrics).items()
+                                                   if k not in ("epoch", "done")])
+        self.last_logged = epoch
+
+    def backfill(self, history: Iterable[dict[str, Any]]) -> None:
+        for h in history:
+            self.log_epoch(h)

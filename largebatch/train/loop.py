@@ -1,0 +1,231 @@
+"""The per-worker training loop. Reads top to bottom (nanoGPT style); Ray is not imported here.
+
+`train_worker(res, ctx)` runs one trial on one rank. `ctx` (a WorkerContext) supplies the rank, the device, the
+restore checkpoint and the `report` callback: under Ray Train it wraps `ray.train.report` (train/ray_worker.py);
+in-process (bench/, unit tests) it records locally. Semantics are DESIGN §4; metric names are DESIGN §5.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from largebatch.config import Resolved
+from largebatch.data import TensorData, epoch_permutation, load_dataset, rank_batches
+from largebatch.models import create_model
+from largebatch.optim import create_optimizer
+
+CKPT_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+# The divergence check costs one scalar all-reduce (and a CPU sync): do it at most this many times per epoch.
+DIVERGENCE_CHECKS_PER_EPOCH = 50
+
+
+@dataclass
+class WorkerContext:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    restore_dir: Optional[str] = None  # a checkpoint directory to resume from
+    # report(metrics, checkpoint_dir_or_None): called by EVERY rank once per epoch (Ray Train requires all ranks)
+    report: Callable[[dict, Optional[str]], None] = lambda metrics, ckpt: None
+    t_submit: Optional[float] = None  # time.time() when the driver asked for the trial: start-up is measured from it
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+
+def _all_reduce_sum(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, ctx: WorkerContext,
+             precision: str = "fp32") -> tuple[float, float]:
+    """Loss and accuracy on the full split, each rank taking a contiguous shard, reduced across ranks."""
+    was_training = model.training
+    model.eval()
+    n = x.shape[0]
+    lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)  # loss_sum, correct, count
+    for i in range(lo, hi, batch):
+        xb, yb = x[i:min(i + batch, hi)], y[i:min(i + batch, hi)]
+        with _autocast(x.device, precision):
+            out = model(xb)
+        sums[0] += F.cross_entropy(out.float(), yb, reduction="sum")
+        sums[1] += (out.argmax(1) == yb).sum()
+        sums[2] += yb.numel()
+    _all_reduce_sum(sums, ctx.world)
+    loss, correct, count = sums.tolist()  # sync point: once per evaluation
+    model.train(was_training)
+    return loss / max(count, 1), correct / max(count, 1)
+
+
+def _save_checkpoint(model, opt, scaler, state: dict, history: list[dict]) -> str:
+    d = tempfile.mkdtemp(prefix="lb-ckpt-")
+    # the unwrapped module: DDP's `module.` prefix would not load into a bare model
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "history": history, **state}, os.path.join(d, CKPT_FILE))
+    Path(d, HISTORY_FILE).write_text(json.dumps({"state": state, "history": history}))
+    return d
+
+
+def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = None) -> dict[str, Any]:
+    """Run the trial on this rank; returns the final metrics (the same dict every rank reports last)."""
+    cfg = res.cfg
+    B, world, accum = res.global_batch_size, ctx.world, res.grad_accum_steps
+    device = ctx.device
+    t_setup = time.time()
+
+    # ---- data: in-memory tensors on the device, batched by index slicing (no per-sample collate)
+    if data is None:
+        data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.train_subset, seed=cfg.seed)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+
+    # ---- model and optimizer (the same seed on every rank: identical initial weights)
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    model = create_model(m.name, data.input_shape, data.num_classes, hidden_sizes=tuple(m.hidden_sizes),
+                         depth=m.depth, width=m.width, dropout=m.dropout, factory=m.factory, kwargs=m.kwargs,
+                         ghost_batch_size=m.ghost_batch_size).to(device)
+    o = cfg.optim
+    opt = create_optimizer(model, o.name, res.peak_lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                           nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
+                           trust_coefficient=o.trust_coefficient)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    if world > 1:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        net = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    else:
+        net = model
+
+    # ---- resume: the checkpoint carries the schedule position; schedules are pure functions of the step
+    start_epoch, step, wall_offset, history = 0, 0, 0.0, []
+    target: dict[str, Any] = {}
+    if ctx.restore_dir:
+        ck = torch.load(os.path.join(ctx.restore_dir, CKPT_FILE), map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, step, wall_offset = ck["epoch"] + 1, ck["step"], ck["wall_s"]
+        history, target = ck.get("history", []), ck.get("target", {})
+
+    check_every = max(1, math.ceil(res.steps_per_epoch / DIVERGENCE_CHECKS_PER_EPOCH))
+    status, reason, metrics = "completed", None, {}
+    t0 = time.time()
+    startup_s = (t0 - ctx.t_submit) if ctx.t_submit else (t0 - t_setup)
+
+    for epoch in range(start_epoch, res.epochs):
+        steps_now = min(res.steps_per_epoch, res.total_steps - step)
+        if steps_now <= 0:
+            break
+        # the same global batches whatever the worker count: a permutation seeded by (seed, epoch), cut per rank
+        perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B].to(device)
+        t_epoch = time.time()
+        net.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, correct, count (no .item() here)
+        for i_step, micro in enumerate(rank_batches(perm, B, ctx.rank, world, accum)):
+            lr = res.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            for i, idx in enumerate(micro):
+                xb, yb = x_train[idx], y_train[idx]
+                # gradients are all-reduced only on the last micro-step (DDP no_sync on the others)
+                sync = contextlib.nullcontext() if (world == 1 or i == accum - 1) else net.no_sync()
+                with sync:
+                    with _autocast(device, cfg.precision):
+                        out = net(xb)
+                        loss = F.cross_entropy(out, yb)
+                    # mean over the micro-batch / accum, then DDP averages over ranks: the loss is normalised by B
+                    scaled = loss / accum
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                sums[0] += loss.detach().double() * yb.numel()
+                sums[1] += (out.detach().argmax(1) == yb).sum()
+                sums[2] += yb.numel()
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if o.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if (i_step + 1) % check_every == 0 or i_step + 1 == steps_now:
+                # divergence check: a CPU sync point (+1 scalar all-reduce), all ranks decide together
+                chk = _all_reduce_sum(torch.stack([sums[0], loss.detach().double()]), world)
+                running, last = chk.tolist()
+                if not math.isfinite(running) or not math.isfinite(last):
+                    status, reason = "diverged", f"non-finite loss at step {step}"
+                elif last / world > cfg.budget.divergence_loss:
+                    status, reason = "diverged", (f"loss {last / world:.3g} above budget.divergence_loss="
+                                                  f"{cfg.budget.divergence_loss:g} at step {step}")
+                if status == "diverged":
+                    break
+        train_s = time.time() - t_epoch
+
+        _all_reduce_sum(sums, world)
+        loss_sum, correct, count = sums.tolist()  # sync point: once per epoch
+        if status == "diverged":
+            val_loss, val_acc = float("nan"), float("nan")
+        else:
+            val_loss, val_acc = evaluate(model, x_test, y_test, cfg.data.eval_batch_size, ctx, cfg.precision)
+        epoch_s = time.time() - t_epoch
+        wall_s = wall_offset + (time.time() - t0)
+        train_loss, train_acc = loss_sum / max(count, 1), correct / max(count, 1)
+        examples = steps_now * B
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "gen_gap": train_acc - val_acc, "lr": lr, "global_batch_size": B,
+            "steps": step, "examples_seen": step * B, "wall_s": wall_s, "epoch_s": epoch_s,
+            "throughput": examples / train_s if train_s > 0 else 0.0,
+        }
+        if cfg.budget.target_val_acc is not None and not target and val_acc >= cfg.budget.target_val_acc:
+            target = {"time_to_target_s": wall_s, "steps_to_target": step, "examples_to_target": step * B}
+        history.append(metrics)
+        best = max((h["val_acc"] for h in history if math.isfinite(h["val_acc"])), default=float("nan"))
+        last_epoch = epoch + 1 >= res.epochs or step >= res.total_steps
+        if target and cfg.budget.stop_at_target and status == "completed":
+            status, reason = "stopped_early", f"reached target val_acc {cfg.budget.target_val_acc} at step {step}"
+        done = last_epoch or status != "completed"
+        metrics = {**metrics, "best_val_acc": best, "status": status, "startup_s": startup_s, "done": done,
+                   "peak_lr": res.peak_lr, **target}
+        if reason:
+            metrics["reason"] = reason
+        if ctx.is_rank0:
+            print(f"[largebatch] epoch {epoch + 1}/{res.epochs} step {step} loss {train_loss:.4f} "
+                  f"train_acc {train_acc:.4f} val_acc {val_acc:.4f} lr {lr:.4g} {metrics['throughput']:.0f} ex/s "
+                  f"wall {wall_s:.1f}s{' ' + status if status != 'completed' else ''}", flush=True)
+
+        ckpt_dir = None
+        if ctx.is_rank0 and (done or (epoch + 1) % cfg.checkpoint.every_epochs == 0):
+            state = {"epoch": epoch, "step": step, "wall_s": wall_s, "target": target}
+            ckpt_dir = _save_checkpoint(model, opt, scaler, state, history)
+        ctx.report(metrics, ckpt_dir)
+        if done:
+            break
+    return metrics

@@ -1,0 +1,64 @@
+"""The Ray Train entry point (`train_loop_per_worker`): turns Ray's context into a WorkerContext.
+
+Everything crossing the Ray boundary is a plain dict (`TrialSpec.to_dict()`); the worker re-validates it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+def train_func(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    from largebatch.config import TrialConfig, resolve
+    from largebatch.data import load_dataset
+    from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
+    from largebatch.tracking import EpochLogger
+
+    # 2 workers on 2 cores must not each start 2 BLAS threads: use this worker's CPU share
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    ctx_ray = ray.train.get_context()
+    rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
+    device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
+
+    cfg = TrialConfig.model_validate(config["trial"])
+    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.train_subset, seed=cfg.seed)
+    res = resolve(cfg, world, train_size=int(data.y_train.shape[0]))
+    # MLflow: rank 0 only, the child run id travels in the config (a restarted worker logs to the same run)
+    logger = EpochLogger.from_spec(config.get("tracking")) if rank == 0 else None
+
+    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+        if logger is not None:
+            logger.log_epoch(metrics)
+        checkpoint = Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
+        ray.train.report({k: v for k, v in metrics.items()}, checkpoint=checkpoint)
+        if ckpt_dir:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # Ray has persisted its copy
+
+    restore = ray.train.get_checkpoint()
+    with (restore.as_directory() if restore else _null()) as restore_dir:
+        if restore_dir and logger is not None:
+            # epochs that were checkpointed but not yet in MLflow (a crash between the two) are logged now
+            logger.backfill(json.loads(Path(restore_dir, HISTORY_FILE).read_text())["history"])
+        ctx = WorkerContext(rank=rank, world=world, device=device, restore_dir=restore_dir, report=report,
+                            t_submit=config.get("t_submit"))
+        if rank == 0:
+            placement = {"node_id": ray.get_runtime_context().get_node_id()}
+            print(f"[largebatch] rank 0 on node {placement['node_id'][:12]}; {world} workers, "
+                  f"per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} accum, "
+                  f"peak lr {res.peak_lr:.4g}", flush=True)
+        train_worker(res, ctx, data)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,96 @@
+"""One trial as a Ray Train TorchTrainer: build it from a resolved config, run it, read back the outcome.
+
+Used by `largebatch train` directly and by the Tune trainable (tune/trainable.py), one TorchTrainer per trial.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from largebatch.config import Resolved
+
+TERMINAL = ("completed", "diverged", "stopped_early", "failed")
+
+
+def trainer_config(res: Resolved, *, cpus_per_worker: int, use_gpu: bool,
+                   tracking: Optional[dict] = None) -> dict[str, Any]:
+    """The plain dict that crosses into the workers (train_loop_config)."""
+    return {
+        "trial": res.cfg.model_dump(mode="json"),
+        "cpus_per_worker": cpus_per_worker,
+        "use_gpu": use_gpu,
+        "tracking": tracking,
+        "t_submit": time.time(),
+    }
+
+
+def make_trainer(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
+                 use_gpu: bool = False, max_failures: int = 2, tracking: Optional[dict] = None,
+                 callbacks: Sequence[Any] = (), placement_strategy: str = "PACK"):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from largebatch.train.ray_worker import train_func
+
+    return TorchTrainer(
+        train_loop_per_worker=train_func,
+        train_loop_config=trainer_config(res, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, tracking=tracking),
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+                                     placement_strategy=placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=res.cfg.checkpoint.num_to_keep),
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def read_history(checkpoint) -> tuple[list[dict], dict]:
+    """(per-epoch history, loop state) from a trial checkpoint (local or on S3)."""
+    from largebatch.train.loop import HISTORY_FILE
+
+    if checkpoint is None:
+        return [], {}
+    with checkpoint.as_directory() as d:
+        data = json.loads(Path(d, HISTORY_FILE).read_text())
+    return data["history"], data["state"]
+
+
+def outcome(result, t_fit: float) -> dict[str, Any]:
+    """The trial's final metrics + history from a Train Result; a raised error becomes status 'failed'."""
+    history, _ = read_history(getattr(result, "checkpoint", None))
+    final = dict(result.metrics or {}) if result is not None else {}
+    final.pop("checkpoint_path", None)
+    if getattr(result, "error", None) is not None:
+        final["status"] = "failed"
+        final["reason"] = f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}"
+    final.setdefault("status", "failed" if not history else "completed")
+    final["fit_s"] = time.time() - t_fit  # start-up + training + teardown, as the user waits for it
+    final["history"] = history
+    return final
+
+
+def run_trial(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
+              use_gpu: bool = False, max_failures: int = 2) -> dict[str, Any]:
+    """Run one trial to the end on the current Ray; never raises for a trial that fails or diverges."""
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    trainer = make_trainer(res, run_name=run_name, storage_path=storage_path, cpus_per_worker=cpus_per_worker,
+                           use_gpu=use_gpu, max_failures=max_failures)
+    t_fit = time.time()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:
+        result = _FailedResult(e)
+    return outcome(result, t_fit)
+
+
+class _FailedResult:
+    def __init__(self, err: Exception):
+        self.error, self.metrics, self.checkpoint = err, None, None
