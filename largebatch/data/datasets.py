@@ -1,0 +1,276 @@
+"""Datasets that exist offline (DESIGN.md section 7), loaded whole into memory as tensors.
+
+Each DATASETS entry is a DatasetSpec: `load(path)` returns the raw numpy splits and `count(path)` the number of
+training examples, read cheaply (a file header, one array) so batch sizes can be validated before training.
+`load_dataset` does what every entry shares: s3:// fetch, the seeded train subset, and normalisation with the
+training set's per-channel mean and std (axis 1 is the channel, or the feature for (N, D) data).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from largebatch.data.idx import read_idx, read_idx_shape
+from largebatch.errors import BadInput, unknown_choice
+from largebatch.registry import Registry
+
+
+@dataclass(frozen=True, eq=False)
+class TensorData:
+    x_train: torch.Tensor  # float32 (N, *input_shape), normalised with the training set's mean/std
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor  # float32, normalised with the *training* statistics
+    y_test: torch.Tensor  # int64
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for vectors
+    num_classes: int
+    mean: tuple[float, ...] = ()  # per channel, subtracted; kept so inference can normalise the same way
+    std: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    x_train: np.ndarray  # (N, C, H, W) or (N, D), any real dtype
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    load: Callable[[str | None], RawSplits]
+    count: Callable[[str | None], int]  # training examples, without loading pixels where that is cheap
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+# --- fashion-mnist ---------------------------------------------------------------------------------------------
+
+FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_ENV = "LARGEBATCH_FASHION_MNIST_DIR"
+FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+FASHION_LOCAL_DIR = "data/fashion-mnist/usr/share/datasets/fashion-mnist"  # non-root `dpkg-deb -x` into ./data
+
+
+def fashion_mnist_dir(path: str | None = None) -> Path:
+    """The folder holding the four IDX files: `path`, else $LARGEBATCH_FASHION_MNIST_DIR, the Debian path, ./data."""
+    if path is not None:
+        candidates = [path]
+    else:
+        candidates = [p for p in (os.environ.get(FASHION_ENV), FASHION_DEBIAN_DIR, FASHION_LOCAL_DIR) if p]
+    for c in candidates:
+        if all((Path(c) / f).is_file() for f in FASHION_FILES.values()):
+            return Path(c)
+    raise BadInput(
+        f"fashion-mnist files ({', '.join(FASHION_FILES.values())}) not found; tried: {', '.join(candidates)}. "
+        f"To fix: install the Debian package dataset-fashion-mnist (make setup does), set {FASHION_ENV}, "
+        f"or pass a folder (local or s3://) holding the four files", field="dataset")
+
+
+def _load_fashion(path: str | None) -> RawSplits:
+    d = fashion_mnist_dir(path)
+    a = {k: read_idx(d / f) for k, f in FASHION_FILES.items()}
+    for split in ("train", "test"):
+        x, y = a[f"x_{split}"], a[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise BadInput(f"fashion-mnist {split} images {x.shape} and labels {y.shape} do not match",
+                           source=str(d))
+    return RawSplits(a["x_train"][:, None], a["y_train"], a["x_test"][:, None], a["y_test"], num_classes=10)
+
+
+def _count_fashion(path: str | None) -> int:
+    return read_idx_shape(fashion_mnist_dir(path) / FASHION_FILES["y_train"])[0]
+
+
+DATASETS.add("fashion-mnist", DatasetSpec(_load_fashion, _count_fashion),
+             "Fashion-MNIST, 60k/10k 1x28x28, 10 classes (Xiao et al. 2017, arXiv 1708.07747); Debian package")
+
+# --- digits -----------------------------------------------------------------------------------------------------
+
+DIGITS_TRAIN, DIGITS_TEST = 1437, 360
+DIGITS_SPLIT_SEED = 0  # fixed, so every trial is scored on the same 360 test images whatever its seed
+
+
+def _no_path(path: str | None) -> None:
+    if path is not None:
+        raise BadInput(f"dataset 'digits' ships with scikit-learn and takes no path, got {path!r}", field="path")
+
+
+def _count_digits(path: str | None) -> int:
+    _no_path(path)
+    return DIGITS_TRAIN
+
+
+def _load_digits(path: str | None) -> RawSplits:
+    _no_path(path)
+    from sklearn.datasets import load_digits  # sklearn takes ~1 s to import; only this entry needs it
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        d.images, d.target, test_size=DIGITS_TEST, stratify=d.target, random_state=DIGITS_SPLIT_SEED)
+    return RawSplits(x_tr[:, None], y_tr, x_te[:, None], y_te, num_classes=10)
+
+
+DATASETS.add("digits", DatasetSpec(_load_digits, _count_digits),
+             "sklearn 8x8 digits, 1437/360 stratified split, 1x8x8, 10 classes; for seconds-long smoke tests")
+
+# --- npz --------------------------------------------------------------------------------------------------------
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def npz_file(path: str | None) -> Path:
+    """`path` itself, or the single .npz inside the folder `path` (what an s3:// prefix is fetched to)."""
+    if path is None:
+        raise BadInput("dataset 'npz' needs a path to a .npz file with x_train, y_train, x_test, y_test",
+                       field="path")
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.npz"))
+        if len(found) != 1:
+            raise BadInput(f"folder holds {len(found)} .npz files, expected exactly one; pass the file itself",
+                           source=str(p))
+        p = found[0]
+    if not p.is_file():
+        raise BadInput("no such .npz file", source=str(p))
+    return p
+
+
+def _open_npz(p: Path):
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read as .npz ({e})", source=str(p)) from None
+
+
+def _labels(y: np.ndarray, key: str, p: Path) -> np.ndarray:
+    if y.ndim != 1:
+        raise BadInput(f"{key} must be 1-D integer class labels, got shape {y.shape}", source=str(p))
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
+            raise BadInput(f"{key} must hold integer class labels, got dtype {y.dtype}", source=str(p))
+    if len(y) and y.min() < 0:
+        raise BadInput(f"{key} has negative labels (min {y.min()}); classes must be 0..K-1", source=str(p))
+    return y.astype(np.int64)
+
+
+def _images(x: np.ndarray, key: str, p: Path) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise BadInput(f"{key} must be numeric, got dtype {x.dtype}", source=str(p))
+    if x.ndim == 3:
+        return x[:, None]  # (N, H, W) grey images -> one channel
+    if x.ndim not in (2, 4):
+        raise BadInput(f"{key} must be (N, D), (N, H, W) or (N, C, H, W), got shape {x.shape}", source=str(p))
+    return x
+
+
+def _load_npz(path: str | None) -> RawSplits:
+    p = npz_file(path)
+    with _open_npz(p) as z:
+        missing = [k for k in NPZ_KEYS if k not in z.files]
+        if missing:
+            raise BadInput(f"missing key {', '.join(missing)}; the file has: {', '.join(z.files) or 'nothing'}",
+                           source=str(p))
+        a = {k: z[k] for k in NPZ_KEYS}
+    x_tr, x_te = _images(a["x_train"], "x_train", p), _images(a["x_test"], "x_test", p)
+    y_tr, y_te = _labels(a["y_train"], "y_train", p), _labels(a["y_test"], "y_test", p)
+    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te) or len(y_tr) == 0:
+        raise BadInput(f"x_train/y_train ({len(x_tr)}/{len(y_tr)}) and x_test/y_test ({len(x_te)}/{len(y_te)}) "
+                       f"must be non-empty and of equal length", source=str(p))
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise BadInput(f"x_train examples {x_tr.shape[1:]} and x_test examples {x_te.shape[1:]} differ",
+                       source=str(p))
+    num_classes = int(max(y_tr.max(), y_te.max() if len(y_te) else 0)) + 1
+    return RawSplits(x_tr, y_tr, x_te, y_te, num_classes)
+
+
+def _count_npz(path: str | None) -> int:
+    p = npz_file(path)
+    with _open_npz(p) as z:
+        if "y_train" not in z.files:
+            raise BadInput(f"missing key y_train; the file has: {', '.join(z.files) or 'nothing'}", source=str(p))
+        return len(z["y_train"])  # loads only this member of the zip
+
+
+DATASETS.add("npz", DatasetSpec(_load_npz, _count_npz),
+             "your own data: a .npz with x_train, y_train, x_test, y_test (x as N,D / N,H,W / N,C,H,W), local or s3://")
+
+# --- shared -----------------------------------------------------------------------------------------------------
+
+
+def _spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise BadInput(unknown_choice("dataset", name, DATASETS.names()), field="dataset")
+    return DATASETS.get(name)
+
+
+def _localise(path: str | None) -> str | None:
+    if path is not None and str(path).startswith("s3://"):
+        from largebatch.storage import fetch_to_cache  # boto3 stays out of the core until an s3:// path is used
+
+        return fetch_to_cache(str(path))
+    return None if path is None else str(path)
+
+
+def _check_subset(name: str, n: int, train_subset: int | None) -> int:
+    if train_subset is None:
+        return n
+    if not 0 < train_subset <= n:
+        raise BadInput(f"train_subset={train_subset} must be between 1 and the {n} training examples of {name!r}",
+                       field="train_subset")
+    return train_subset
+
+
+def dataset_size(name: str, path: str | None = None, train_subset: int | None = None) -> int:
+    """Training examples that `load_dataset(name, path, train_subset)` would return, without loading pixels."""
+    spec = _spec(name)
+    return _check_subset(name, spec.count(_localise(path)), train_subset)
+
+
+def _channel_stats(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel (axis 1) mean and std over the training set; constant channels keep std 1."""
+    dims = [d for d in range(x_train.dim()) if d != 1]
+    mean = x_train.mean(dim=dims)
+    std = x_train.std(dim=dims, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return mean, std
+
+
+def load_dataset(name: str, path: str | None = None, train_subset: int | None = None, seed: int = 0) -> TensorData:
+    """Load DATASETS[name] into float32/int64 tensors; `train_subset` keeps the first N of a seed-permuted train."""
+    spec = _spec(name)
+    raw = spec.load(_localise(path))
+    x_tr, y_tr = raw.x_train, raw.y_train
+    k = _check_subset(name, len(y_tr), train_subset)
+    if k < len(y_tr):
+        keep = np.random.default_rng(seed).permutation(len(y_tr))[:k]
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    x_train = torch.from_numpy(np.ascontiguousarray(x_tr, dtype=np.float32))
+    x_test = torch.from_numpy(np.ascontiguousarray(raw.x_test, dtype=np.float32))
+    if not (torch.isfinite(x_train).all() and torch.isfinite(x_test).all()):
+        raise BadInput(f"dataset {name!r} has NaN or infinite inputs", source=path)
+    mean, std = _channel_stats(x_train)
+    shape = (-1,) + (1,) * (x_train.dim() - 2)
+    x_train = x_train.sub_(mean.view(shape)).div_(std.view(shape))
+    x_test = x_test.sub_(mean.view(shape)).div_(std.view(shape))
+    return TensorData(
+        x_train=x_train,
+        y_train=torch.from_numpy(np.asarray(y_tr, dtype=np.int64).copy()),
+        x_test=x_test,
+        y_test=torch.from_numpy(np.asarray(raw.y_test, dtype=np.int64).copy()),
+        input_shape=tuple(x_train.shape[1:]),
+        num_classes=int(raw.num_classes),
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+    )
