@@ -18,8 +18,20 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    help="override a setting, e.g. --set optim.base_lr=0.1 or --set tuner.num_samples=2")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage plus a line and exits; bad flags are bad input like any other: one line, exit 2."""
+
+    def error(self, message: str):
+        raise BadInput(f"{message}; see `{self.prog} --help`")
+
+
+def _workers(args, study) -> int:
+    # `--workers 0` is an error (resolve() says so), not "use the default"
+    return args.workers if args.workers is not None else study.tuner.workers_per_trial
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="largebatch", description=__doc__.split(":")[0])
+    ap = _Parser(prog="largebatch", description=__doc__.split(":")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("validate", help="load and resolve a study without running anything")
@@ -34,19 +46,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="checkpoint storage: a path or s3://bucket/prefix (default ./runs)")
     p.add_argument("--output-json", default=None, help="write the final metrics as JSON here")
 
+    p = sub.add_parser("tune", help="run a whole study on Ray Tune and print the report")
+    _study_args(p)
+    p.add_argument("--smoke", action="store_true", help="apply the study's smoke: block (a couple of minutes)")
+    p.add_argument("--name", default=None, help="MLflow experiment name (default: the study's name)")
+    p.add_argument("--storage", default=None, help="trial storage: a path or s3://bucket/prefix (default ./runs/ray)")
+    p.add_argument("--mlflow", default=None,
+                   help="tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+
+    p = sub.add_parser("report", help="rebuild a study's report from MLflow alone")
+    p.add_argument("--mlflow", default=None, help="tracking URI (default as for tune)")
+    p.add_argument("--experiment", required=True, help="the study's MLflow experiment name")
+    p.add_argument("--run", default=None, help="parent run id (default: the latest study run)")
+    p.add_argument("--out", default=None, help="also write report.json/md and plots to this folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+
     p = sub.add_parser("list", help="list the registered rules, schedules, optimizers, models and datasets")
     return ap
 
 
 def cmd_validate(args) -> int:
-    from largebatch.config import baseline_trial, load_study, parse_sets, resolve
+    from largebatch.config import baseline_trial, check_search_resolves, load_study, parse_sets, resolve
 
     study = load_study(args.study, parse_sets(args.sets))
-    workers = args.workers or study.tuner.workers_per_trial
+    workers = _workers(args, study)
     rows = [("base", resolve(study.base, workers, source=args.study).summary())]
     if study.baseline is not None:
         rows.append(("baseline", resolve(baseline_trial(study, args.study), workers, source=args.study,
                                          prefix="baseline.").summary()))
+    check_search_resolves(study, workers, args.study)
     print(f"study {study.name!r} ({args.study}): valid")
     for label, summary in rows:
         print(f"  {label}:")
@@ -65,7 +94,7 @@ def cmd_train(args) -> int:
 
     study = load_study(args.study, parse_sets(args.sets))
     cfg = baseline_trial(study, args.study) if args.baseline else study.base
-    workers = args.workers or study.tuner.workers_per_trial
+    workers = _workers(args, study)
     res = resolve(cfg, workers, source=args.study, prefix="baseline." if args.baseline else "base.")
     storage = resolve_storage(args.storage)
     cpus = study.tuner.cpus_per_worker
@@ -73,10 +102,10 @@ def cmd_train(args) -> int:
           f"accum {res.grad_accum_steps}) rule={cfg.scaling.rule} peak_lr={res.peak_lr:.4g} "
           f"warmup={res.warmup_steps} steps, {res.total_steps} steps", flush=True)
     info = init_ray(args.address)
-    if info["cpus"] < workers * cpus:
-        raise BadInput(f"got {workers} workers x {cpus} CPUs, but the Ray cluster has {info['cpus']} CPUs; "
-                       f"use --workers {max(1, info['cpus'] // cpus)} or a larger cluster", field="--workers")
-    try:
+    try:  # the CPU check is inside: a BadInput here must still shut Ray down
+        if info["cpus"] < workers * cpus:
+            raise BadInput(f"got {workers} workers x {cpus} CPUs, but the Ray cluster has {info['cpus']} CPUs; "
+                           f"use --workers {max(1, info['cpus'] // cpus)} or a larger cluster", field="--workers")
         out = run_trial(res, run_name=f"train-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
                         cpus_per_worker=cpus, use_gpu=study.tuner.use_gpu, max_failures=study.tuner.max_failures)
     finally:
@@ -87,6 +116,30 @@ def cmd_train(args) -> int:
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({**out, "resolved": res.summary()}, indent=2, default=str))
     return 0 if out["status"] in ("completed", "diverged", "stopped_early") else 1
+
+
+def cmd_tune(args) -> int:
+    from largebatch.config import load_study, parse_sets
+    from largebatch.tune.driver import run_study
+
+    study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
+    run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
+              storage=args.storage, mlflow_uri=args.mlflow, address=args.address)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from largebatch.report import build_report, format_table, write_report
+    from largebatch.tracking import find_study_run, records_from_mlflow, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.mlflow)
+    exp_id, parent_id, tolerance = find_study_run(uri, args.experiment, args.run)
+    records = records_from_mlflow(uri, exp_id, parent_id)
+    report = build_report(records, tolerance=tolerance)
+    if args.out:
+        write_report(report, records, Path(args.out))
+    print(json.dumps(report, indent=2, default=str) if args.json else format_table(report))
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -102,12 +155,13 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "train": cmd_train, "list": cmd_list}
+COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "report": cmd_report,
+            "list": cmd_list}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.cmd](args)
     except BadInput as e:
         print(f"largebatch: error: {e}", file=sys.stderr)

@@ -28,3 +28,34 @@ def resolve_storage(uri: Optional[str], run_root: str = DEFAULT_RUN_ROOT) -> str
 def fetch_to_cache(uri: str) -> str:
     raise BadInput(f"got {uri!r}: s3:// datasets are not supported yet; copy the files to a local folder",
                    field="data.path")
+
+
+def report_dir_for(storage_path: str, run_name: str, run_root: str = DEFAULT_RUN_ROOT) -> str:
+    """Where the report goes: next to the study's trials in its storage."""
+    if is_s3(storage_path):
+        return f"{storage_path.split('?')[0].rstrip('/')}/{run_name}/report"
+    return str(Path(storage_path) / run_name / "report")
+
+
+def preflight_storage(storage_path: str) -> None:
+    """Fail before any trial starts if the storage cannot be written."""
+    if is_s3(storage_path):
+        from largebatch.s3 import preflight_s3
+
+        preflight_s3(storage_path)
+        return
+    p = Path(storage_path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".largebatch-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise BadInput(f"cannot write to {storage_path!r} ({e.strerror}); choose a writable --storage",
+                       field="--storage") from None
+
+
+def upload_dir(local_dir: Path, s3_uri: str) -> None:
+    from largebatch.s3 import upload_dir as _upload
+
+    _upload(local_dir, s3_uri)

@@ -142,3 +142,100 @@ class EpochLogger:
     def backfill(self, history: Iterable[dict[str, Any]]) -> None:
         for h in history:
             self.log_epoch(h)
+
+
+def preflight_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail before any trial starts if the tracking store is unreachable."""
+    from largebatch.errors import BadInput
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                r.read()
+        except Exception as e:
+            raise BadInput(f"cannot reach the MLflow server at {uri} ({getattr(e, 'reason', e)}); start it or fix "
+                           f"--mlflow / MLFLOW_TRACKING_URI", field="--mlflow") from None
+        return
+    if "://" in uri and not uri.startswith(("file:", "postgresql", "mysql", "databricks")):
+        raise BadInput(f"got {uri!r}: use http(s)://host:port, sqlite:///path or postgresql://...",
+                       field="--mlflow")
+
+
+def _f(v: Optional[str]) -> Optional[float]:
+    try:
+        return float(v) if v not in (None, "", "None") else None
+    except ValueError:
+        return None
+
+
+HISTORY_KEYS = ("val_acc", "train_loss", "train_acc", "val_loss", "wall_s", "lr", "steps")
+
+
+def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """The trial records (report.py's input) of one study invocation, from its MLflow child runs alone."""
+    client = _client(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=5000)
+    records = []
+    for run in runs:
+        p, m, tags = run.data.params, run.data.metrics, run.data.tags
+        history: dict[int, dict[str, Any]] = {}
+        for key in HISTORY_KEYS:
+            for point in client.get_metric_history(run.info.run_id, key):
+                history.setdefault(point.step, {"epoch": point.step})[key] = point.value
+        records.append({
+            "trial_id": tags.get(TRIAL_TAG, run.info.run_id),
+            "run_id": run.info.run_id,
+            "name": run.info.run_name,
+            "is_baseline": tags.get("is_baseline") == "True",
+            "global_batch_size": int(float(p.get("data.global_batch_size", 0))),
+            "rule": p.get("scaling.rule", "none"),
+            "warmup_epochs": _f(p.get("warmup_epochs")) or 0.0,
+            "optimizer": p.get("optim.name", "?"),
+            "base_lr": _f(p.get("optim.base_lr")),
+            "peak_lr": _f(p.get("peak_lr")),
+            "seed": int(float(p.get("seed", 0))),
+            "status": tags.get(STATUS_TAG, "running"),
+            "reason": tags.get("reason"),
+            "best_val_acc": m.get("best_val_acc"),
+            "final_val_acc": m.get("final_val_acc"),
+            "wall_s": m.get("wall_s"),
+            "startup_s": m.get("startup_s"),
+            "steps": int(m["steps"]) if "steps" in m else None,
+            "history": [history[k] for k in sorted(history)],
+        })
+    records.sort(key=lambda r: (not r["is_baseline"], r["global_batch_size"], r["rule"], r["warmup_epochs"],
+                                r["seed"], r["trial_id"]))
+    return records
+
+
+def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = None) -> tuple[str, str, float]:
+    """(experiment id, parent run id, report tolerance) of a study invocation; the latest when no id is given."""
+    from largebatch.errors import BadInput
+
+    preflight_tracking(uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        from largebatch.errors import unknown_choice
+
+        raise BadInput(unknown_choice("experiment", experiment, names), field="--experiment")
+    if parent_run_id:
+        try:
+            run = client.get_run(parent_run_id)
+        except Exception:
+            raise BadInput(f"no run {parent_run_id!r} in {uri}", field="--run") from None
+    else:
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'study'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise BadInput(f"experiment {experiment!r} has no study runs", field="--experiment")
+        run = runs[0]
+    tol = _f(run.data.params.get("report.tolerance"))
+    return exp.experiment_id, run.info.run_id, 0.5 if tol is None else tol

@@ -1,0 +1,185 @@
+"""`largebatch tune`: run a study on Ray Tune, record it in MLflow, print and store the report.
+
+Flow: validate everything (config, cluster fit, storage, MLflow) -> parent MLflow run -> Tuner over the searcher
+(baseline first) -> mark ASHA-stopped trials -> rebuild trial records FROM MLFLOW -> report. The report is built
+from MLflow alone, so `largebatch report` gives the same answer later.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from largebatch.config import StudyConfig, baseline_trial, flatten
+from largebatch.errors import BadInput
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def create_scheduler(study: StudyConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = study.tuner
+    if t.scheduler == "fifo":
+        return FIFOScheduler()
+    if t.scheduler == "asha":
+        max_t = max(int(study.base.budget.epochs), t.grace_period_epochs)
+        return ASHAScheduler(time_attr="training_iteration", grace_period=t.grace_period_epochs, max_t=max_t,
+                             reduction_factor=t.reduction_factor)
+    from largebatch.errors import unknown_choice
+
+    raise BadInput(unknown_choice("scheduler", t.scheduler, ["fifo", "asha"]), field="tuner.scheduler")
+
+
+def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
+    """Dataset sizes per train_subset, computed once on the driver (not in every trial)."""
+    from largebatch.data import dataset_size
+
+    d = study.base.data
+    subsets = {t["data"].get("train_subset") or 0 for t in trees}
+    for key, domain in study.search.items():
+        if key == "data.train_subset":
+            subsets |= {v or 0 for v in next(iter(domain.values()))}
+    return {s: dataset_size(d.dataset, d.path, s or None) for s in subsets}
+
+
+def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
+              storage: Optional[str] = None, mlflow_uri: Optional[str] = None, address: Optional[str] = None,
+              run_root: str = "runs") -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from largebatch.raylib import init_ray, shutdown_ray
+    from largebatch.report import build_report, format_table, write_report
+    from largebatch.storage import preflight_storage, report_dir_for, resolve_storage, upload_dir
+    from largebatch.tracking import KIND_TAG, Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
+    from largebatch.tune.space import create_searcher
+    from largebatch.tune.trainable import tune_trial
+
+    t = study.tuner
+    exp_name = name or study.name
+    tracking_uri = resolve_tracking_uri(mlflow_uri, run_root)
+    storage_path = resolve_storage(storage, run_root)
+    # ---- everything that can be wrong is checked before Ray starts or a run is created
+    base_tree = study.base.model_dump(mode="json")
+    baseline_tree = baseline_trial(study, source).model_dump(mode="json") if study.baseline is not None else base_tree
+    searcher, n_trials = create_searcher(study, {} if study.baseline is not None else None)
+    scheduler = create_scheduler(study)
+    train_sizes = _train_sizes(study, [base_tree, baseline_tree])
+    preflight_storage(storage_path)
+    preflight_tracking(tracking_uri)
+
+    per_trial = t.workers_per_trial * t.cpus_per_worker
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    slots = t.max_concurrent or max(1, (os.cpu_count() or 1) // per_trial)
+    info = init_ray(address, resources={"trial_slot": slots} if local else None)
+    try:
+        if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
+            need = f"{t.workers_per_trial} workers x {t.cpus_per_worker} CPUs" + (" + 1 GPU each" if t.use_gpu else "")
+            raise BadInput(f"one trial needs {need}, but the Ray cluster has {info['cpus']} CPUs and {info['gpus']} "
+                           f"GPUs; lower tuner.workers_per_trial or tuner.cpus_per_worker, or use a larger cluster",
+                           source=source, field="tuner.workers_per_trial")
+        max_conc = t.max_concurrent or max(1, min(info["cpus"] // per_trial,
+                                                  info["gpus"] // t.workers_per_trial if t.use_gpu else 10**6))
+        if not local:
+            slots = max_conc
+
+        tracker = Tracker(tracking_uri)
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:"):
+            artifact_location = (Path(run_root).resolve() / "mlartifacts").as_uri()
+        exp_id = tracker.experiment_id(exp_name, artifact_location)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_name = f"{exp_name}-{stamp}"
+        parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
+            **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
+            "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
+            "report.tolerance": study.report.tolerance, "storage": storage_path,
+            "search_keys": ",".join(study.search)},
+            tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
+                  "ray_nodes": str(info["nodes"]), "storage": storage_path, "run_name": run_name})
+        tracker.log_text(parent_id, study_text, "study.yaml")
+        tracker.log_text(parent_id, json.dumps({"search": study.search, "baseline": study.baseline,
+                                                "resolved_base": flatten(base_tree)}, indent=2, default=str),
+                         "search_space.json")
+        print(f"[largebatch] study {exp_name!r}: {n_trials} trials, {max_conc} at a time, "
+              f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {tracking_uri} "
+              f"(parent run {parent_id}); storage {storage_path}", flush=True)
+
+        ctx = {
+            "base_tree": base_tree, "baseline_tree": baseline_tree, "source": source, "seeds": list(t.seeds),
+            "workers_per_trial": t.workers_per_trial, "cpus_per_worker": t.cpus_per_worker, "use_gpu": t.use_gpu,
+            "max_failures": t.max_failures, "train_sizes": train_sizes, "tracking_uri": tracking_uri,
+            "experiment_id": exp_id, "parent_run_id": parent_id, "run_name": run_name,
+            "storage_path": storage_path, "placement_strategy": "SPREAD" if info["nodes"] > 1 else "PACK",
+        }
+        # The trial's function holds a custom "trial_slot" resource instead of a CPU: the CPUs stay free for the
+        # DDP workers, and the slot count caps concurrency so trials never wait forever for CPUs.
+        resources = {"trial_slot": 1} if local else {"CPU": 0.01}
+        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), resources)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_conc),
+                                        scheduler=scheduler, num_samples=n_trials, metric=t.metric, mode=t.mode,
+                                        max_concurrent_trials=max_conc, time_budget_s=t.time_budget_s),
+            run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        t0 = time.time()
+        grid = tuner.fit()
+        study_s = time.time() - t0
+        _mark_unfinished(tracker, exp_id, parent_id, grid)
+    finally:
+        shutdown_ray()
+
+    records = records_from_mlflow(tracking_uri, exp_id, parent_id)
+    report = build_report(records, tolerance=study.report.tolerance)
+    report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
+                       "tracking_uri": tracking_uri, "storage": storage_path, "study_s": study_s,
+                       "n_trials": n_trials}
+    out_dir = report_dir_for(storage_path, run_name, run_root)
+    with tempfile.TemporaryDirectory() as tmp:
+        local_dir = Path(tmp) if out_dir.startswith("s3://") else Path(out_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        write_report(report, records, local_dir)
+        tracker.log_artifacts(parent_id, local_dir, "report")
+        if out_dir.startswith("s3://"):
+            upload_dir(local_dir, out_dir)
+    tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0},
+                      "completed")
+    tracker.end_run(parent_id)
+    print(format_table(report))
+    print(f"[largebatch] report: {out_dir}/report.md  (MLflow parent run {parent_id}, {study_s:.0f} s)")
+    return report
+
+
+def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
+    """Trials stopped by the scheduler (ASHA) never reach their own final log: record them as stopped_early."""
+    for r in grid:
+        trial_id = (r.metrics or {}).get("trial_id")
+        run_id = tracker.find_child(exp_id, parent_id, trial_id) if trial_id else None
+        if run_id is None:
+            continue
+        run = tracker.client.get_run(run_id)
+        if run.data.tags.get("status") != "running":
+            continue
+        err = getattr(r, "error", None)
+        status = "failed" if err is not None and not (r.metrics or {}) else "stopped_early"
+        reason = "stopped by the scheduler (ASHA)" if status == "stopped_early" else str(err).splitlines()[0][:300]
+        m = dict(r.metrics or {})
+        tracker.log_final(run_id, {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
+                          status, reason)
+        tracker.end_run(run_id, "KILLED" if status == "stopped_early" else "FAILED")
