@@ -109,7 +109,8 @@ def cmd_train(args) -> int:
         out = run_trial(res, run_name=f"train-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
                         cpus_per_worker=cpus, use_gpu=study.tuner.use_gpu, max_failures=study.tuner.max_failures)
     finally:
-        shutdown_ray()
+        if info["started"]:
+            shutdown_ray()
     final = {k: v for k, v in out.items() if k != "history"}
     print("[largebatch] final: " + " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from largebatch.errors import BadInput, did_you_mean
 
@@ -37,7 +37,7 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "mlp"
-    hidden_sizes: list[int] = [256, 128]  # mlp
+    hidden_sizes: list[Annotated[int, Field(gt=0)]] = [256, 128]  # mlp
     depth: int = Field(20, gt=0)  # resnet: 6n+2
     width: int = Field(16, gt=0)  # resnet base width
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -138,11 +138,13 @@ class StudyConfig(_Strict):
     report: ReportConfig = ReportConfig()
     smoke: SmokeConfig = SmokeConfig()
 
-    @model_validator(mode="after")
-    def _name_ok(self) -> "StudyConfig":
-        if not self.name.strip():
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, name: str) -> str:
+        # a field validator, so the error names `name` (a model validator's error has no field path)
+        if not name.strip():
             raise ValueError("name must not be empty")
-        return self
+        return name
 
 
 # ---------------------------------------------------------------- dotted keys and errors
@@ -265,9 +267,9 @@ class Resolved(_Strict):
 
     cfg: TrialConfig
     num_workers: int
-    global_batch_size: int  # = per_worker_batch * num_workers (per_worker_batch = micro_batch * grad_accum_steps)
-    per_worker_batch: int
-    micro_batch: int
+    global_batch_size: int  # = per_worker_batch * num_workers * grad_accum_steps (DESIGN §4)
+    per_worker_batch: int  # examples in one forward pass of one worker (one micro-step)
+    micro_batch: int  # the same number as per_worker_batch, under the name the loop's micro-steps use
     grad_accum_steps: int
     train_size: int  # examples in the (possibly subset) train split
     steps_per_epoch: int  # train_size // global_batch_size (drop_last: every step sees exactly B examples)
@@ -325,13 +327,13 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
     if B % num_workers:
         raise bad("data.global_batch_size",
                   f"got {B}, which does not divide over {num_workers} workers; use a multiple of {num_workers}")
-    per_worker = B // num_workers
+    per_worker = B // num_workers  # examples per worker per optimizer step, over all its micro-steps
     if d.grad_accum_steps is not None:
         accum = d.grad_accum_steps
         if per_worker % accum:
             raise bad("data.grad_accum_steps",
-                      f"got {accum}: the per-worker batch {per_worker} (= {B} / {num_workers} workers) does not "
-                      f"divide into {accum} micro-batches; use a divisor of {per_worker}")
+                      f"got {accum}: the {per_worker} examples per worker per step (= {B} / {num_workers} "
+                      f"workers) do not divide into {accum} micro-batches; use a divisor of {per_worker}")
     else:
         accum = 1
         if d.per_worker_batch_cap is not None:
@@ -347,7 +349,13 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
     if train_size is None:
         from largebatch.data import dataset_size
 
-        train_size = dataset_size(d.dataset, d.path, d.train_subset)
+        train_size = dataset_size(d.dataset, d.path)
+        if d.train_subset is not None:
+            # checked here, not in the data layer, so the message names the study file and the dotted field
+            if d.train_subset > train_size:
+                raise bad("data.train_subset", f"got {d.train_subset}, more than the {train_size} training "
+                                               f"examples of {d.dataset!r}; use at most {train_size}")
+            train_size = d.train_subset
     if train_size < B:
         raise bad("data.global_batch_size",
                   f"got {B}, larger than the {train_size} training examples; use at most {train_size}")
@@ -379,7 +387,7 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
         raise bad("scaling.rule", str(e.args[0])) from None
 
     return Resolved(
-        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=per_worker, micro_batch=micro,
+        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro, micro_batch=micro,
         grad_accum_steps=accum, train_size=train_size, steps_per_epoch=steps_per_epoch,
         examples_per_epoch=steps_per_epoch * B, epochs=epochs, total_steps=total, peak_lr=peak_lr,
         warmup_steps=warmup_steps, milestone_steps=milestones,
@@ -452,11 +460,11 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
 
 
 def _split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    blocks: dict[str, dict[str, Any]] = {"base": {}, "tuner": {}, "report": {}}
+    blocks: dict[str, dict[str, Any]] = {"base": {}, "tuner": {}, "report": {}, "search": {}}
     for key, value in sets.items():
         head, _, rest = key.partition(".")
-        if head in ("tuner", "report") and rest:
-            blocks[head][rest] = value
+        if head in ("tuner", "report", "search", "base") and rest:
+            blocks[head][rest] = value  # `base.` is optional: base.optim.base_lr == optim.base_lr
         else:
             blocks["base"][key] = value
     return blocks
@@ -465,7 +473,10 @@ def _split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _apply_blocks(raw: dict, blocks: dict[str, dict[str, Any]]) -> dict:
     raw = dict(raw)
     for block, overrides in blocks.items():
-        if overrides:
+        if overrides and block == "search":  # search keys are dotted paths themselves: set whole entries
+            current = raw.get("search") or {}
+            raw["search"] = {**(current if isinstance(current, dict) else {}), **overrides}
+        elif overrides:
             current = raw.get(block) or {}
             raw[block] = apply_overrides(current if isinstance(current, dict) else {}, overrides)
     if blocks.get("base") and isinstance(raw.get("baseline"), dict):
@@ -491,7 +502,8 @@ def _check_search_key(study: StudyConfig, key: str, domain: dict[str, Any], sour
             raise BadInput(f"{kind} needs [low, high] with low < high, got {values!r}", source=source, field=field)
         if kind == "loguniform" and values[0] <= 0:
             raise BadInput(f"loguniform needs low > 0, got {values[0]}", source=source, field=field)
-        samples = [values[0], values[1]] if kind != "randint" else [int(values[0])]
+        # uniform/loguniform draw floats (so an int setting such as a batch size fails here, not mid-study)
+        samples = [float(values[0]), float(values[1])] if kind != "randint" else [int(values[0])]
     else:
         samples = values
     base = study.base.model_dump()
@@ -502,10 +514,33 @@ def _check_search_key(study: StudyConfig, key: str, domain: dict[str, Any], sour
         raise BadInput(f"no such trial setting{hint}; search keys are dotted paths into base, e.g. "
                        f"data.global_batch_size", source=source, field=field)
     for v in samples:  # every grid/choice value must make a valid trial config
-        parse_trial(set_dotted(base, key, v), source=source, prefix=f"{field}=")
+        try:
+            parse_trial(set_dotted(base, key, v), source="", prefix="")
+        except BadInput as e:
+            raise BadInput(f"{kind} value {v!r}: {e}", source=source, field=field) from None
 
 
 _MISSING = object()
+
+
+def search_values(domain: dict[str, Any]) -> list[Any]:
+    """The values a grid/choice entry can take; [] for sampled ranges (checked by their bounds at load time)."""
+    kind, values = next(iter(domain.items()))
+    return list(values) if kind in ("grid", "choice") else []
+
+
+def check_search_resolves(study: StudyConfig, num_workers: int, source: str = "<study>") -> None:
+    """Resolve base with every grid/choice value, so a batch that does not divide over the workers or exceeds the
+    dataset is an error before any trial starts (DESIGN §10), not a failed trial mid-study."""
+    base = study.base.model_dump()
+    for key, domain in study.search.items():
+        for v in search_values(domain):
+            cfg = TrialConfig.model_validate(set_dotted(base, key, v))  # load_study already parsed it
+            try:
+                resolve(cfg, num_workers, source="", prefix="")
+            except BadInput as e:
+                raise BadInput(f"{next(iter(domain))} value {v!r}: {e}", source=source,
+                               field=f"search.{key}") from None
 
 
 def baseline_trial(study: StudyConfig, source: str = "<study>") -> TrialConfig:

@@ -1,0 +1,26 @@
+"""Shared fixtures: the repository root and the study files every test that validates studies iterates over."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# globbed, not listed: a new tune_spaces/*.yaml is validated by the tests without anyone editing them
+STUDY_FILES = sorted((REPO_ROOT / "tune_spaces").glob("*.yaml"))
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def study_files() -> list[Path]:
+    return list(STUDY_FILES)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # a test that asks for `study_file` runs once per tune_spaces/*.yaml, with the file name as its id
+    if "study_file" in metafunc.fixturenames:
+        metafunc.parametrize("study_file", STUDY_FILES, ids=[p.name for p in STUDY_FILES])
