@@ -1,0 +1,270 @@
+"""k8s/: every kustomization renders and validates clean, and each kind of mistake is caught.
+
+Negative tests copy k8s/ into tmp_path, break one thing, and assert that the validator names it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from largebatch.deploy import KustomizeError, render_kustomization, validate_kustomization
+from largebatch.deploy.kustomize import split_image, strategic_merge
+from largebatch.deploy.pins import read_pins
+from largebatch.deploy.validate import strictify
+
+REPO = Path(__file__).resolve().parents[2]
+KUSTOMIZATIONS = ["k8s", "k8s/overlays/dev", "k8s/overlays/gpu"]
+
+
+def _render(rel: str) -> dict[tuple[str, str], dict]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in render_kustomization(REPO / rel)}
+
+
+def _ray_cluster_specs(objs: dict[tuple[str, str], dict]) -> list[dict]:
+    """The interactive RayCluster's spec and the RayJob's own cluster spec."""
+    job = objs[("RayJob", "fashion-mnist-study")]
+    return [objs[("RayCluster", "largebatch")]["spec"], job["spec"]["rayClusterSpec"]]
+
+
+def _groups(cluster_spec: dict) -> dict[str, dict]:
+    return {g["groupName"]: g for g in cluster_spec["workerGroupSpecs"]}
+
+
+@pytest.mark.parametrize("rel", KUSTOMIZATIONS)
+def test_kustomization_validates_clean(rel):
+    assert validate_kustomization(REPO / rel) == []
+
+
+@pytest.mark.parametrize("rel", KUSTOMIZATIONS)
+def test_everything_lands_in_the_namespace(rel):
+    for obj in render_kustomization(REPO / rel):
+        assert obj["metadata"].get("namespace") == "largebatch", obj["metadata"]["name"]
+
+
+def test_base_has_the_documented_shape():
+    objs = _render("k8s")
+    ray_version = read_pins(REPO).ray
+    cluster = objs[("RayCluster", "largebatch")]["spec"]
+    job = objs[("RayJob", "fashion-mnist-study")]["spec"]
+    assert cluster == job["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray_version
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "ray-auth"}
+    gpu = _groups(cluster)["gpu"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert toleration in gpu["template"]["spec"]["tolerations"]
+    assert set(_groups(cluster)) == {"cpu", "gpu"}
+
+    assert job["entrypoint"].split()[:3] == ["largebatch", "tune", "tune_spaces/fashion-mnist.yaml"]
+    assert "--storage s3://" in job["entrypoint"] and "--mlflow http://mlflow:5000" in job["entrypoint"]
+    assert job["submissionMode"] == "K8sJobMode"
+    assert job["shutdownAfterJobFinishes"] is True
+    assert job["ttlSecondsAfterFinished"] > 0 and job["activeDeadlineSeconds"] > 0
+
+    mlflow = objs[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    assert any(a.startswith("--artifacts-destination=s3://") for a in mlflow["args"])
+    assert any(a.startswith("--allowed-hosts=") for a in mlflow["args"])
+    env = {e["name"]: e for e in mlflow["env"]}
+    assert "postgresql://" in env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert "MLFLOW_S3_ENDPOINT_URL" not in env  # only the dev overlay (MinIO) sets it
+    assert ("StatefulSet", "postgres") in objs and ("NetworkPolicy", "postgres-ingress") in objs
+    assert not any(kind == "Secret" for kind, _ in objs)
+
+
+def test_dev_overlay_adds_minio_and_drops_gpus():
+    objs = _render("k8s/overlays/dev")
+    assert {("Deployment", "minio"), ("Service", "minio"), ("Job", "minio-bucket-init")} <= set(objs)
+    assert objs[("ConfigMap", "largebatch-config")]["data"]["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
+    mlflow = objs[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    mlflow_env = {e["name"]: e for e in mlflow["env"]}
+    assert mlflow_env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert "POSTGRES_PASSWORD" in mlflow_env  # the strategic merge added to the env list, it did not replace it
+    for spec in _ray_cluster_specs(objs):
+        groups = _groups(spec)
+        assert set(groups) == {"cpu"}
+        assert groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1"
+
+
+def test_gpu_overlay_keeps_a_gpu_worker_warm():
+    objs = _render("k8s/overlays/gpu")
+    for spec in _ray_cluster_specs(objs):
+        gpu = _groups(spec)["gpu"]
+        assert (gpu["minReplicas"], gpu["maxReplicas"]) == (1, 8)
+        assert split_image(gpu["template"]["spec"]["containers"][0]["image"])[1].endswith("-gpu")
+
+
+def test_k8s_schema_version_is_shipped():
+    import kubernetes_validate.utils
+
+    from largebatch.deploy.validate import K8S_VERSION
+
+    # kubernetes-validate silently falls back to an older schema set when the exact one is missing
+    assert K8S_VERSION in kubernetes_validate.utils.all_versions()
+
+
+def test_secret_example_is_placeholders_and_not_applied():
+    docs = list(yaml.safe_load_all((REPO / "k8s/secret.example.yaml").read_text()))
+    assert {d["metadata"]["name"] for d in docs} == {"largebatch-secrets", "ray-auth"}
+    for doc in docs:
+        assert all(v == "CHANGE_ME" for v in doc["stringData"].values())
+    for rel in KUSTOMIZATIONS:
+        text = (REPO / rel / "kustomization.yaml").read_text()
+        assert "secret.example.yaml" not in yaml.safe_load(text).get("resources", [])
+
+
+def test_readme_has_the_deploy_commands():
+    text = (REPO / "k8s/README.md").read_text()
+    for snippet in (
+        "helm repo add kuberay https://ray-project.github.io/kuberay-helm/",
+        "helm install kuberay-operator kuberay/kuberay-operator",
+        "kubectl -n largebatch create secret generic largebatch-secrets",
+        "kubectl apply -k k8s/overlays/dev",
+        "kubectl -n largebatch get rayjob fashion-mnist-study -w",
+        "kubectl -n largebatch port-forward svc/mlflow 5000:5000",
+    ):
+        assert snippet in text
+
+
+# ---- negative tests: one mistake each ------------------------------------------------------------
+
+@pytest.fixture
+def k8s_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    return tmp_path / "k8s"
+
+
+def _mutate(root: Path, rel: str, old: str, new: str) -> None:
+    """Replace every occurrence of `old` in one file of the copy."""
+    path = root / rel
+    text = path.read_text()
+    assert old in text, f"mutation target {old!r} not in {rel}"
+    path.write_text(text.replace(old, new))
+
+
+MUTATIONS = {
+    # id: (file, old, new, kustomization under k8s/, expected fragment of a problem)
+    "typo-in-raycluster-spec": ("raycluster.yaml", "enableInTreeAutoscaling:", "enableInTreeAutoscalling:", ".",
+                                "'enableInTreeAutoscalling' was unexpected"),
+    "typo-in-worker-group": ("raycluster.yaml", "rayStartParams: {}", "rayStartParam: {}", ".",
+                             "'rayStartParam' was unexpected"),
+    "typo-in-ray-container": ("raycluster.yaml", "allowPrivilegeEscalation:", "allowPrivilegeEscalaton:", ".",
+                              "'allowPrivilegeEscalaton' was unexpected"),
+    "typo-in-rayjob-spec": ("rayjob.yaml", "shutdownAfterJobFinishes:", "shutdownAfterJobFinished:", ".",
+                            "'shutdownAfterJobFinished' was unexpected"),
+    "typo-in-built-in-kind": ("mlflow.yaml", "readinessProbe:", "readynessProbe:", ".",
+                              "'readynessProbe' was unexpected"),
+    "missing-secret-key": ("mlflow.yaml", "key: postgres-password", "key: postgres-passwd", ".",
+                           "has no key 'postgres-passwd'"),
+    "unknown-secret": ("postgres.yaml", "name: largebatch-secrets", "name: pg-secrets", ".",
+                       "Secret 'pg-secrets' is not documented"),
+    "auth-secret-unknown": ("raycluster.yaml", "secretName: ray-auth", "secretName: ray-token", ".",
+                            "Secret 'ray-token' is not documented"),
+    "real-value-in-secret-example": ("secret.example.yaml", "postgres-password: CHANGE_ME",
+                                     "postgres-password: hunter2", ".", "must hold placeholders (CHANGE_ME) only"),
+    "latest-tag": ("postgres.yaml", "image: postgres:16.4", "image: postgres:latest", ".",
+                   "image 'postgres:latest' is not pinned"),
+    "untagged-image": ("overlays/dev/minio.yaml", "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z",
+                       "quay.io/minio/minio", "overlays/dev", "image 'quay.io/minio/minio' is not pinned"),
+    "missing-probe": ("mlflow.yaml", "livenessProbe:", "startupProbe2:", ".", None),
+    "service-selector-mismatch": ("mlflow.yaml", "app.kubernetes.io/name: mlflow\n  ports:",
+                                  "app.kubernetes.io/name: mlfow\n  ports:", ".", "matches no pod template's labels"),
+    "gpu-group-without-gpu-limit": ("raycluster.yaml", "                  nvidia.com/gpu: 1\n", "", ".", None),
+    "entrypoint-missing-study": ("rayjob.yaml", "tune_spaces/fashion-mnist.yaml", "tune_spaces/no-such-study.yaml",
+                                 ".", "'tune_spaces/no-such-study.yaml', which is not a file in tune_spaces/"),
+    "entrypoint-unknown-mlflow-service": ("rayjob.yaml", "--mlflow http://mlflow:5000", "--mlflow http://tracking:5000",
+                                          ".", "names no Service 'tracking'"),
+    "ray-version-drift": ("raycluster.yaml", 'rayVersion: "2.60.0"', 'rayVersion: "2.59.0"', ".",
+                          "rayVersion '2.59.0' != '2.60.0'"),
+    "image-ray-version-drift": ("mlflow.yaml", "largebatch:0.1.0-ray2.60.0-py311", "largebatch:0.1.0-ray2.59.0-py311",
+                                ".", "image largebatch:0.1.0-ray2.59.0-py311 should be tagged"),
+    "rayjob-cluster-drift": ("rayjob.yaml", "maxReplicas: 4", "maxReplicas: 5", ".", "rayClusterSpec differs"),
+    "root-container": ("postgres.yaml", "runAsNonRoot: true", "runAsNonRoot: false", ".", "runAsNonRoot must be true"),
+    "missing-limits": ("postgres.yaml", '            limits:\n              cpu: "1"\n              memory: 1Gi\n', "",
+                       ".", "resources missing limits.cpu, limits.memory"),
+    "mlflow-without-allowed-hosts": ("mlflow.yaml", "- --allowed-hosts=", "- --no-allowed-hosts=", ".",
+                                     "without --allowed-hosts"),
+    "mlflow-allowed-hosts-miss-service": ("mlflow.yaml", "--allowed-hosts=mlflow,mlflow:*,", "--allowed-hosts=", ".",
+                                          "does not allow 'mlflow:5000'"),
+    "networkpolicy-selects-nothing": ("networkpolicy.yaml", "app.kubernetes.io/name: postgres\n  policyTypes",
+                                      "app.kubernetes.io/name: postgresql\n  policyTypes", ".",
+                                      "matches no pod template"),
+    "missing-configmap": ("raycluster.yaml", "name: largebatch-config", "name: largebatch-cfg", ".",
+                          "no ConfigMap 'largebatch-cfg'"),
+    "secret-rendered": ("kustomization.yaml", "  - config.yaml\n", "  - config.yaml\n  - secret.example.yaml\n", ".",
+                        "Secrets must not be rendered"),
+    "unsupported-kustomization-key": ("kustomization.yaml", "namespace: largebatch\n",
+                                      "namespace: largebatch\ncommonLabels:\n  a: b\n", ".",
+                                      "unsupported kustomization key(s) commonLabels"),
+    "overlay-patch-hits-wrong-group": ("overlays/gpu/patches/raycluster-gpu.yaml", "value: gpu", "value: cpu",
+                                       "overlays/gpu", "test failed"),
+    "bad-submission-mode": ("rayjob.yaml", "submissionMode: K8sJobMode", "submissionMode: K8sJob", ".",
+                            "submissionMode 'K8sJob' is not one of"),
+}
+EXPECTED_DEFAULTS = {
+    "missing-probe": "container mlflow: missing livenessProbe",
+    "gpu-group-without-gpu-limit": "a GPU worker group must set resources.limits['nvidia.com/gpu'] >= 1",
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_mutation_is_caught(case, k8s_copy):
+    rel, old, new, kustomization, expected = MUTATIONS[case]
+    expected = expected or EXPECTED_DEFAULTS[case]
+    _mutate(k8s_copy, rel, old, new)
+    problems = validate_kustomization(k8s_copy / kustomization, repo_root=REPO)
+    assert any(expected in p for p in problems), "\n".join(problems) or "(no problems)"
+
+
+def test_unmutated_copy_is_clean(k8s_copy):
+    # the baseline for the mutation tests: the copy itself validates
+    for rel in (".", "overlays/dev", "overlays/gpu"):
+        assert validate_kustomization(k8s_copy / rel, repo_root=REPO) == []
+
+
+# ---- the renderer itself -------------------------------------------------------------------------
+
+def test_strategic_merge_lists_by_name_else_replace():
+    base = {"containers": [{"name": "a", "env": [{"name": "X", "value": "1"}]}, {"name": "b"}],
+            "args": ["--one"], "drop": 1}
+    patch = {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}]}], "args": ["--two"], "drop": None}
+    merged = strategic_merge(base, patch)
+    assert merged["containers"][0]["env"] == [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]
+    assert merged["containers"][1] == {"name": "b"}
+    assert merged["args"] == ["--two"] and "drop" not in merged
+    assert base["args"] == ["--one"]  # inputs are not modified
+
+
+def test_images_transformer_and_unsupported_features(tmp_path):
+    (tmp_path / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n"
+        "  - {name: c, image: largebatch:0.1.0-ray2.60.0-py311}\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [cm.yaml]\nimages:\n- {name: largebatch, newName: reg.example/lb}\n")
+    [pod] = render_kustomization(tmp_path)
+    assert pod["spec"]["containers"][0]["image"] == "reg.example/lb:0.1.0-ray2.60.0-py311"
+
+    (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\nconfigMapGenerator: []\n")
+    with pytest.raises(KustomizeError, match="configMapGenerator"):
+        render_kustomization(tmp_path)
+
+
+def test_split_image():
+    assert split_image("reg:5000/a/b:1.2@sha256:ff") == ("reg:5000/a/b", "1.2", "sha256:ff")
+    assert split_image("reg:5000/a/b") == ("reg:5000/a/b", "", "")
+
+
+def test_strictify_closes_objects_with_properties_only():
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {}}},
+                                               "m": {"type": "object", "additionalProperties": {"type": "string"}},
+                                               "free": {"type": "object"}}}
+    strict = strictify(schema)
+    assert strict["additionalProperties"] is False
+    assert strict["properties"]["a"]["additionalProperties"] is False
+    assert strict["properties"]["m"]["additionalProperties"] == {"type": "string"}
+    assert "additionalProperties" not in strict["properties"]["free"]
+    assert "additionalProperties" not in schema  # the input is not modified
