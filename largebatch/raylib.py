@@ -1,11 +1,25 @@
-"""Connecting to Ray: a local instance by default, `--address`/RAY_ADDRESS for a cluster. Only place ray.init runs.
+"""Connecting to Ray: a local head by default, `--address`/RAY_ADDRESS for a cluster. Only place ray.init runs.
 
-Token auth (Ray >= 2.59): a client must use the same RAY_AUTH_MODE as the cluster. We never change it: the
-environment decides, and a mismatch becomes one clear line (README "Run on a cluster" says what to set).
+The local default is a real head node started as our child (`ray start --head --block`, stopped by PID; never
+`ray stop`), not an in-process `ray.init()`: its environment carries RAY_ADDRESS, so Ray Train's internal actors
+(the PlacementGroupCleaner) find THIS cluster even when other Ray instances run on the machine. With a bare
+`ray.init()` they fail with "multiple active Ray instances", placement groups leak and later trials time out.
+
+Token auth (Ray >= 2.59): `ray start` enables it and writes ~/.ray/auth_token; our local head and its driver both
+run with RAY_AUTH_MODE=token. For a remote cluster the environment decides, and a mismatch becomes one clear line
+(README "Run on a cluster" says what to set).
 """
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any, Optional
 
 from largebatch.errors import BadInput
@@ -18,32 +32,118 @@ def _train_env() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalHead:
+    """A Ray head node on 127.0.0.1 as a child process; `stop()` terminates it by PID (--block stops its processes)."""
+
+    def __init__(self, num_cpus: Optional[int] = None, resources: Optional[dict[str, float]] = None,
+                 extra_env: Optional[dict[str, str]] = None):
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.num_cpus, self.resources, self.extra_env = num_cpus, resources, extra_env or {}
+        self.proc: Optional[subprocess.Popen] = None
+        self.log = Path(tempfile.gettempdir()) / f"largebatch-ray-head-{self.port}.log"
+
+    def env(self) -> dict[str, str]:
+        venv_bin = str(Path(sys.executable).parent)  # the venv on PATH before `ray start`, or jobs miss `ray`
+        return {**os.environ, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address,
+                "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+                "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+
+    def start(self, timeout_s: float = 60.0) -> "LocalHead":
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+               "--node-ip-address=127.0.0.1", f"--port={self.port}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={self.dashboard_port}"]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        if self.resources:
+            cmd.append(f"--resources={json.dumps(self.resources)}")
+        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        atexit.register(self.stop)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start --head exited with {self.proc.returncode}; see {self.log}")
+            if "Ray runtime started" in self.log.read_text(errors="replace"):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"ray start --head did not come up in {timeout_s:.0f} s; see {self.log}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+_HEAD: Optional[LocalHead] = None
+
+
+def _match_auth_mode(own_head: bool) -> None:
+    """Our own head runs with token auth; for another cluster, RAY_AUTH_MODE decides, and when it is unset a
+    token in ~/.ray/auth_token turns token auth on (what Ray does for local clusters)."""
+    from ray._private.authentication import authentication_token_setup as auth
+
+    if own_head and os.environ.get("RAY_AUTH_MODE", "token") == "token":
+        auth._enable_token_auth()  # sets RAY_AUTH_MODE=token and refreshes Ray's cached config for this process
+    elif os.environ.get("RAY_AUTH_MODE") is None:
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _connect_error(e: BaseException, address: str) -> BadInput:
+    chain, cur = [], e
+    while cur is not None:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if any("auth" in type(c).__name__.lower() or "InvalidAuthToken" in str(c) for c in chain):
+        return BadInput(f"Ray at {address!r} rejected the connection (token authentication); set RAY_AUTH_MODE=token "
+                        f"and put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN", field="--address")
+    return BadInput(f"cannot reach a Ray cluster at {address!r}; start one with `ray start --head` or drop "
+                    f"--address to run locally", field="--address")
+
+
 def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
              resources: Optional[dict[str, float]] = None) -> dict[str, Any]:
-    """Start or join Ray. Returns {'address', 'local', 'cpus', 'gpus'} for the study record."""
+    """Start (a local head) or join Ray. Returns the cluster facts for the study record; 'started' says whether
+    we own it (then shutdown_ray() stops it)."""
+    global _HEAD
     import ray
 
-    env = _train_env()
-    os.environ.update(env)  # a local instance's workers inherit the driver's environment
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if ray.is_initialized():
-        return cluster_info(address)
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
-    if address:
-        kwargs["address"] = address
-    else:
-        kwargs.update(num_cpus=num_cpus, resources=resources or None)
+    if ray.is_initialized():  # the caller owns this Ray (tests share one instance); we must not shut it down
+        return {**cluster_info(address), "started": False}
+    env = _train_env()
+    os.environ.update(env)
+    started = False
+    if not address:
+        _HEAD = LocalHead(num_cpus=num_cpus, resources=resources).start()
+        address, started = _HEAD.address, True
+    _match_auth_mode(own_head=started)
     try:
-        ray.init(**kwargs)
-    except ConnectionError as e:
-        raise BadInput(f"cannot reach a Ray cluster at {address!r} ({e}); start one with `ray start --head` or "
-                       f"drop --address to run locally", field="--address") from None
-    except Exception as e:  # AuthenticationError and friends: name the fix, not the stack
-        if "auth" in type(e).__name__.lower() or "token" in str(e).lower():
-            raise BadInput(f"Ray rejected the connection to {address!r}: {str(e).splitlines()[0]}; set RAY_AUTH_MODE "
-                           f"(and RAY_AUTH_TOKEN) to match the cluster", field="--address") from None
-        raise
-    return cluster_info(address)
+        # a short GCS timeout: an unreachable address is a clear error in seconds, not a 60 s retry loop
+        os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    except (ConnectionError, RuntimeError) as e:
+        if started:
+            shutdown_ray()
+        raise _connect_error(e, address) from None
+    info = cluster_info(address)
+    if started:
+        info["address"] = "local"
+        info["dashboard"] = _HEAD.dashboard_url
+    return {**info, "started": started}
 
 
 def cluster_info(address: Optional[str]) -> dict[str, Any]:
@@ -56,7 +156,12 @@ def cluster_info(address: Optional[str]) -> dict[str, Any]:
 
 
 def shutdown_ray() -> None:
+    """Disconnect, and stop the local head if we started it (by PID)."""
+    global _HEAD
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    if _HEAD is not None:
+        _HEAD.stop()
+        _HEAD = None

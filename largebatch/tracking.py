@@ -136,7 +136,7 @@ class EpochLogger:
             return
         ts = int(_t.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in numeric(metrics).items()
-                                                   if k not in ("epoch", "done")])
+                                                   if k not in ("epoch", "is_final")])
         self.last_logged = epoch
 
     def backfill(self, history: Iterable[dict[str, Any]]) -> None:
@@ -177,7 +177,16 @@ HISTORY_KEYS = ("val_acc", "train_loss", "train_acc", "val_loss", "wall_s", "lr"
 
 
 def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """The trial records (report.py's input) of one study invocation, from its MLflow child runs alone."""
+    """The trial records (report.py's input) of one study invocation, from its MLflow child runs alone.
+    Instrument figures are the last logged values, plus grad_noise_scale_mean (over epochs); `variant` names the
+    searched settings beyond batch/rule/warmup/optimizer/base_lr, so the report keeps e.g. ramp vs decay apart."""
+    import json
+    import statistics
+
+    instrument_keys = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target",
+                       "examples_to_target", "time_to_target_s")
+    report_keys = {"data.global_batch_size", "scaling.rule", "schedule.warmup_epochs", "optim.name", "optim.base_lr",
+                   "seed"}
     client = _client(uri)
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               max_results=5000)
@@ -185,9 +194,16 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     for run in runs:
         p, m, tags = run.data.params, run.data.metrics, run.data.tags
         history: dict[int, dict[str, Any]] = {}
-        for key in HISTORY_KEYS:
-            for point in client.get_metric_history(run.info.run_id, key):
-                history.setdefault(point.step, {"epoch": point.step})[key] = point.value
+        for key in HISTORY_KEYS + ("grad_noise_scale", "sharpness"):
+            # the first point per step: log_final re-logs the final values at step 0, after epoch 0's own
+            for point in sorted(client.get_metric_history(run.info.run_id, key), key=lambda q: (q.step, q.timestamp)):
+                history.setdefault(point.step, {"epoch": point.step}).setdefault(key, point.value)
+        gns = [h["grad_noise_scale"] for h in history.values() if math.isfinite(h.get("grad_noise_scale", math.nan))]
+        try:
+            factors = json.loads(p.get("schedule.batch_ramp.factors") or "[]")
+        except ValueError:
+            factors = []
+        searched = [k for k in (p.get("searched") or "").split(",") if k and k not in report_keys]
         records.append({
             "trial_id": tags.get(TRIAL_TAG, run.info.run_id),
             "run_id": run.info.run_id,
@@ -207,6 +223,10 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
             "wall_s": m.get("wall_s"),
             "startup_s": m.get("startup_s"),
             "steps": int(m["steps"]) if "steps" in m else None,
+            **{k: m.get(k) for k in instrument_keys},
+            "grad_noise_scale_mean": statistics.fmean(gns) if gns else None,
+            "batch_ramp": any(float(f) != 1.0 for f in factors),
+            "variant": " ".join(f"{k.split('.')[-1]}={p.get(k)}" for k in searched),
             "history": [history[k] for k in sorted(history)],
         })
     records.sort(key=lambda r: (not r["is_baseline"], r["global_batch_size"], r["rule"], r["warmup_epochs"],

@@ -3,6 +3,9 @@
 `train_worker(res, ctx)` runs one trial on one rank. `ctx` (a WorkerContext) supplies the rank, the device, the
 restore checkpoint and the `report` callback: under Ray Train it wraps `ray.train.report` (train/ray_worker.py);
 in-process (bench/, unit tests) it records locally. Semantics are DESIGN §4; metric names are DESIGN §5.
+The global batch is per epoch (`res.phase_at_epoch`): constant, or grown at `schedule.batch_ramp` milestones.
+Instruments (largebatch/instruments, `cfg.instruments`) hook in at four marked places; off, each costs one
+`is None` test.
 """
 from __future__ import annotations
 
@@ -22,13 +25,16 @@ import torch.nn.functional as F
 
 from largebatch.config import Resolved
 from largebatch.data import TensorData, epoch_permutation, load_dataset, rank_batches
+from largebatch.instruments.noise_scale import GradNoiseScale
+from largebatch.instruments.sharpness import probe_batch, sharpness_metrics
 from largebatch.models import create_model
-from largebatch.optim import create_optimizer
+from largebatch.optim import create_optimizer, trust_ratio_summary
 
 CKPT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 # The divergence check costs one scalar all-reduce (and a CPU sync): do it at most this many times per epoch.
 DIVERGENCE_CHECKS_PER_EPOCH = 50
+INSTRUMENT_METRICS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "trust_ratio_median")
 
 
 @dataclass
@@ -81,11 +87,24 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return loss / max(count, 1), correct / max(count, 1)
 
 
+@torch.no_grad()
+def replica_divergence(model: torch.nn.Module, world: int) -> float:
+    """Max |w_rank_i - w_rank_j| over all parameters: 0.0 when DDP kept the replicas identical (2 all-reduces)."""
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    if world == 1:
+        return 0.0
+    hi, lo = flat.clone(), flat.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).abs().max())
+
+
 def _save_checkpoint(model, opt, scaler, state: dict, history: list[dict]) -> str:
     d = tempfile.mkdtemp(prefix="lb-ckpt-")
     # the unwrapped module: DDP's `module.` prefix would not load into a bare model
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "history": history, **state}, os.path.join(d, CKPT_FILE))
+                "scaler": scaler.state_dict() if scaler is not None else None, "history": history, **state},
+               os.path.join(d, CKPT_FILE))
     Path(d, HISTORY_FILE).write_text(json.dumps({"state": state, "history": history}))
     return d
 
@@ -93,8 +112,7 @@ def _save_checkpoint(model, opt, scaler, state: dict, history: list[dict]) -> st
 def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = None) -> dict[str, Any]:
     """Run the trial on this rank; returns the final metrics (the same dict every rank reports last)."""
     cfg = res.cfg
-    B, world, accum = res.global_batch_size, ctx.world, res.grad_accum_steps
-    device = ctx.device
+    world, device = ctx.world, ctx.device
     t_setup = time.time()
 
     # ---- data: in-memory tensors on the device, batched by index slicing (no per-sample collate)
@@ -120,6 +138,15 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
     else:
         net = model
 
+    # ---- instruments: off by default; when on, they add device work but no sync inside the micro-step loop
+    ins = cfg.instruments
+    gns = (GradNoiseScale(net, list(model.parameters()), world, decay=ins.noise_scale_ema, device=device,
+                          min_accum=min(p.grad_accum_steps for p in res.phases)) if ins.grad_noise_scale else None)
+    if gns is not None and ctx.is_rank0 and world == 1 and all(p.grad_accum_steps == 1 for p in res.phases):
+        print("[largebatch] grad_noise_scale needs two batch sizes per step: with 1 worker and no accumulation it "
+              "is left out; set data.grad_accum_steps: 2 to measure it", flush=True)
+    probe = probe_batch(x_train, y_train, ins.sharpness_probe_size, cfg.seed) if ins.sharpness else None
+
     # ---- resume: the checkpoint carries the schedule position; schedules are pure functions of the step
     start_epoch, step, wall_offset, history = 0, 0, 0.0, []
     target: dict[str, Any] = {}
@@ -132,15 +159,18 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         start_epoch, step, wall_offset = ck["epoch"] + 1, ck["step"], ck["wall_s"]
         history, target = ck.get("history", []), ck.get("target", {})
 
-    check_every = max(1, math.ceil(res.steps_per_epoch / DIVERGENCE_CHECKS_PER_EPOCH))
     status, reason, metrics = "completed", None, {}
     t0 = time.time()
     startup_s = (t0 - ctx.t_submit) if ctx.t_submit else (t0 - t_setup)
 
     for epoch in range(start_epoch, res.epochs):
-        steps_now = min(res.steps_per_epoch, res.total_steps - step)
+        # the batch of this epoch's phase (schedule.batch_ramp grows it at milestones; one phase without a ramp)
+        phase = res.phase_at_epoch(epoch)
+        B, accum, micro_batch = phase.global_batch_size, phase.grad_accum_steps, phase.per_worker_batch
+        steps_now = min(phase.steps_per_epoch, res.total_steps - step)
         if steps_now <= 0:
             break
+        check_every = max(1, math.ceil(phase.steps_per_epoch / DIVERGENCE_CHECKS_PER_EPOCH))
         # the same global batches whatever the worker count: a permutation seeded by (seed, epoch), cut per rank
         perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B].to(device)
         t_epoch = time.time()
@@ -161,9 +191,13 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
                     # mean over the micro-batch / accum, then DDP averages over ranks: the loss is normalised by B
                     scaled = loss / accum
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                if gns is not None:  # instrument: the local micro-batch |g|^2 (device tensor, no sync)
+                    gns.after_backward(i, accum)
                 sums[0] += loss.detach().double() * yb.numel()
                 sums[1] += (out.detach().argmax(1) == yb).sum()
                 sums[2] += yb.numel()
+            if gns is not None:  # instrument: |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
+                gns.after_sync(B, micro_batch)
             if scaler is not None:
                 scaler.unscale_(opt)
             if o.grad_clip_norm:
@@ -201,25 +235,39 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
             "val_acc": val_acc, "gen_gap": train_acc - val_acc, "lr": lr, "global_batch_size": B,
-            "steps": step, "examples_seen": step * B, "wall_s": wall_s, "epoch_s": epoch_s,
+            "steps": step, "examples_seen": res.examples_at(step), "wall_s": wall_s, "epoch_s": epoch_s,
             "throughput": examples / train_s if train_s > 0 else 0.0,
         }
+        if gns is not None:  # sync point: one all-reduce of 3 scalars per epoch (every rank)
+            metrics.update(gns.epoch_metrics())
+        if ins.trust_ratio:  # LARS/LAMB only (None otherwise); sync point: once per epoch
+            metrics.update(trust_ratio_summary(opt) or {})
         if cfg.budget.target_val_acc is not None and not target and val_acc >= cfg.budget.target_val_acc:
-            target = {"time_to_target_s": wall_s, "steps_to_target": step, "examples_to_target": step * B}
+            # measured at epoch ends (where val_acc is known); wall_s includes the evaluations so far
+            target = {"time_to_target_s": wall_s, "steps_to_target": step,
+                      "examples_to_target": res.examples_at(step)}
         history.append(metrics)
         best = max((h["val_acc"] for h in history if math.isfinite(h["val_acc"])), default=float("nan"))
         last_epoch = epoch + 1 >= res.epochs or step >= res.total_steps
         if target and cfg.budget.stop_at_target and status == "completed":
             status, reason = "stopped_early", f"reached target val_acc {cfg.budget.target_val_acc} at step {step}"
         done = last_epoch or status != "completed"
-        metrics = {**metrics, "best_val_acc": best, "status": status, "startup_s": startup_s, "done": done,
+        if done:
+            metrics["replica_divergence"] = replica_divergence(model, world)
+        every = ins.sharpness_every_epochs
+        if probe is not None and ctx.is_rank0 and status != "diverged" and (done or every and (epoch + 1) % every == 0):
+            # instrument: power iteration on HVPs of the bare model, rank 0 only (the others wait at the next
+            # collective); syncs once per iteration, outside the training steps
+            metrics.update(sharpness_metrics(model, probe, lr, iters=ins.sharpness_iters, seed=cfg.seed))
+        metrics = {**metrics, "best_val_acc": best, "status": status, "startup_s": startup_s, "is_final": done,
                    "peak_lr": res.peak_lr, **target}
         if reason:
             metrics["reason"] = reason
         if ctx.is_rank0:
             print(f"[largebatch] epoch {epoch + 1}/{res.epochs} step {step} loss {train_loss:.4f} "
                   f"train_acc {train_acc:.4f} val_acc {val_acc:.4f} lr {lr:.4g} {metrics['throughput']:.0f} ex/s "
-                  f"wall {wall_s:.1f}s{' ' + status if status != 'completed' else ''}", flush=True)
+                  f"wall {wall_s:.1f}s{' ' + status if status != 'completed' else ''}"
+                  + "".join(f" {k} {metrics[k]:.4g}" for k in INSTRUMENT_METRICS if k in metrics), flush=True)
 
         ckpt_dir = None
         if ctx.is_rank0 and (done or (epoch + 1) % cfg.checkpoint.every_epochs == 0):

@@ -143,7 +143,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         study_s = time.time() - t0
         _mark_unfinished(tracker, exp_id, parent_id, grid)
     finally:
-        shutdown_ray()
+        if info["started"]:
+            shutdown_ray()
 
     records = records_from_mlflow(tracking_uri, exp_id, parent_id)
     report = build_report(records, tolerance=study.report.tolerance)

@@ -85,10 +85,15 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
         result = _FailedResult(e)
     out = outcome(result, t_fit)
-    final = {k: v for k, v in out.items() if k not in ("history", "status", "reason", "epoch", "done")}
+    # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
+    # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:
-        final["final_val_acc"] = out["history"][-1]["val_acc"]
-    tracker.log_final(run_id, final, out["status"], out.get("reason"))
+        final = {"fit_s": out["fit_s"], "final_val_acc": out["history"][-1]["val_acc"]}
+        last_epoch = out["history"][-1]["epoch"]
+    else:  # failed before its first report: whatever we have
+        final = {k: v for k, v in out.items() if k not in ("history", "status", "reason", "epoch", "is_final")}
+        last_epoch = 0
+    tracker.log_final(run_id, final, out["status"], out.get("reason"), step=last_epoch)
     tracker.end_run(run_id, "FAILED" if out["status"] == "failed" else "FINISHED")
     _wait_for_tune_queue()
     if out["status"] == "failed":
