@@ -9,6 +9,7 @@ epochs or examples. `resolve(num_workers)` turns them into steps for one concret
 """
 from __future__ import annotations
 
+import bisect
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -43,7 +44,7 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     factory: Optional[str] = None  # "package.module:function" for a user model (name: factory)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the user factory
-    ghost_batch_size: Optional[int] = Field(None, gt=0)  # ghost batch norm (Hoffer et al. 2017)
+    ghost_batch_size: Optional[int] = Field(None, ge=2)  # ghost batch norm (Hoffer et al. 2017); BN models only
 
 
 class OptimConfig(_Strict):
@@ -64,6 +65,17 @@ class ScalingConfig(_Strict):
     alpha: float = 0.5  # exponent of the `power` rule
 
 
+class BatchRampConfig(_Strict):
+    """Grow the batch instead of decaying the LR (Smith et al. 2018, arXiv 1711.00489): B *= factors[i] at epoch
+    milestones[i]. The LR follows the scaling rule for each phase's batch (rule none: the LR is held, Smith's recipe);
+    the examples budget (epochs) is unchanged, so later phases take fewer steps."""
+
+    milestones: list[Annotated[int, Field(gt=0)]] = []  # whole epochs at which the global batch grows
+    factors: list[Annotated[float, Field(gt=0.0)]] = []  # batch multiplier per milestone (1 = no change)
+    grow: Literal["batch", "accum"] = "batch"  # batch: the micro-batch grows (the cap forces accumulation);
+    #                                            accum: the micro-batch stays, accumulation multiplies (flat memory)
+
+
 class ScheduleConfig(_Strict):
     warmup: str = "linear"
     warmup_epochs: float = Field(0.0, ge=0.0)
@@ -73,6 +85,7 @@ class ScheduleConfig(_Strict):
     milestones: list[float] = []  # epochs, for decay: step
     gamma: float = Field(0.1, gt=0.0)
     min_lr_factor: float = Field(0.0, ge=0.0, le=1.0)
+    batch_ramp: BatchRampConfig = BatchRampConfig()
 
 
 class BudgetConfig(_Strict):
@@ -88,6 +101,18 @@ class CheckpointConfig(_Strict):
     num_to_keep: int = Field(2, gt=0)
 
 
+class InstrumentsConfig(_Strict):
+    """Diagnostics logged per epoch (largebatch/instruments/). Off where they cost time."""
+
+    grad_noise_scale: bool = False  # B_simple = tr(Sigma)/|G|^2 (McCandlish et al. 2018), no extra backward
+    noise_scale_ema: float = Field(0.95, ge=0.0, lt=1.0)  # EMA decay per optimizer step of |G|^2 and tr(Sigma)
+    sharpness: bool = False  # top Hessian eigenvalue at the end (Keskar et al. 2016), power iteration on HVPs
+    sharpness_every_epochs: Optional[int] = Field(None, gt=0)  # also every K epochs
+    sharpness_probe_size: int = Field(1024, gt=0)  # examples in the fixed probe batch (seeded, same for all B)
+    sharpness_iters: int = Field(50, gt=0)  # power iterations at most (stops at 1e-4 relative change)
+    trust_ratio: bool = True  # LARS/LAMB per-layer trust ratio min/median/max per epoch (one sync per epoch)
+
+
 class TrialConfig(_Strict):
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 only on GPU
@@ -98,6 +123,7 @@ class TrialConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     budget: BudgetConfig = BudgetConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    instruments: InstrumentsConfig = InstrumentsConfig()
 
 
 # ---------------------------------------------------------------- the study (`search:`, `tuner:`, ...)
@@ -256,14 +282,37 @@ def check_names(cfg: TrialConfig, source: str, prefix: str = "base.") -> None:
     if cfg.schedule.decay == "step" and not cfg.schedule.milestones:
         raise BadInput("decay 'step' needs schedule.milestones (epochs), e.g. [5, 8]", source=source,
                        field=prefix + "schedule.milestones")
+    ramp = cfg.schedule.batch_ramp
+    if len(ramp.milestones) != len(ramp.factors):
+        raise BadInput(f"got {len(ramp.factors)} factors for {len(ramp.milestones)} milestones; give one factor per "
+                       f"milestone, e.g. milestones: [3, 6], factors: [4, 4]", source=source,
+                       field=prefix + "schedule.batch_ramp.factors")
+    if list(ramp.milestones) != sorted(set(ramp.milestones)) or (ramp.milestones and
+                                                                 ramp.milestones[-1] >= cfg.budget.epochs):
+        raise BadInput(f"got {list(ramp.milestones)}: milestones must be strictly increasing whole epochs before the "
+                       f"end of budget.epochs={cfg.budget.epochs:g}", source=source,
+                       field=prefix + "schedule.batch_ramp.milestones")
     if cfg.data.dataset == "npz" and not cfg.data.path:
         raise BadInput("dataset 'npz' needs data.path: a .npz file with x_train, y_train, x_test, y_test",
                        source=source, field=prefix + "data.path")
 
 
 # ---------------------------------------------------------------- resolve(): every derived value, once
+class Phase(_Strict):
+    """A stretch of constant global batch: the whole run, or one step of `schedule.batch_ramp` (Smith et al.)."""
+
+    start_epoch: int
+    start_step: int  # the phase's first optimizer step
+    global_batch_size: int
+    per_worker_batch: int  # the micro-batch: examples in one forward pass of one worker
+    grad_accum_steps: int
+    steps_per_epoch: int
+    peak_lr: float  # base_lr scaled by the rule for this phase's batch
+
+
 class Resolved(_Strict):
-    """A trial config plus everything derived from it for one worker count. Read-only downstream."""
+    """A trial config plus everything derived from it for one worker count. Read-only downstream.
+    The batch fields are the first phase's; `phases` has one entry per batch-ramp phase (one without a ramp)."""
 
     cfg: TrialConfig
     num_workers: int
@@ -279,12 +328,24 @@ class Resolved(_Strict):
     peak_lr: float  # base_lr scaled by the rule; the schedule multiplies it
     warmup_steps: int
     milestone_steps: tuple[int, ...]
+    phases: tuple[Phase, ...]
+
+    def phase_at_epoch(self, epoch: int) -> Phase:
+        return next(p for p in reversed(self.phases) if p.start_epoch <= epoch)
+
+    def phase_at_step(self, step: int) -> Phase:
+        return next(p for p in reversed(self.phases) if p.start_step <= step)
+
+    def examples_at(self, step: int) -> int:
+        """Examples shown by the first `step` optimizer steps (step x B without a ramp)."""
+        ends = [p.start_step for p in self.phases[1:]] + [step]
+        return sum(max(0, min(step, end) - p.start_step) * p.global_batch_size for p, end in zip(self.phases, ends))
 
     def lr_at(self, step: int) -> float:
         from largebatch.schedules import lr_factor
 
         s = self.cfg.schedule
-        return self.peak_lr * lr_factor(
+        return self.phase_at_step(step).peak_lr * lr_factor(
             step, self.total_steps, warmup=s.warmup, warmup_steps=self.warmup_steps,
             start_factor=s.warmup_start_factor, decay=s.decay, min_factor=s.min_lr_factor,
             milestones=self.milestone_steps, gamma=s.gamma,
@@ -292,7 +353,7 @@ class Resolved(_Strict):
 
     def summary(self) -> dict[str, Any]:
         """The derived values a person checks before launching (and the ones logged as params)."""
-        return {
+        out = {
             "global_batch_size": self.global_batch_size,
             "num_workers": self.num_workers,
             "per_worker_batch": self.per_worker_batch,
@@ -309,14 +370,19 @@ class Resolved(_Strict):
             "warmup_epochs": self.warmup_steps / self.steps_per_epoch,
             "warmup_steps": self.warmup_steps,
         }
+        if len(self.phases) > 1:  # e.g. "256 x4 accum1 @0ep -> 1024 x4 accum1 @3ep"
+            out["batch_ramp"] = " -> ".join(f"{p.global_batch_size} ({p.per_worker_batch}x{p.grad_accum_steps} "
+                                            f"accum, lr {p.peak_lr:.4g}) @{p.start_epoch}ep" for p in self.phases)
+        return out
 
 
 def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None,
             source: str = "<config>", prefix: str = "base.") -> Resolved:
-    """Derive per-worker batch, accumulation, peak LR and step counts. Anything impossible is BadInput."""
+    """Derive per-worker batch, accumulation, peak LR and step counts, for every batch-ramp phase. Anything
+    impossible is BadInput."""
     from largebatch.scaling import scaled_lr
 
-    d, s, b = cfg.data, cfg.schedule, cfg.budget
+    d, s, b, ramp = cfg.data, cfg.schedule, cfg.budget, cfg.schedule.batch_ramp
     B = d.global_batch_size
 
     def bad(field: str, msg: str) -> BadInput:
@@ -324,27 +390,53 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
 
     if num_workers < 1:
         raise BadInput(f"got {num_workers} workers; use 1 or more", source=source, field="workers")
-    if B % num_workers:
-        raise bad("data.global_batch_size",
-                  f"got {B}, which does not divide over {num_workers} workers; use a multiple of {num_workers}")
-    per_worker = B // num_workers  # examples per worker per optimizer step, over all its micro-steps
-    if d.grad_accum_steps is not None:
-        accum = d.grad_accum_steps
-        if per_worker % accum:
-            raise bad("data.grad_accum_steps",
-                      f"got {accum}: the {per_worker} examples per worker per step (= {B} / {num_workers} "
-                      f"workers) do not divide into {accum} micro-batches; use a divisor of {per_worker}")
-    else:
-        accum = 1
-        if d.per_worker_batch_cap is not None:
-            # the fewest micro-steps whose micro-batch fits under the cap and divides the per-worker batch
-            accum = next((a for a in range(1, per_worker + 1)
-                          if per_worker % a == 0 and per_worker // a <= d.per_worker_batch_cap), per_worker)
-    micro = per_worker // accum
-    if d.per_worker_batch_cap is not None and micro > d.per_worker_batch_cap:
-        raise bad("data.per_worker_batch_cap",
-                  f"got {d.per_worker_batch_cap}, below the micro-batch {micro} forced by grad_accum_steps={accum}; "
-                  f"raise the cap or the accumulation")
+
+    # ---- the phases: (start epoch, global batch); a factor of 1 starts no phase. Batches must be whole numbers.
+    starts, batches = [0], [B]
+    for m, f in zip(ramp.milestones, ramp.factors):
+        nxt = batches[-1] * f
+        if abs(nxt - round(nxt)) > 1e-9:
+            raise bad("schedule.batch_ramp.factors", f"factor {f:g} at epoch {m} makes a batch of {nxt:g} "
+                                                     f"examples; pick factors that keep the batch whole")
+        if round(nxt) != batches[-1]:
+            starts.append(m)
+            batches.append(int(round(nxt)))
+
+    def split(Bk: int, k: int) -> tuple[int, int]:
+        """(micro-batch, accumulation steps) for phase k's global batch Bk."""
+        where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}, B={Bk}): "
+        fld = (lambda name: name) if k == 0 else (lambda name: "schedule.batch_ramp.factors")
+        if Bk % num_workers:
+            raise bad(fld("data.global_batch_size"), f"{where}got {Bk}, which does not divide over {num_workers} "
+                                                     f"workers; use a multiple of {num_workers}")
+        per_worker = Bk // num_workers  # examples per worker per optimizer step, over all its micro-steps
+        if k > 0 and ramp.grow == "accum":  # the first phase's micro-batch, more micro-steps
+            if per_worker % micro0:
+                raise bad(fld(""), f"{where}the {per_worker} examples per worker do not divide into micro-batches of "
+                                   f"{micro0}; pick factors that keep the batch a multiple of {micro0 * num_workers}")
+            return micro0, per_worker // micro0
+        if d.grad_accum_steps is not None:
+            accum = d.grad_accum_steps
+            if per_worker % accum:
+                raise bad(fld("data.grad_accum_steps"),
+                          f"{where}got {accum}: the {per_worker} examples per worker per step (= {Bk} / "
+                          f"{num_workers} workers) do not divide into {accum} micro-batches; use a divisor of "
+                          f"{per_worker}")
+        else:
+            accum = 1
+            if d.per_worker_batch_cap is not None:
+                # the fewest micro-steps whose micro-batch fits under the cap and divides the per-worker batch
+                accum = next((a for a in range(1, per_worker + 1)
+                              if per_worker % a == 0 and per_worker // a <= d.per_worker_batch_cap), per_worker)
+        micro = per_worker // accum
+        if d.per_worker_batch_cap is not None and micro > d.per_worker_batch_cap:
+            raise bad(fld("data.per_worker_batch_cap"),
+                      f"{where}got {d.per_worker_batch_cap}, below the micro-batch {micro} forced by "
+                      f"grad_accum_steps={accum}; raise the cap or the accumulation")
+        return micro, accum
+
+    micro0, accum0 = split(B, 0)  # split() reads micro0 for the later phases of an `accum` ramp
+    splits = [(micro0, accum0)] + [split(Bk, k) for k, Bk in enumerate(batches[1:], 1)]
 
     if train_size is None:
         from largebatch.data import dataset_size
@@ -356,41 +448,66 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
                 raise bad("data.train_subset", f"got {d.train_subset}, more than the {train_size} training "
                                                f"examples of {d.dataset!r}; use at most {train_size}")
             train_size = d.train_subset
-    if train_size < B:
-        raise bad("data.global_batch_size",
-                  f"got {B}, larger than the {train_size} training examples; use at most {train_size}")
-    steps_per_epoch = train_size // B
-    epochs = math.ceil(b.epochs)
-    total = round(b.epochs * steps_per_epoch)
+    for k, Bk in enumerate(batches):
+        if train_size < Bk:
+            field = "data.global_batch_size" if k == 0 else "schedule.batch_ramp.factors"
+            where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}): "
+            raise bad(field, f"{where}got {Bk}, larger than the {train_size} training examples; "
+                             f"use at most {train_size}")
+
+    # ---- steps: epoch e runs train_size // B_e steps (B_e = its phase's batch); the examples budget is epochs
+    n_epochs = math.ceil(b.epochs)
+    spe = [train_size // batches[bisect.bisect_right(starts, e) - 1] for e in range(n_epochs)]
+
+    def steps_at(x: float) -> int:
+        """Optimizer steps in the first x epochs (x may be fractional, or past the budget for decay milestones)."""
+        whole = int(x)
+        full = sum(spe[:whole]) + max(0, whole - n_epochs) * spe[-1]
+        return full + round((x - whole) * spe[min(whole, n_epochs - 1)])
+
+    total = steps_at(b.epochs)
+    epochs = n_epochs
     if b.max_steps is not None:
         total = min(total, b.max_steps)
-        epochs = min(epochs, math.ceil(total / steps_per_epoch))
+        epochs = min(epochs, next(e + 1 for e in range(n_epochs) if sum(spe[:e + 1]) >= total))
     total = max(total, 1)
 
     if s.warmup == "none":
         warmup_steps = 0
     elif s.warmup_examples is not None:
-        warmup_steps = math.ceil(s.warmup_examples / B)
+        warmup_steps, left = 0, s.warmup_examples  # walk the epochs: each step shows its phase's batch
+        for e in range(n_epochs):
+            Be = batches[bisect.bisect_right(starts, e) - 1]
+            if left <= spe[e] * Be:
+                warmup_steps += math.ceil(left / Be)
+                break
+            warmup_steps, left = warmup_steps + spe[e], left - spe[e] * Be
+        else:
+            warmup_steps += math.ceil(left / batches[-1])
     else:
-        warmup_steps = round(s.warmup_epochs * steps_per_epoch)
+        warmup_steps = steps_at(s.warmup_epochs)
     if warmup_steps > total:
         field = "schedule.warmup_examples" if s.warmup_examples is not None else "schedule.warmup_epochs"
         raise bad(field, f"warmup of {warmup_steps} steps is longer than the {total} training steps; "
                          f"shorten the warmup or raise budget.epochs")
-    milestones = tuple(round(m * steps_per_epoch) for m in s.milestones)
+    milestones = tuple(steps_at(m) for m in s.milestones)
     if list(milestones) != sorted(milestones):
         raise bad("schedule.milestones", f"got {list(s.milestones)}; milestones must be increasing")
 
     try:
-        peak_lr = scaled_lr(cfg.scaling.rule, cfg.optim.base_lr, B, cfg.optim.base_batch_size, cfg.scaling.alpha)
+        lrs = [scaled_lr(cfg.scaling.rule, cfg.optim.base_lr, Bk, cfg.optim.base_batch_size, cfg.scaling.alpha)
+               for Bk in batches]
     except KeyError as e:
         raise bad("scaling.rule", str(e.args[0])) from None
+    phases = tuple(Phase(start_epoch=starts[k], start_step=steps_at(starts[k]), global_batch_size=Bk,
+                         per_worker_batch=splits[k][0], grad_accum_steps=splits[k][1],
+                         steps_per_epoch=train_size // Bk, peak_lr=lrs[k]) for k, Bk in enumerate(batches))
 
     return Resolved(
-        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro, micro_batch=micro,
-        grad_accum_steps=accum, train_size=train_size, steps_per_epoch=steps_per_epoch,
-        examples_per_epoch=steps_per_epoch * B, epochs=epochs, total_steps=total, peak_lr=peak_lr,
-        warmup_steps=warmup_steps, milestone_steps=milestones,
+        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro0, micro_batch=micro0,
+        grad_accum_steps=accum0, train_size=train_size, steps_per_epoch=spe[0], examples_per_epoch=spe[0] * B,
+        epochs=epochs, total_steps=total, peak_lr=lrs[0], warmup_steps=warmup_steps, milestone_steps=milestones,
+        phases=phases,
     )
 
 

@@ -9,6 +9,11 @@ Units: accuracies stay fractions (0..1) in the report; gaps and the tolerance ar
 
 The gap itself is Keskar et al. 2016 (arXiv 1609.04836); the recipes that close it are Goyal et al. 2017
 (arXiv 1706.02677, linear rule + warmup) and Hoffer et al. 2017 (arXiv 1705.08741, sqrt rule).
+
+With `budget.target_val_acc` and the instruments on, two more sections (largebatch/instruments/critical_batch.py):
+"Critical batch" fits McCandlish's S(B) = S_min + E_min/B to steps-to-target and sets B_crit = E_min/S_min beside the
+measured gradient noise scale; "Why" lists the noise scale per batch size and the sharpness per batch size and rule.
+A record's `variant` (e.g. "decay=step factors=[5, 5]", other searched keys) keeps such recipes apart.
 """
 from __future__ import annotations
 
@@ -28,6 +33,10 @@ SCORED = ("completed", "stopped_early")
 STATUSES = ("completed", "diverged", "stopped_early", "failed", "running")
 _EPS = 1e-12  # float slack for "within tolerance" comparisons
 _REQUIRED = ("trial_id", "global_batch_size", "rule", "warmup_epochs", "optimizer", "base_lr", "status")
+# optional per-trial figures, averaged per recipe (None where no trial has them); grad_noise_scale is the trial's
+# mean over epochs when the record has it (grad_noise_scale_mean), else its last value
+INSTRUMENT_FIELDS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target",
+                     "examples_to_target", "time_to_target_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,9 @@ class _Trial:
     acc: float | None  # the chosen metric, None unless status is scored and the value is finite
     wall_s: float | None
     steps: int | None
+    variant: str = ""  # searched settings beyond batch/rule/warmup/optimizer/base_lr, e.g. "decay=step"
+    batch_ramp: bool = False  # the batch changes during the trial (schedule.batch_ramp)
+    extra: tuple[tuple[str, float], ...] = ()  # the finite INSTRUMENT_FIELDS of the record
 
 
 def _finite(x: Any) -> float | None:
@@ -81,7 +93,16 @@ def _parse(rec: dict, metric: str) -> _Trial:
         acc=_finite(rec.get(metric)) if status in SCORED else None,
         wall_s=_finite(rec.get("wall_s")),
         steps=int(steps) if steps is not None else None,
+        variant=str(rec.get("variant") or ""),
+        batch_ramp=bool(rec.get("batch_ramp", False)),
+        extra=tuple((k, v) for k in INSTRUMENT_FIELDS if (v := _instrument(rec, k)) is not None),
     )
+
+
+def _instrument(rec: dict, key: str) -> float | None:
+    if key == "grad_noise_scale" and _finite(rec.get("grad_noise_scale_mean")) is not None:
+        return _finite(rec["grad_noise_scale_mean"])  # the trial's mean over epochs
+    return _finite(rec.get(key))
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -104,8 +125,8 @@ def _recipe_status(trials: list[_Trial]) -> str:
     return statuses.pop() if len(statuses) == 1 else "partial"
 
 
-def _label(batch: int, rule: str, warmup: float, optimizer: str, base_lr: float) -> str:
-    return f"B={batch} {rule} warmup={warmup:g}ep {optimizer} base_lr={base_lr:g}"
+def _label(batch: int, rule: str, warmup: float, optimizer: str, base_lr: float, variant: str = "") -> str:
+    return f"B={batch} {rule} warmup={warmup:g}ep {optimizer} base_lr={base_lr:g}" + (f" {variant}" if variant else "")
 
 
 def _aggregate(trials: list[_Trial]) -> dict:
@@ -118,6 +139,8 @@ def _aggregate(trials: list[_Trial]) -> dict:
     peaks = [t.peak_lr for t in trials if t.peak_lr is not None]
     accs = [t.acc for t in scored]
     statuses = {s: n for s in STATUSES if (n := sum(t.status == s for t in trials))}
+    # instruments and targets: over the scored trials when there are any (as wall-clock)
+    extras = {k: _mean([v for t in timed for key, v in t.extra if key == k]) for k in INSTRUMENT_FIELDS}
     return {
         "acc_mean": _mean(accs),
         "acc_std": _std(accs),
@@ -130,6 +153,8 @@ def _aggregate(trials: list[_Trial]) -> dict:
         "steps": round(statistics.fmean(steps)) if steps else None,
         "peak_lr": peaks[0] if peaks else None,
         "trial_ids": sorted(t.trial_id for t in trials),
+        "batch_ramp": any(t.batch_ramp for t in trials),
+        **extras,
     }
 
 
@@ -169,14 +194,15 @@ def _configs(trials: list[_Trial], baseline: dict | None, tol_frac: float) -> li
     # peak_lr joins the key so two `power` recipes with different alpha (same base_lr) stay apart.
     groups: dict[tuple, list[_Trial]] = {}
     for t in trials:
-        key = (t.batch, t.rule, t.warmup, t.optimizer, t.base_lr, -1.0 if t.peak_lr is None else round(t.peak_lr, 12))
+        key = (t.batch, t.rule, t.warmup, t.optimizer, t.base_lr, -1.0 if t.peak_lr is None else round(t.peak_lr, 12),
+               t.variant)
         groups.setdefault(key, []).append(t)
     rows = []
     for key in sorted(groups):
-        batch, rule, warmup, optimizer, base_lr, _ = key
+        batch, rule, warmup, optimizer, base_lr, _, variant = key
         members = groups[key]
         row = {
-            "label": _label(batch, rule, warmup, optimizer, base_lr),
+            "label": _label(batch, rule, warmup, optimizer, base_lr, variant),
             "global_batch_size": batch,
             "rule": rule,
             "warmup_epochs": warmup,
@@ -233,6 +259,8 @@ def _per_batch(configs: list[dict]) -> list[dict]:
         entry["noscale"] = None if noscale is None else noscale["label"]
         entry["noscale_acc"] = None if noscale is None else noscale["acc_mean"]
         entry["noscale_gap_points"] = None if noscale is None else noscale["gap_points"]
+        entry["sharpness"] = None if best is None else best["sharpness"]
+        entry["noscale_sharpness"] = None if noscale is None else noscale["sharpness"]
         entry["gap_closed_points"] = (
             (best["acc_mean"] - noscale["acc_mean"]) * 100.0 if best is not None and noscale is not None else None
         )
@@ -284,6 +312,10 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         for t in sorted(trials, key=lambda t: t.trial_id)
         if t.status in ("diverged", "failed")
     ]
+    from largebatch.instruments.critical_batch import critical_batch_section, why_section
+
+    critical = critical_batch_section(configs, warnings)
+    why = why_section(configs, per_batch)
     return {
         "metric": metric,
         "tolerance": float(tolerance),
@@ -295,6 +327,8 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         "recommended": recommended,
         "counts": counts,
         "failures": failures,
+        "critical_batch": critical,
+        "why": why,
         "warnings": warnings,
     }
 
@@ -352,6 +386,11 @@ def format_table(report: dict) -> str:
                f"{_num(b['steps'], 'd')} steps")
     out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
     out.append(f"- recommended: {_config_line(report['recommended'])}")
+    fit = (report.get("critical_batch") or {}).get("fit")
+    if fit:
+        gns = report["critical_batch"]["grad_noise_scale_mean"]
+        out.append(f"- critical batch: B_crit = {fit['B_crit']:.4g} (S_min {fit['S_min']:.4g} steps, E_min "
+                   f"{fit['E_min']:.4g} examples); measured grad_noise_scale {_num(gns, '.4g')}")
     out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
     out.append(f"- failures: {len(report['failures'])}")
     out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
@@ -369,7 +408,10 @@ def format_markdown(report: dict) -> str:
     """report.md: title, the table, the Pareto front, failures (inside the table block)."""
     parts = ["# largebatch report", "", format_table(report), "## Pareto front (wall-clock vs accuracy)", ""]
     parts += [f"{i}. {_config_line(c)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
-    return "\n".join(parts) + "\n"
+    from largebatch.instruments.critical_batch import format_sections
+
+    sections = format_sections(report)
+    return "\n".join(parts) + "\n" + ("\n" + sections if sections else "")
 
 
 def write_report(report: dict, records: list[dict], out_dir: str | Path) -> list[Path]:

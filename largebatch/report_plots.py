@@ -150,11 +150,13 @@ def plot_learning_curves(report: dict, records: list[dict], path: Path) -> Path 
 
 
 def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
-    """Draw the three plots into out_dir; return the ones written (skipped plots are absent)."""
+    """Draw the plots into out_dir; return the ones written (skipped plots are absent)."""
     plots = {
         "val_acc_vs_batch.png": lambda p: plot_acc_vs_batch(report, p),
         "val_acc_vs_wallclock.png": lambda p: plot_acc_vs_wallclock(report, p),
         "learning_curves.png": lambda p: plot_learning_curves(report, records, p),
+        "steps_to_target_vs_batch.png": lambda p: plot_steps_to_target(report, p),
+        "why_noise_scale_and_sharpness.png": lambda p: plot_noise_and_sharpness(report, p),
     }
     written = []
     for name, draw in plots.items():
@@ -164,3 +166,85 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         else:
             path.unlink(missing_ok=True)  # a stale plot from an earlier report would contradict this one
     return written
+
+
+# ------------------------------------------------------------------------------ instruments (critical batch, why)
+def plot_steps_to_target(report: dict, path: Path) -> Path | None:
+    """Steps to the target vs batch size, log-log (Shallue et al. 2018, arXiv 1811.03600): the measured points,
+    McCandlish's fitted S = S_min + E_min/B, the perfect-scaling line, S_min, and the three regions shaded."""
+    cb = report.get("critical_batch")
+    if not cb or not cb["points"]:
+        return None
+    xs = [p["global_batch_size"] for p in cb["points"]]
+    ys = [p["steps_to_target"] for p in cb["points"]]
+    fig, ax = _figure()
+    fit = cb["fit"]
+    lo, hi = min(xs) / 2, max(xs) * 2
+    if fit:
+        lo, hi = min(lo, fit["perfect_scaling_below"] / 2), max(hi, fit["max_parallelism_above"] * 2)
+        ax.axvspan(lo, fit["perfect_scaling_below"], color="tab:green", alpha=0.08, lw=0, label="perfect scaling")
+        ax.axvspan(fit["perfect_scaling_below"], fit["max_parallelism_above"], color="tab:orange", alpha=0.08, lw=0,
+                   label="diminishing returns")
+        ax.axvspan(fit["max_parallelism_above"], hi, color="tab:red", alpha=0.08, lw=0, label="maximal parallelism")
+        grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+        ax.plot(grid, [fit["S_min"] + fit["E_min"] / b for b in grid], color="black", lw=1.5,
+                label=f"fit S_min + E_min/B (B_crit={fit['B_crit']:.3g})")
+        ax.plot(grid, [fit["E_min"] / b for b in grid], color="gray", ls=":", lw=1, label="perfect scaling E_min/B")
+        ax.axhline(fit["S_min"], color="gray", ls="--", lw=1, label=f"S_min={fit['S_min']:.3g}")
+        ax.axvline(fit["B_crit"], color="black", ls="-.", lw=1)
+    gns = cb.get("grad_noise_scale_mean")
+    if gns:
+        ax.axvline(gns, color="tab:purple", ls="--", lw=1, label=f"measured B_simple={gns:.3g}")
+    ax.scatter(xs, ys, color="tab:blue", zorder=5, label="measured (best recipe per batch)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(bottom=min(ys + ([fit["S_min"]] if fit else [])) / 2)
+    ax.set_xlabel("global batch size (log2)")
+    ax.set_ylabel("optimizer steps to target val_acc (log)")
+    ax.set_title("Steps to target vs batch size (critical batch)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.savefig(path)
+    return path
+
+
+def plot_noise_and_sharpness(report: dict, path: Path) -> Path | None:
+    """Why: the gradient noise scale per batch size (left) and the sharpness per batch size and rule (right)."""
+    why = report.get("why")
+    if not why:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    if why["noise_scale"]:
+        xs = [n["global_batch_size"] for n in why["noise_scale"]]
+        left.plot(xs, [n["grad_noise_scale"] for n in why["noise_scale"]], marker="o", color="tab:purple",
+                  label="measured B_simple (mean over recipes)")
+        left.plot(xs, xs, color="gray", ls=":", label="B_simple = B")
+        fit = (report.get("critical_batch") or {}).get("fit")
+        if fit:
+            left.axhline(fit["B_crit"], color="black", ls="-.", lw=1, label=f"fitted B_crit={fit['B_crit']:.3g}")
+        left.set_xscale("log", base=2)
+        left.set_yscale("log")
+        left.legend(fontsize=7)
+    left.set_xlabel("global batch size (log2)")
+    left.set_ylabel("gradient noise scale")
+    left.set_title("Noise scale: batches above it waste examples")
+    left.grid(True, alpha=0.3, which="both")
+    for rule in sorted({s["rule"] for s in why["sharpness"]}):
+        pts = [s for s in why["sharpness"] if s["rule"] == rule]
+        right.plot([s["global_batch_size"] for s in pts], [s["sharpness"] for s in pts], marker="o",
+                   color=_color(rule), label=rule)
+    if why["sharpness"]:
+        right.set_xscale("log", base=2)
+        right.legend(fontsize=7)
+    right.set_xlabel("global batch size (log2)")
+    right.set_ylabel("top Hessian eigenvalue (probe batch)")
+    right.set_title("Sharpness per batch size and rule")
+    right.grid(True, alpha=0.3)
+    fig.savefig(path)
+    return path
