@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write report.json/md and plots to this folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
 
+    p = sub.add_parser("data", help="move datasets: `data push NAME s3://bucket/prefix`")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    dp = dsub.add_parser("push", help="upload a dataset's files to S3 (fashion-mnist IDX files, digits, npz)")
+    dp.add_argument("dataset")
+    dp.add_argument("uri")
+    dp.add_argument("--path", default=None, help="local folder/file (default: the dataset's default location)")
+
     p = sub.add_parser("list", help="list the registered rules, schedules, optimizers, models and datasets")
     return ap
 
@@ -143,6 +150,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from largebatch.storage import push_dataset
+
+    keys = push_dataset(args.dataset, args.uri, args.path)
+    print(f"uploaded {len(keys)} file(s) to {args.uri}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from largebatch.data import DATASETS
     from largebatch.models import MODELS
@@ -156,7 +171,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "report": cmd_report,
+COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "report": cmd_report, "data": cmd_data,
             "list": cmd_list}
 
 

@@ -67,7 +67,9 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        return self.client.create_experiment(name, artifact_location=artifact_location)
+        # MLflow 3's UI opens GenAI experiments on a traces overview; ours are training runs
+        return self.client.create_experiment(name, artifact_location=artifact_location,
+                                             tags={"mlflow.experimentKind": "custom_model_development"})
 
     def start_run(self, experiment_id: str, name: str, *, parent_id: Optional[str] = None,
                   params: Optional[dict[str, Any]] = None, tags: Optional[dict[str, str]] = None) -> str:
@@ -138,6 +140,10 @@ class EpochLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in numeric(metrics).items()
                                                    if k not in ("epoch", "is_final")])
         self.last_logged = epoch
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v)[:5000])
 
     def backfill(self, history: Iterable[dict[str, Any]]) -> None:
         for h in history:

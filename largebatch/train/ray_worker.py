@@ -48,9 +48,18 @@ def train_func(config: dict[str, Any]) -> None:
             logger.backfill(json.loads(Path(restore_dir, HISTORY_FILE).read_text())["history"])
         ctx = WorkerContext(rank=rank, world=world, device=device, restore_dir=restore_dir, report=report,
                             t_submit=config.get("t_submit"))
+        # where the DDP ranks landed (one all_gather at start-up): recorded on the trial's MLflow run
+        node_ids = [ray.get_runtime_context().get_node_id()]
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, node_ids[0])
+            node_ids = gathered
         if rank == 0:
-            placement = {"node_id": ray.get_runtime_context().get_node_id()}
-            print(f"[largebatch] rank 0 on node {placement['node_id'][:12]}; {world} workers, "
+            if logger is not None:
+                logger.set_tags({"node_ids": ",".join(node_ids), "num_nodes": len(set(node_ids))})
+            print(f"[largebatch] ranks on {len(set(node_ids))} node(s); {world} workers, "
                   f"per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} accum, "
                   f"peak lr {res.peak_lr:.4g}", flush=True)
         train_worker(res, ctx, data)

@@ -83,9 +83,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     preflight_tracking(tracking_uri)
 
     per_trial = t.workers_per_trial * t.cpus_per_worker
-    local = not (address or os.environ.get("RAY_ADDRESS"))
-    slots = t.max_concurrent or max(1, (os.cpu_count() or 1) // per_trial)
-    info = init_ray(address, resources={"trial_slot": slots} if local else None)
+    info = init_ray(address)
     try:
         if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
             need = f"{t.workers_per_trial} workers x {t.cpus_per_worker} CPUs" + (" + 1 GPU each" if t.use_gpu else "")
@@ -94,8 +92,6 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                            source=source, field="tuner.workers_per_trial")
         max_conc = t.max_concurrent or max(1, min(info["cpus"] // per_trial,
                                                   info["gpus"] // t.workers_per_trial if t.use_gpu else 10**6))
-        if not local:
-            slots = max_conc
 
         tracker = Tracker(tracking_uri)
         artifact_location = None
@@ -126,9 +122,9 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             "experiment_id": exp_id, "parent_run_id": parent_id, "run_name": run_name,
             "storage_path": storage_path, "placement_strategy": "SPREAD" if info["nodes"] > 1 else "PACK",
         }
-        # The trial's function holds a custom "trial_slot" resource instead of a CPU: the CPUs stay free for the
-        # DDP workers, and the slot count caps concurrency so trials never wait forever for CPUs.
-        resources = {"trial_slot": 1} if local else {"CPU": 0.01}
+        # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
+        # so it takes 1 MiB of "memory", which every node has. max_concurrent_trials caps how many run at once.
+        resources = {"CPU": 0, "memory": 2**20}
         trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), resources)
         tuner = tune.Tuner(
             trainable,

@@ -11,6 +11,6 @@ def local_ray():
     from largebatch.raylib import init_ray, shutdown_ray
 
     assert not ray.is_initialized()
-    info = init_ray(None, num_cpus=2, resources={"trial_slot": 2})
+    info = init_ray(None, num_cpus=2)
     yield info
     shutdown_ray()

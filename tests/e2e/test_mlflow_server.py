@@ -1,0 +1,92 @@
+"""A study against a real MLflow tracking server (SQLite backend, artifacts on the S3 server), browsed in Chromium."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import DUMMY_AWS, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+EXPERIMENT = "e2e-digits"
+
+
+@pytest.fixture(scope="module")
+def study(s3_server, mlflow_server, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("study")
+    env = {**s3_server.env, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+    r = run_cli(["tune", "tune_spaces/digits-smoke.yaml", "--name", EXPERIMENT, "--mlflow", mlflow_server.url,
+                 "--storage", "s3://lb-runs/studies", "--set", "budget.epochs=2"], env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def _client(url):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(url)
+
+
+def test_runs_metrics_and_artifacts_land_in_server_and_bucket(study, s3_server, mlflow_server):
+    client = _client(mlflow_server.url)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("largebatch.kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 5
+    for c in children:
+        assert c.data.tags["status"] == "completed"
+        assert len(client.get_metric_history(c.info.run_id, "val_acc")) == 2
+    # MLflow proxied the parent's artifacts (report, plots) into the S3 bucket
+    keys = [o["Key"] for o in s3_server.client.list_objects_v2(Bucket="lb-mlflow")["Contents"]]
+    for name in ("report/report.md", "report/report.json", "report/val_acc_vs_batch.png", "study.yaml"):
+        assert any(k.endswith(name) for k in keys), (name, keys[:20])
+    # and the report also sits next to the trials in the study's storage
+    stored = [o["Key"] for o in s3_server.client.list_objects_v2(Bucket="lb-runs", Prefix="studies/")["Contents"]]
+    assert any(k.endswith("report/report.md") for k in stored)
+
+
+def test_secrets_never_reach_params_tags_or_artifacts(study, s3_server, mlflow_server):
+    client = _client(mlflow_server.url)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    secrets = [DUMMY_AWS["AWS_SECRET_ACCESS_KEY"], DUMMY_AWS["AWS_ACCESS_KEY_ID"]]
+    for run in client.search_runs([exp.experiment_id]):
+        blob = repr(run.data.params) + repr(run.data.tags)
+        assert not any(s in blob for s in secrets), run.info.run_name
+    for o in s3_server.client.list_objects_v2(Bucket="lb-mlflow")["Contents"]:
+        body = s3_server.client.get_object(Bucket="lb-mlflow", Key=o["Key"])["Body"].read()
+        assert not any(s.encode() in body for s in secrets), o["Key"]
+    assert not any(s in study.stdout + study.stderr for s in secrets)
+
+
+def test_mlflow_ui_shows_the_trial_runs_in_chromium(study, mlflow_server, tmp_path):
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_bin, "make e2e-deps installs Debian's chromium and chromium-driver"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        exp = _client(mlflow_server.url).get_experiment_by_name(EXPERIMENT)
+        browser.get(f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs")
+        # the study's parent run is listed; its trials are nested under it: expand it
+        WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'study ')]")))
+        expand = "//button[contains(@data-component-id, 'runnamecellrenderer')]"
+        WebDriverWait(browser, 30).until(ec.element_to_be_clickable((By.XPATH, expand))).click()
+        WebDriverWait(browser, 60).until(
+            ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'B=128 linear')]")))
+        browser.save_screenshot(str(tmp_path / "mlflow_ui.png"))
+        page = browser.page_source
+        assert "baseline B=32 none" in page and "B=512 none" in page
+    finally:
+        browser.quit()
+    assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
