@@ -59,7 +59,9 @@ class LocalHead:
     def start(self, timeout_s: float = 60.0) -> "LocalHead":
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address=127.0.0.1", f"--port={self.port}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={self.dashboard_port}"]
+               f"--dashboard-port={self.dashboard_port}",
+               # each node's agent needs its own port: the default (52365) clashes with any other Ray on the machine
+               f"--dashboard-agent-listen-port={free_port()}"]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         if self.resources:
@@ -134,7 +136,9 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     try:
         # a short GCS timeout: an unreachable address is a clear error in seconds, not a 60 s retry loop
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        # no runtime_env here: inside `ray job submit` it would REPLACE the job's (working_dir included), and our
+        # own local head already carries TRAIN_ENV in its environment
+        ray.init(address=address, log_to_driver=True)
     except (ConnectionError, RuntimeError) as e:
         if started:
             shutdown_ray()

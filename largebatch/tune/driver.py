@@ -71,6 +71,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
 
     t = study.tuner
     exp_name = name or study.name
+    run_root = str(Path(run_root).resolve())  # absolute from here on: the driver may change directory
     tracking_uri = resolve_tracking_uri(mlflow_uri, run_root)
     storage_path = resolve_storage(storage, run_root)
     # ---- everything that can be wrong is checked before Ray starts or a run is created

@@ -118,18 +118,38 @@ def ray_cluster(s3_server, short_tmp):
     head_log, node_log = short_tmp / "head.log", short_tmp / "node2.log"
     head = subprocess.Popen([ray, "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             "--num-cpus=1", f"--temp-dir={short_tmp / 'ray'}"],
+                             f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=1", f"--temp-dir={short_tmp / 'ray'}"],
                             env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT)
     _wait_log(head_log, "Ray runtime started", head, 90)
     node = subprocess.Popen([ray, "start", "--block", "--disable-usage-stats", f"--address=127.0.0.1:{port}",
-                             "--node-ip-address=127.0.0.1", "--num-cpus=1", '--resources={"node2": 1}'],
+                             "--node-ip-address=127.0.0.1", "--num-cpus=1", '--resources={"node2": 1}',
+                             f"--dashboard-agent-listen-port={free_port()}",
+                             # its own temp dir, as on a separate machine: with a shared one, this node's runtime-env
+                             # agent garbage-collects the job's working_dir package under the head's driver
+                             f"--temp-dir={short_tmp / 'ray2'}"],
                             env=env, stdout=node_log.open("w"), stderr=subprocess.STDOUT)
     _wait_log(node_log, "Ray runtime started", node, 90)
     srv = Servers()
     srv.address, srv.dashboard, srv.env = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env
-    yield srv
-    stop(node)
-    stop(head)
+    try:
+        _wait_job_agent(srv, 120)
+        yield srv
+    finally:
+        stop(node)
+        stop(head)
+
+
+def _wait_job_agent(srv, timeout_s: float) -> None:
+    """The head's job agent answers some seconds after `ray start` returns: wait until a trivial job runs."""
+    deadline, last = time.time() + timeout_s, ""
+    while time.time() < deadline:
+        r = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", srv.dashboard, "--", "echo", "ready"],
+                           env=srv.env, capture_output=True, text=True, timeout=120)
+        if r.returncode == 0:
+            return
+        last = (r.stdout + r.stderr)[-500:]
+        time.sleep(2)
+    raise RuntimeError(f"the Ray job agent did not accept a job in {timeout_s} s: {last}")
 
 
 def _wait_log(log: Path, text: str, proc: subprocess.Popen, timeout_s: float) -> None:

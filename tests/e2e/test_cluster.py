@@ -21,7 +21,7 @@ def test_job_submit_runs_the_study_across_two_nodes(ray_cluster, s3_server, mlfl
            "--storage", "s3://lb-runs/cluster", "--mlflow", mlflow_server.url, "--set", "budget.epochs=2",
            "--set", "search.scaling.rule={grid: [linear]}"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     assert "succeeded" in (r.stdout + r.stderr).lower()
 
     from mlflow.tracking import MlflowClient

@@ -1,0 +1,80 @@
+"""The in-process benchmarks (bench/) run end to end at tiny sizes and write well-formed results.
+
+No speed thresholds here: on a shared machine that would be a timed test. The benchmarks' goals are checked by
+`make bench`, which writes bench/results/summary.md; this test only proves the harness works and its ratios are
+real numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IN_PROCESS = ("loop_overhead", "data_path", "scaling")
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--no-ray", "--results-dir", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+def test_every_in_process_benchmark_writes_its_json_and_the_summary(results):
+    assert sorted(p.stem for p in results.glob("*.json")) == sorted(IN_PROCESS)
+    summary = (results / "summary.md").read_text()
+    assert summary.startswith("| benchmark | figure | goal | measured | met |")
+    for name in IN_PROCESS:
+        assert f"| {name} (quick) |" in summary
+    assert "CPUs (`nproc`)" in summary
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
+def test_result_fields(results, name):
+    r = json.loads((results / f"{name}.json").read_text())
+    assert "error" not in r, r.get("traceback")
+    assert r["benchmark"] == name and r["quick"] is True
+    assert {"nproc", "cpu_model", "torch", "ray"} <= r["machine"].keys()
+    assert r["summary"], "a benchmark must report at least one figure"
+    for row in r["summary"]:
+        assert {"figure", "goal", "measured", "value", "met"} <= row.keys()
+
+
+def test_loop_overhead_ratios(results):
+    r = json.loads((results / "loop_overhead.json").read_text())
+    assert [row["global_batch_size"] for row in r["rows"]] == [32, 256, 2048]
+    for row in r["rows"]:
+        assert _positive_finite(row["ratio_ours_vs_hand"])
+        assert _positive_finite(row["ratio_hand_metrics_vs_hand"])
+        assert all(_positive_finite(v) for v in row["examples_per_s"].values())
+        assert all(_positive_finite(v) for v in row["attribution"]["share_of_hand_step"].values() if v)
+
+
+def test_data_path_shares(results):
+    r = json.loads((results / "data_path.json").read_text())
+    assert [row["global_batch_size"] for row in r["rows"]] == [32, 2048]
+    for row in r["rows"]:
+        for key in ("share_of_step_time", "index_select_share_of_step_time", "collate_share_of_step_time"):
+            assert _positive_finite(row[key])
+            assert row[key] < 10  # a share of the step time, not seconds: well below 10x the step
+
+
+def test_scaling_one_worker(results):
+    r = json.loads((results / "scaling.json").read_text())
+    assert r["two_worker_trials"] is None  # --no-ray
+    for row in r["rows"]:
+        assert _positive_finite(row["examples_per_s_1w"]) and _positive_finite(row["vs_B16_1w"])
+    assert r["rows"][0]["vs_B16_1w"] == 1.0
+    assert r["knee_1w"] in [row["global_batch_size"] for row in r["rows"]]
