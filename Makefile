@@ -10,7 +10,7 @@ FMNIST_SYS := /usr/share/datasets/fashion-mnist
 FMNIST_LOCAL := data/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: setup venv data demo test test-slow bench clean-runs
+.PHONY: setup venv data e2e-deps demo test test-slow bench clean-runs
 
 setup: venv data
 
@@ -35,6 +35,13 @@ data:
 	  mkdir -p $(FMNIST_LOCAL) && cd $(FMNIST_LOCAL) && apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb . ; \
 	fi
 
+# The slow tier's browser test drives Debian's Chromium with chromedriver (no browser download at run time).
+e2e-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; \
+	else echo "install Debian's chromium and chromium-driver (needs root) for the browser test" >&2; exit 1; fi
+
 demo: setup
 	$(VENV)/bin/largebatch tune tune_spaces/fashion-mnist.yaml
 	@echo
@@ -43,7 +50,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: setup
+test-slow: setup e2e-deps
 	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
 
 bench: setup
