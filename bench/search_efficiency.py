@@ -1,0 +1,126 @@
+"""Search efficiency (DESIGN §9): an ASHA study vs the exhaustive grid (FIFO) on the same space.
+
+The space is tune_spaces/fashion-mnist.yaml's (3 batches x 3 rules x 2 warmups + the baseline), reduced to
+20000 training examples and 4 epochs so both studies finish in about 10 minutes. Both run through `run_study`
+(the `largebatch tune` path: Tune, Train, MLflow) in one child process with its own Ray and MLflow, one after
+the other. Compute is trial-seconds: the sum over trials of start-up + training wall-clock (`startup_s` +
+`wall_s`, read back from MLflow; an ASHA-stopped trial counts up to its last report). Goal: ASHA's compute <= 40%
+of the grid's, with its best val_acc within 0.5 points of the grid's best.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench import common
+
+NAME = "search_efficiency"
+GOAL_SHARE = 0.40
+TOLERANCE_POINTS = 0.5
+FULL_SETS = {"data.train_subset": 20000, "budget.epochs": 4}
+QUICK_SETS = {"data.train_subset": 4000, "budget.epochs": 2,
+              "search.data.global_batch_size": {"grid": [256, 1024]}, "search.scaling.rule": {"grid": ["linear"]},
+              "search.schedule.warmup_epochs": {"grid": [0]}}
+
+
+def _watch_resources(samples: list, stop, every_s: float = 10.0) -> None:
+    """Free CPUs and live placement groups over time: a trial waiting while CPUs are held by a finished or
+    stopped trial's leftovers shows here as 0 free CPUs with fewer trials running than slots."""
+    import ray
+
+    t0 = time.time()
+    while not stop.wait(every_s):
+        try:
+            pgs = ray.util.placement_group_table()
+            live = sum(1 for p in pgs.values() if p.get("state") not in ("REMOVED",))
+            free = ray.available_resources().get("CPU", 0.0)
+            samples.append({"t": round(time.time() - t0, 1), "free_cpus": free, "live_placement_groups": live})
+            print(f"[bench] t={time.time() - t0:.0f}s free CPUs {free} live placement groups {live}", flush=True)
+        except Exception as e:  # diagnostics only
+            samples.append({"t": round(time.time() - t0, 1), "error": str(e)[:200]})
+
+
+def child(spec: dict) -> dict[str, Any]:
+    import threading
+
+    from largebatch.config import load_study
+    from largebatch.tracking import records_from_mlflow
+    from largebatch.tune.driver import run_study
+
+    ray_info = common.start_ray()
+    root = common.short_tmpdir()
+    out: dict[str, Any] = {}
+    samples: list = []
+    stop = threading.Event()
+    threading.Thread(target=_watch_resources, args=(samples, stop), daemon=True).start()
+    for scheduler in spec["schedulers"]:
+        study = load_study(common.STUDY_FILE, {**spec["sets"], "tuner.scheduler": scheduler})
+        t = time.time()
+        report = run_study(study, source=str(common.STUDY_FILE), study_text=common.STUDY_FILE.read_text(),
+                           name=f"bench-{scheduler}-{time.time_ns()}", storage=f"{root}/ray",
+                           mlflow_uri=f"sqlite:///{root}/mlflow.db", run_root=root)
+        s = report["study"]
+        records = records_from_mlflow(s["tracking_uri"], s["experiment_id"], s["parent_run_id"])
+        out[scheduler] = {
+            "study_s": time.time() - t,
+            "n_trials": s["n_trials"],
+            "recommended": report.get("recommended"),
+            "trials": [{k: r.get(k) for k in ("name", "is_baseline", "status", "global_batch_size", "rule",
+                                              "warmup_epochs", "best_val_acc", "startup_s", "wall_s", "steps")}
+                       for r in records],
+        }
+    stop.set()
+    return {"ray": ray_info, "studies": out, "resources_timeline": samples}
+
+
+def compute(trials: list[dict]) -> dict[str, float]:
+    def f(x: Any) -> float:
+        return float(x) if x is not None else 0.0
+
+    return {"trial_s": sum(f(t["startup_s"]) + f(t["wall_s"]) for t in trials),
+            "train_s": sum(f(t["wall_s"]) for t in trials),
+            "startup_s": sum(f(t["startup_s"]) for t in trials)}
+
+
+def best(trials: list[dict], search_only: bool = True) -> float:
+    accs = [t["best_val_acc"] for t in trials if t["best_val_acc"] is not None
+            and not (search_only and t["is_baseline"])]
+    return max(accs) if accs else float("nan")
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    sets = QUICK_SETS if quick else FULL_SETS
+    got = common.run_child("bench.search_efficiency:child", {"sets": sets, "schedulers": ["fifo", "asha"]},
+                           timeout_s=900 if quick else 2400, log_name="search_efficiency")
+    grid, asha = got["studies"]["fifo"], got["studies"]["asha"]
+    cg, ca = compute(grid["trials"]), compute(asha["trials"])
+    share = common.ratio(ca["trial_s"], cg["trial_s"])
+    gap = (best(grid["trials"]) - best(asha["trials"])) * 100
+    stopped = sum(t["status"] == "stopped_early" for t in asha["trials"])
+    summary = [
+        common.figure("ASHA trial-seconds / grid trial-seconds (start-up + training)", share * 100, unit="%",
+                      goal=f"<= {GOAL_SHARE:.0%}", met=share <= GOAL_SHARE),
+        common.figure("grid best val_acc - ASHA best val_acc", gap, unit=" points",
+                      goal=f"<= {TOLERANCE_POINTS}", met=gap <= TOLERANCE_POINTS),
+        common.figure("ASHA / grid, training seconds only (start-up excluded)",
+                      common.ratio(ca["train_s"], cg["train_s"]) * 100, unit="%"),
+        common.figure("ASHA / grid, study wall-clock", common.ratio(asha["study_s"], grid["study_s"]) * 100, unit="%"),
+    ]
+    return {
+        "settings": {"study": str(common.STUDY_FILE.relative_to(common.REPO_ROOT)), "sets": sets,
+                     "asha": "grace_period_epochs 1, reduction_factor 2 (the study's tuner defaults)",
+                     "compute": "sum over trials of startup_s + wall_s, from MLflow"},
+        "compute": {"grid": cg, "asha": ca},
+        "compute_share": share,
+        "best_val_acc": {"grid": best(grid["trials"]), "asha": best(asha["trials"]),
+                         "grid_incl_baseline": best(grid["trials"], False),
+                         "asha_incl_baseline": best(asha["trials"], False)},
+        "gap_points": gap,
+        "asha_stopped_early": stopped,
+        "startup_share_of_compute": {"grid": common.ratio(cg["startup_s"], cg["trial_s"]),
+                                     "asha": common.ratio(ca["startup_s"], ca["trial_s"])},
+        "ray": got["ray"],
+        "studies": got["studies"],
+        "resources_timeline": got.get("resources_timeline"),
+        "summary": summary,
+    }
