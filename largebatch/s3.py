@@ -74,33 +74,28 @@ def preflight_s3(uri: str, field: str = "--storage") -> None:
         raise _explain(e, uri, field) from None
 
 
-def upload_dir(local_dir: Path, uri: str) -> list[str]:
+def _upload(pairs: list[tuple[Path, str]], uri: str, field: str) -> list[str]:
+    """Upload (local file, key relative to the URI's prefix) pairs; returns the object keys."""
     bucket, key, endpoint = parse_s3_uri(uri)
     s3 = client(endpoint)
     keys = []
     try:
-        for path in sorted(Path(local_dir).rglob("*")):
-            if path.is_file():
-                k = f"{key.rstrip('/')}/{path.relative_to(local_dir).as_posix()}".lstrip("/")
-                s3.upload_file(str(path), bucket, k)
-                keys.append(k)
+        for path, rel in pairs:
+            k = f"{key.rstrip('/')}/{rel}".lstrip("/")
+            s3.upload_file(str(path), bucket, k)
+            keys.append(k)
     except Exception as e:
-        raise _explain(e, uri, "--storage") from None
+        raise _explain(e, uri, field) from None
     return keys
+
+
+def upload_dir(local_dir: Path, uri: str) -> list[str]:
+    files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+    return _upload([(p, p.relative_to(local_dir).as_posix()) for p in files], uri, "--storage")
 
 
 def upload_files(paths: list[Path], uri: str) -> list[str]:
-    bucket, key, endpoint = parse_s3_uri(uri)
-    s3 = client(endpoint)
-    keys = []
-    try:
-        for p in paths:
-            k = f"{key.rstrip('/')}/{p.name}".lstrip("/")
-            s3.upload_file(str(p), bucket, k)
-            keys.append(k)
-    except Exception as e:
-        raise _explain(e, uri, "data push") from None
-    return keys
+    return _upload([(Path(p), Path(p).name) for p in paths], uri, "data push")
 
 
 def fetch_to_cache(uri: str, field: str = "data.path") -> str:
