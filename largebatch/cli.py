@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", default=None,
                    help="tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this study's newest run (same --name/--storage/--mlflow) after its driver died: "
+                        "finished trials are kept, unfinished ones resume from their checkpoints")
 
     p = sub.add_parser("report", help="rebuild a study's report from MLflow alone")
     p.add_argument("--mlflow", default=None, help="tracking URI (default as for tune)")
@@ -132,7 +135,7 @@ def cmd_tune(args) -> int:
 
     study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
     run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
-              storage=args.storage, mlflow_uri=args.mlflow, address=args.address)
+              storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume)
     return 0
 
 

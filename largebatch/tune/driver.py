@@ -58,14 +58,16 @@ def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
 
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
               storage: Optional[str] = None, mlflow_uri: Optional[str] = None, address: Optional[str] = None,
-              run_root: str = "runs") -> dict[str, Any]:
+              run_root: str = "runs", resume: bool = False) -> dict[str, Any]:
+    """Run a study; with resume=True continue the newest run of this study (same name + storage) whose driver
+    died: finished trials are kept, unfinished ones resume from their checkpoints, the MLflow parent is reused."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from largebatch.raylib import init_ray, shutdown_ray
     from largebatch.report import build_report, format_table, write_report
     from largebatch.storage import preflight_storage, report_dir_for, resolve_storage, upload_dir
-    from largebatch.tracking import KIND_TAG, Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
+    from largebatch.tracking import Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
     from largebatch.tune.space import create_searcher
     from largebatch.tune.trainable import tune_trial
 
@@ -82,6 +84,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     train_sizes = _train_sizes(study, [base_tree, baseline_tree])
     preflight_storage(storage_path)
     preflight_tracking(tracking_uri)
+    target = find_resumable(storage_path, exp_name, tracking_uri) if resume else None
 
     per_trial = t.workers_per_trial * t.cpus_per_worker
     info = init_ray(address)
@@ -99,23 +102,19 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         if tracking_uri.startswith("sqlite:"):
             artifact_location = (Path(run_root).resolve() / "mlartifacts").as_uri()
         exp_id = tracker.experiment_id(exp_name, artifact_location)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_name = f"{exp_name}-{stamp}"
-        parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
-            **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
-            "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
-            "report.tolerance": study.report.tolerance, "storage": storage_path,
-            "search_keys": ",".join(study.search)},
-            tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
-                  "ray_nodes": str(info["nodes"]), "storage": storage_path, "run_name": run_name})
-        tracker.log_text(parent_id, study_text, "study.yaml")
-        tracker.log_text(parent_id, json.dumps({"search": study.search, "baseline": study.baseline,
-                                                "resolved_base": flatten(base_tree)}, indent=2, default=str),
-                         "search_space.json")
+        if target is not None:
+            run_name, parent_id = target["run_name"], target["parent_id"]
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_name = f"{exp_name}-{stamp}"
+            parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
+                                      max_conc, storage_path, info, base_tree)
         print(f"[largebatch] study {exp_name!r}: {n_trials} trials, {max_conc} at a time, "
               f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {tracking_uri} "
               f"(parent run {parent_id}); storage {storage_path}", flush=True)
-
+        if target is not None:
+            print(f"[largebatch] resuming {target['path']} (finished trials are kept, unfinished ones resume "
+                  f"from their last checkpoint)", flush=True)
         ctx = {
             "base_tree": base_tree, "baseline_tree": baseline_tree, "source": source, "seeds": list(t.seeds),
             "workers_per_trial": t.workers_per_trial, "cpus_per_worker": t.cpus_per_worker, "use_gpu": t.use_gpu,
@@ -127,14 +126,20 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         # so it takes 1 MiB of "memory", which every node has. max_concurrent_trials caps how many run at once.
         resources = {"CPU": 0, "memory": 2**20}
         trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), resources)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_conc),
-                                        scheduler=scheduler, num_samples=n_trials, metric=t.metric, mode=t.mode,
-                                        max_concurrent_trials=max_conc, time_budget_s=t.time_budget_s),
-            run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
+        if target is not None:
+            # the searcher (and its position), scheduler and trial list come back from the run folder
+            tuner = tune.Tuner.restore(target["path"], trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_conc),
+                                            scheduler=scheduler, num_samples=n_trials, metric=t.metric,
+                                            mode=t.mode, max_concurrent_trials=max_conc,
+                                            time_budget_s=t.time_budget_s),
+                run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=1,
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
         t0 = time.time()
         grid = tuner.fit()
         study_s = time.time() - t0
@@ -142,7 +147,6 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     finally:
         if info["started"]:
             shutdown_ray()
-
     records = records_from_mlflow(tracking_uri, exp_id, parent_id)
     report = build_report(records, tolerance=study.report.tolerance)
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
@@ -162,6 +166,71 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     print(format_table(report))
     print(f"[largebatch] report: {out_dir}/report.md  (MLflow parent run {parent_id}, {study_s:.0f} s)")
     return report
+
+
+def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,
+                  study_text: str, n_trials: int, max_conc: int, storage_path: str, info: dict,
+                  base_tree: dict) -> str:
+    from largebatch.tracking import KIND_TAG
+
+    parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
+        **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
+        "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
+        "report.tolerance": study.report.tolerance, "storage": storage_path,
+        "search_keys": ",".join(study.search)},
+        tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
+              "ray_nodes": str(info["nodes"]), "storage": storage_path, "run_name": run_name})
+    tracker.log_text(parent_id, study_text, "study.yaml")
+    tracker.log_text(parent_id, json.dumps({"search": study.search, "baseline": study.baseline,
+                                            "resolved_base": flatten(base_tree)}, indent=2, default=str),
+                     "search_space.json")
+    return parent_id
+
+
+def _run_folders(storage_path: str, exp_name: str) -> list[tuple[str, str]]:
+    """(folder name, restorable path) of this study's Tune run folders `<name>-<YYYYmmdd-HHMMSS>`, newest first."""
+    import re
+
+    pattern = re.compile(re.escape(exp_name) + r"-\d{8}-\d{6}$")
+    base, _, query = storage_path.partition("?")
+    if base.startswith("s3://"):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(storage_path)
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    else:
+        root = Path(base)
+        names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    names = sorted((n for n in names if pattern.match(n)), key=lambda n: n[-15:], reverse=True)
+    return [(n, base.rstrip("/") + "/" + n + (f"?{query}" if query else "")) for n in names]
+
+
+def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[str, str]:
+    """The newest run of study `exp_name` under the storage, and its MLflow parent run; BadInput if none."""
+    from ray import tune
+
+    from largebatch.tracking import KIND_TAG, STATUS_TAG, _client
+
+    folders = _run_folders(storage_path, exp_name)
+    hint = "check --name and --storage, or drop --resume to start a new study"
+    if not folders:
+        raise BadInput(f"nothing to resume: no run of study {exp_name!r} under {storage_path}; {hint}",
+                       field="--resume")
+    run_name, path = folders[0]
+    if not tune.Tuner.can_restore(path):
+        raise BadInput(f"nothing to resume: {path} holds no Tune experiment state; {hint}", field="--resume")
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(exp_name)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.run_name = '{run_name}' and "
+                              f"tags.`{KIND_TAG}` = 'study'", max_results=1) if exp is not None else []
+    if not runs:
+        raise BadInput(f"nothing to resume: no MLflow study run tagged run_name={run_name!r} in {tracking_uri}; "
+                       f"pass the --mlflow the study was started with", field="--resume")
+    if runs[0].data.tags.get(STATUS_TAG) == "completed":
+        raise BadInput(f"nothing to resume: study run {run_name!r} already completed (parent run "
+                       f"{runs[0].info.run_id}); {hint}", field="--resume")
+    return {"run_name": run_name, "path": path, "parent_id": runs[0].info.run_id}
 
 
 def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:

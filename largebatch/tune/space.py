@@ -150,6 +150,54 @@ class WithBaseline(_searcher_base()):
 
     def set_state(self, state: dict) -> None:
         self.queue, self.asked = state["queue"], state["asked"]
+        self.primary = dict(state.get("primary", {}))
+        if "inner" in state:
+            self._set_inner_state(state["inner"])
+
+    # Tune saves the innermost searcher of its wrapper chain (ConcurrencyLimiter -> us) with save()/restore()
+    # on every experiment checkpoint, and restores it with `Tuner.restore` (`largebatch tune --resume`).
+    def _inner_state(self) -> dict:
+        try:
+            return {"state": self.inner.get_state()}
+        except NotImplementedError:  # e.g. OptunaSearch: only save()/restore() to a file
+            import os
+            import tempfile
+
+            fd, path = tempfile.mkstemp()
+            os.close(fd)
+            try:
+                self.inner.save(path)
+                with open(path, "rb") as f:
+                    return {"file": f.read()}
+            finally:
+                os.unlink(path)
+
+    def _set_inner_state(self, inner: dict) -> None:
+        if "state" in inner:
+            self.inner.set_state(inner["state"])
+            return
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp()
+        with os.fdopen(fd, "wb") as f:
+            f.write(inner["file"])
+        try:
+            self.inner.restore(path)
+        finally:
+            os.unlink(path)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({**self.get_state(), "primary": self.primary, "inner": self._inner_state()}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
 
 
 SEARCHERS: Registry = Registry("searcher")

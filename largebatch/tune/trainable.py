@@ -44,6 +44,25 @@ def _wait_for_tune_queue(timeout_s: float = 30.0) -> None:
     time.sleep(1.0)
 
 
+FINAL_STATUSES = ("completed", "diverged", "failed", "stopped_early")
+
+
+def _already_finished(tracker: Tracker, run_id: str) -> bool:
+    """True if the child run already holds a final status; its last metrics are reported to Tune again (a failed
+    trial raises again), so Tune records the same outcome without training anything."""
+    from ray import tune
+
+    run = tracker.client.get_run(run_id)
+    status = run.data.tags.get(STATUS_TAG)
+    if status not in FINAL_STATUSES:
+        return False
+    if status == "failed":
+        raise RuntimeError(run.data.tags.get("reason") or "trial failed")
+    tune.report({**run.data.metrics, "trial_id": tune.get_context().get_trial_id(), "status": status})
+    _wait_for_tune_queue()
+    return True
+
+
 def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
     from ray.train.v2.api.exceptions import TrainingFailedError
@@ -65,6 +84,8 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
     tracker = Tracker(ctx["tracking_uri"])
     run_id = tracker.find_child(ctx["experiment_id"], ctx["parent_run_id"], trial_id)
+    if run_id is not None and _already_finished(tracker, run_id):
+        return  # a resumed study re-ran a trial that had finished (driver killed before Tune saved it): no rerun
     if run_id is None:
         params = {**flatten(cfg.model_dump(mode="json")), **summary, "arm": arm, "trial_id": trial_id,
                   "searched": ",".join(overrides)}
