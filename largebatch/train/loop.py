@@ -181,7 +181,9 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
             for g in opt.param_groups:
                 g["lr"] = lr
             for i, idx in enumerate(micro):
-                xb, yb = x_train[idx], y_train[idx]
+                # index_select, not x[idx]: the same gather without advanced indexing's dispatch; bench/data_path
+                # measured batch production at 1.4-1.8% of step time this way vs 4.2-6.5% with x[idx]
+                xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
                 # gradients are all-reduced only on the last micro-step (DDP no_sync on the others)
                 sync = contextlib.nullcontext() if (world == 1 or i == accum - 1) else net.no_sync()
                 with sync:
