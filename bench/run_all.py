@@ -76,8 +76,10 @@ def summary_markdown(results_dir: Path) -> str:
         lines.append(f"Machine: {nproc} CPUs (`nproc`), {cpu}; torch {torch_v}, ray {ray_v}. Every figure is a "
                      f"ratio against a reference measured in the same run (alternated repetitions, medians).")
     dates = sorted(pl["started_at"] for pl in payloads)
+    loads = [v for pl in payloads for k, v in pl["machine"].items() if k.startswith("load_avg")]
     if dates:
-        lines.append(f"Measured {dates[0]} to {dates[-1]}; details in bench/results/<benchmark>.json.")
+        lines.append(f"Benchmarks started between {dates[0]} and {dates[-1]}; the 1-minute load average of the shared "
+                     f"machine ranged {min(loads):.1f}-{max(loads):.1f} during them. Details: bench/results/<benchmark>.json.")
     return "\n".join(lines) + "\n"
 
 
