@@ -25,7 +25,9 @@ from typing import Any, Optional
 from largebatch.errors import BadInput
 
 # Each ray.train.report waits for the controller's poll (2 s by default); short epochs need a faster poll.
-TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+             # under load (2 cores, several trials starting), worker groups took over Ray's 60 s default to start
+             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
 
 def _train_env() -> dict[str, str]:

@@ -37,8 +37,10 @@ def create_scheduler(study: StudyConfig):
         return FIFOScheduler()
     if t.scheduler == "asha":
         max_t = max(int(study.base.budget.epochs), t.grace_period_epochs)
+        # stop_last_trials=False: a trial reaching max_t ends by itself, so it logs its final status and fit_s
+        # (with the default, Tune kills it at its last epoch and it would be recorded stopped_early)
         return ASHAScheduler(time_attr="training_iteration", grace_period=t.grace_period_epochs, max_t=max_t,
-                             reduction_factor=t.reduction_factor)
+                             reduction_factor=t.reduction_factor, stop_last_trials=False)
     from largebatch.errors import unknown_choice
 
     raise BadInput(unknown_choice("scheduler", t.scheduler, ["fifo", "asha"]), field="tuner.scheduler")
