@@ -118,6 +118,19 @@ def _connect_error(e: BaseException, address: str) -> BadInput:
                     f"--address to run locally", field="--address")
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A bounded TCP check of a GCS address (host:port) before ray.init, which would retry for minutes."""
+    if "://" in address or address == "auto" or ":" not in address:
+        return  # ray:// client addresses and "auto" are Ray's to resolve
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot reach a Ray cluster at {address!r} ({getattr(e, 'strerror', None) or e}); start one "
+                       f"with `ray start --head` or drop --address to run locally", field="--address") from None
+
+
 def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
              resources: Optional[dict[str, float]] = None) -> dict[str, Any]:
     """Start (a local head) or join Ray. Returns the cluster facts for the study record; 'started' says whether
@@ -134,6 +147,8 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     if not address:
         _HEAD = LocalHead(num_cpus=num_cpus, resources=resources).start()
         address, started = _HEAD.address, True
+    else:
+        _check_reachable(address)
     _match_auth_mode(own_head=started)
     try:
         # a short GCS timeout: an unreachable address is a clear error in seconds, not a 60 s retry loop
