@@ -9,6 +9,7 @@ trial is ended by a timeout instead of hanging `make bench`.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -92,8 +93,11 @@ def median(xs: Iterable[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def ratio(a: float, b: float) -> float:
-    return a / b if b and math.isfinite(a) and math.isfinite(b) else float("nan")
+def ratio(a: Optional[float], b: Optional[float]) -> float:
+    """a / b, or NaN when either is missing, infinite or b is 0 (a failed trial must not crash the analysis)."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return float("nan")
+    return a / b
 
 
 def alternate(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
@@ -183,15 +187,19 @@ class _quiet:
 # die of it. (The product keeps Ray's default; see bench/README.md.)
 CHILD_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
-def short_tmpdir(prefix: str = "lbb-") -> str:
-    """Ray's AF_UNIX socket paths are capped at 107 bytes: keep temp dirs short (/tmp/lbb-xxxx)."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+def short_tmpdir(prefix: str = "lbb-", keep: bool = False) -> str:
+    """Ray's AF_UNIX socket paths are capped at 107 bytes: keep temp dirs short (/tmp/lbb-xxxx). Removed when
+    this process exits unless `keep` (run_child keeps a failed child's log)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    if not keep:
+        atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def run_child(target: str, spec: dict[str, Any], *, timeout_s: float, env: dict[str, str] | None = None,
               log_name: str = "child") -> dict[str, Any]:
     """Run `module:function(spec) -> dict` in a fresh Python (`python -m bench.run_all --child ...`)."""
-    work = Path(short_tmpdir())
+    work = Path(short_tmpdir(keep=True))
     spec_file, out_file, log_file = work / "spec.json", work / "out.json", work / f"{log_name}.log"
     spec_file.write_text(json.dumps({**spec, "t_spawn": time.time()}))
     child_env = {**os.environ, **CHILD_ENV, **(env or {})}
