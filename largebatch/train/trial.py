@@ -76,19 +76,23 @@ def outcome(result, t_fit: float) -> dict[str, Any]:
     return final
 
 
-def run_trial(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
-              use_gpu: bool = False, max_failures: int = 2) -> dict[str, Any]:
-    """Run one trial to the end on the current Ray; never raises for a trial that fails or diverges."""
+def fit_outcome(trainer) -> dict[str, Any]:
+    """trainer.fit() -> the outcome dict; a run that fails for good becomes status 'failed', never an exception."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
-    trainer = make_trainer(res, run_name=run_name, storage_path=storage_path, cpus_per_worker=cpus_per_worker,
-                           use_gpu=use_gpu, max_failures=max_failures)
     t_fit = time.time()
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
         result = _FailedResult(e)
     return outcome(result, t_fit)
+
+
+def run_trial(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
+              use_gpu: bool = False, max_failures: int = 2) -> dict[str, Any]:
+    """Run one trial to the end on the current Ray; never raises for a trial that fails or diverges."""
+    return fit_outcome(make_trainer(res, run_name=run_name, storage_path=storage_path,
+                                    cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, max_failures=max_failures))
 
 
 class _FailedResult:

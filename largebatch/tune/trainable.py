@@ -65,10 +65,9 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
 
 def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
-    from ray.train.v2.api.exceptions import TrainingFailedError
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from largebatch.train.trial import outcome, make_trainer
+    from largebatch.train.trial import fit_outcome, make_trainer
 
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
@@ -98,14 +97,7 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], max_failures=ctx["max_failures"],
         tracking={"uri": ctx["tracking_uri"], "run_id": run_id}, callbacks=[TuneReportCallback()],
         placement_strategy=ctx.get("placement_strategy", "PACK"))
-    t_fit = time.time()
-    try:
-        result = trainer.fit()
-    except TrainingFailedError as e:
-        from largebatch.train.trial import _FailedResult
-
-        result = _FailedResult(e)
-    out = outcome(result, t_fit)
+    out = fit_outcome(trainer)
     # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
     # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:
