@@ -100,10 +100,6 @@ class Tracker:
         tags = [RunTag(STATUS_TAG, status)] + ([RunTag("reason", reason[:5000])] if reason else [])
         self.client.log_batch(run_id, metrics=ms, tags=tags)
 
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, v)
-
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -175,7 +175,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B].to(device)
         t_epoch = time.time()
         net.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, correct, count (no .item() here)
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, correct (no .item() here)
+        steps_done = 0  # examples seen = steps_done * B over all ranks: counted here, not on the device
         for i_step, micro in enumerate(rank_batches(perm, B, ctx.rank, world, accum)):
             lr = res.lr_at(step)
             for g in opt.param_groups:
@@ -197,7 +198,6 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
                     gns.after_backward(i, accum)
                 sums[0] += loss.detach().double() * yb.numel()
                 sums[1] += (out.detach().argmax(1) == yb).sum()
-                sums[2] += yb.numel()
             if gns is not None:  # instrument: |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
                 gns.after_sync(B, micro_batch)
             if scaler is not None:
@@ -211,6 +211,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
                 opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            steps_done += 1
             if (i_step + 1) % check_every == 0 or i_step + 1 == steps_now:
                 # divergence check: a CPU sync point (+1 scalar all-reduce), all ranks decide together
                 chk = _all_reduce_sum(torch.stack([sums[0], loss.detach().double()]), world)
@@ -225,7 +226,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         train_s = time.time() - t_epoch
 
         _all_reduce_sum(sums, world)
-        loss_sum, correct, count = sums.tolist()  # sync point: once per epoch
+        loss_sum, correct = sums.tolist()  # sync point: once per epoch
+        count = steps_done * B
         if status == "diverged":
             val_loss, val_acc = float("nan"), float("nan")
         else:
@@ -233,7 +235,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         epoch_s = time.time() - t_epoch
         wall_s = wall_offset + (time.time() - t0)
         train_loss, train_acc = loss_sum / max(count, 1), correct / max(count, 1)
-        examples = steps_now * B
+        examples = count
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
             "val_acc": val_acc, "gen_gap": train_acc - val_acc, "lr": lr, "global_batch_size": B,
