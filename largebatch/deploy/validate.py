@@ -3,7 +3,7 @@
 No API server is reachable where this runs, so `validate_kustomization` checks what one would, and more:
 
 - schemas: built-in kinds with `kubernetes_validate` (strict: unknown fields fail); KubeRay kinds with the
-  CRD schemas in ../shared/k8s-schemas, made strict by adding `additionalProperties: false` to every object
+  CRD schemas vendored in k8s/crd-schemas, made strict by adding `additionalProperties: false` to every object
   schema that lists `properties` (the CRDs omit it, so a typo'd field would otherwise pass and be pruned);
 - semantics (`checks.py`): pinned images, Secret keys that exist in k8s/secret.example.yaml, Service
   selectors that match a pod template, probes, requests/limits, non-root pods, GPU worker groups that ask
@@ -37,8 +37,8 @@ SCHEMAS_ENV = "LARGEBATCH_K8S_SCHEMAS"
 
 
 def find_schema_dir(repo_root: Path) -> Path:
-    """KubeRay CRD schemas: $LARGEBATCH_K8S_SCHEMAS, else ../shared/k8s-schemas next to the repo."""
-    path = Path(os.environ.get(SCHEMAS_ENV) or repo_root.parent / "shared" / "k8s-schemas")
+    """KubeRay CRD schemas: $LARGEBATCH_K8S_SCHEMAS, else the copies vendored in k8s/crd-schemas."""
+    path = Path(os.environ.get(SCHEMAS_ENV) or repo_root / "k8s" / "crd-schemas")
     if not (path / RAY_CRD_SCHEMAS["RayCluster"]).is_file():
         raise FileNotFoundError(f"KubeRay CRD schemas not found in {path}; set {SCHEMAS_ENV}")
     return path
