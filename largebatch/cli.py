@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -129,13 +130,28 @@ def cmd_train(args) -> int:
     return 0 if out["status"] in ("completed", "diverged", "stopped_early") else 1
 
 
+def resume_command(args) -> str:
+    """The exact `largebatch tune ... --resume` that continues this study (credentials in URIs redacted)."""
+    from largebatch.redact import redact_uri
+
+    parts = ["largebatch", "tune", args.study, *[x for s in args.sets for x in ("--set", s)]]
+    if args.smoke:
+        parts.append("--smoke")
+    for flag in ("name", "storage", "mlflow", "address"):
+        value = getattr(args, flag)
+        if value:
+            parts += [f"--{flag}", redact_uri(value)]
+    return shlex.join([*parts, "--resume"])
+
+
 def cmd_tune(args) -> int:
     from largebatch.config import load_study, parse_sets
     from largebatch.tune.driver import run_study
 
     study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
     run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
-              storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume)
+              storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume,
+              resume_hint=resume_command(args))
     return 0
 
 
@@ -179,15 +195,26 @@ COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "rep
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from largebatch import interrupts
+    from largebatch.failures import StudyAborted, signal_name
+
     try:
         args = build_parser().parse_args(argv)
+        if args.cmd in ("train", "tune"):  # they start Ray: SIGTERM/SIGHUP must clean up like Ctrl-C
+            interrupts.install()
         return COMMANDS[args.cmd](args)
     except BadInput as e:
         print(f"largebatch: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StudyAborted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("largebatch: interrupted", file=sys.stderr)
-        return 130
+        import signal
+
+        print(f"largebatch: interrupted by {signal_name(interrupts.received() or signal.SIGINT)}; the local Ray "
+              f"head was stopped", file=sys.stderr)
+        return interrupts.exit_code()
 
 
 if __name__ == "__main__":

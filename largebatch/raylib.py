@@ -5,15 +5,23 @@ The local default is a real head node started as our child (`ray start --head --
 (the PlacementGroupCleaner) find THIS cluster even when other Ray instances run on the machine. With a bare
 `ray.init()` they fail with "multiple active Ray instances", placement groups leak and later trials time out.
 
-Token auth (Ray >= 2.59): `ray start` enables it and writes ~/.ray/auth_token; our local head and its driver both
-run with RAY_AUTH_MODE=token. For a remote cluster the environment decides, and a mismatch becomes one clear line
-(README "Run on a cluster" says what to set).
+Token auth (Ray >= 2.59) stays on for the local head, with a token of its own: a fresh random token in a private
+file (folder 0700, file 0600) that head, driver and every Ray process they start find through RAY_AUTH_TOKEN_PATH.
+Nothing in the user's ~/.ray is read or written, so a machine that never ran Ray works (with RAY_AUTH_MODE=token
+forced and no token, `ray start` refuses to start) and a user's token for a real cluster is left alone. For a
+remote cluster (`--address`) the environment decides, and a mismatch becomes one clear line.
+
+The head is our child in its own right: it gets SIGTERM from the kernel when the process that started it dies
+(PR_SET_PDEATHSIG), so a SIGKILLed CLI leaves no raylet or GCS behind.
 """
 from __future__ import annotations
 
 import atexit
 import json
 import os
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from largebatch import interrupts
 from largebatch.errors import BadInput
 
 # Each ray.train.report waits for the controller's poll (2 s by default); short epochs need a faster poll.
@@ -40,8 +49,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child between fork and exec: ask the kernel for SIGTERM when our parent dies (Linux only)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return  # not Linux: the atexit/signal handlers are the only guard
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def write_private_token(folder: Path) -> Path:
+    """A fresh random token in `folder`/auth_token, created 0600 (never readable by others, not even briefly)."""
+    path = folder / "auth_token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
 class LocalHead:
-    """A Ray head node on 127.0.0.1 as a child process; `stop()` terminates it by PID (--block stops its processes)."""
+    """A Ray head node on 127.0.0.1 as a child process; `stop()` terminates it by PID (--block stops its processes).
+
+    It runs with token auth and its own token (see the module docstring); `auth_env()` is what a client of this
+    head needs in its environment."""
 
     def __init__(self, num_cpus: Optional[int] = None, resources: Optional[dict[str, float]] = None,
                  extra_env: Optional[dict[str, str]] = None):
@@ -51,11 +86,18 @@ class LocalHead:
         self.num_cpus, self.resources, self.extra_env = num_cpus, resources, extra_env or {}
         self.proc: Optional[subprocess.Popen] = None
         self.log = Path(tempfile.gettempdir()) / f"largebatch-ray-head-{self.port}.log"
+        self.secret_dir: Optional[Path] = None
+        self.token_path: Optional[Path] = None
+
+    def auth_env(self) -> dict[str, str]:
+        assert self.token_path is not None, "start() creates the token"
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
 
     def env(self) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)  # the venv on PATH before `ray start`, or jobs miss `ray`
-        return {**os.environ, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address,
-                "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+        # RAY_AUTH_TOKEN would win over our token file: a user's cluster token must not reach this head
+        base = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+        return {**base, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(),
                 "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
 
     def start(self, timeout_s: float = 60.0) -> "LocalHead":
@@ -68,12 +110,15 @@ class LocalHead:
             cmd.append(f"--num-cpus={self.num_cpus}")
         if self.resources:
             cmd.append(f"--resources={json.dumps(self.resources)}")
+        self.secret_dir = Path(tempfile.mkdtemp(prefix="lb-ray-auth-"))  # mode 0700
+        self.token_path = write_private_token(self.secret_dir)
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                self.stop()  # removes the token folder
                 raise RuntimeError(f"ray start --head exited with {self.proc.returncode}; see {self.log}")
             if "Ray runtime started" in self.log.read_text(errors="replace"):
                 return self
@@ -82,27 +127,59 @@ class LocalHead:
         raise RuntimeError(f"ray start --head did not come up in {timeout_s:.0f} s; see {self.log}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.secret_dir is not None:
+            shutil.rmtree(self.secret_dir, ignore_errors=True)
+            self.secret_dir = None
 
 
 _HEAD: Optional[LocalHead] = None
+_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+_SAVED_AUTH_ENV: Optional[dict[str, Optional[str]]] = None
 
 
-def _match_auth_mode(own_head: bool) -> None:
-    """Our own head runs with token auth; for another cluster, RAY_AUTH_MODE decides, and when it is unset a
-    token in ~/.ray/auth_token turns token auth on (what Ray does for local clusters)."""
+def _reload_auth_config() -> None:
+    """Ray caches the auth mode and the token per process: make it read the environment again."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _use_head_auth(head: LocalHead) -> None:
+    """Point this process at our head's token (restored by shutdown_ray, so a later --address sees the user's)."""
+    global _SAVED_AUTH_ENV
+    _SAVED_AUTH_ENV = {k: os.environ.get(k) for k in _AUTH_VARS}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(head.auth_env())
+    _reload_auth_config()
+
+
+def _restore_auth_env() -> None:
+    global _SAVED_AUTH_ENV
+    if _SAVED_AUTH_ENV is None:
+        return
+    for k, v in _SAVED_AUTH_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _SAVED_AUTH_ENV = None
+    _reload_auth_config()
+
+
+def _match_auth_mode() -> None:
+    """For another cluster, RAY_AUTH_MODE decides; when it is unset, a token in ~/.ray/auth_token (or
+    RAY_AUTH_TOKEN/RAY_AUTH_TOKEN_PATH) turns token auth on, which is what Ray does for its own local clusters."""
     from ray._private.authentication import authentication_token_setup as auth
 
-    if own_head and os.environ.get("RAY_AUTH_MODE", "token") == "token":
-        auth._enable_token_auth()  # sets RAY_AUTH_MODE=token and refreshes Ray's cached config for this process
-    elif os.environ.get("RAY_AUTH_MODE") is None:
+    if os.environ.get("RAY_AUTH_MODE") is None:
         auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
@@ -147,15 +224,17 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     if not address:
         _HEAD = LocalHead(num_cpus=num_cpus, resources=resources).start()
         address, started = _HEAD.address, True
+        _use_head_auth(_HEAD)
     else:
         _check_reachable(address)
-    _match_auth_mode(own_head=started)
+        _match_auth_mode()
     try:
         # a short GCS timeout: an unreachable address is a clear error in seconds, not a 60 s retry loop
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
         # no runtime_env here: inside `ray job submit` it would REPLACE the job's (working_dir included), and our
         # own local head already carries TRAIN_ENV in its environment
         ray.init(address=address, log_to_driver=True)
+        interrupts.reinstall()  # ray.init's SIGTERM handler would abort the driver without any clean-up
     except (ConnectionError, RuntimeError) as e:
         if started:
             shutdown_ray()
@@ -186,3 +265,4 @@ def shutdown_ray() -> None:
     if _HEAD is not None:
         _HEAD.stop()
         _HEAD = None
+        _restore_auth_env()

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 PARAM_MAX = 500  # MLflow caps a param value at 500 characters
 _SECRET = re.compile(r"(secret|token|password|passwd|credential|access_key|session_key|api_key)", re.I)
 TRIAL_TAG = "largebatch.trial_id"
+TRIAL_DIR_TAG = "largebatch.trial_dir"  # the Tune trial folder's name
 KIND_TAG = "largebatch.kind"  # study | trial
 STATUS_TAG = "status"
 

@@ -18,6 +18,7 @@ import yaml
 
 from largebatch.config import StudyConfig, baseline_trial, flatten
 from largebatch.errors import BadInput
+from largebatch.redact import redact_uri
 
 
 def _git_commit() -> str:
@@ -60,9 +61,12 @@ def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
 
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
               storage: Optional[str] = None, mlflow_uri: Optional[str] = None, address: Optional[str] = None,
-              run_root: str = "runs", resume: bool = False) -> dict[str, Any]:
+              run_root: str = "runs", resume: bool = False, resume_hint: Optional[str] = None) -> dict[str, Any]:
     """Run a study; with resume=True continue the newest run of this study (same name + storage) whose driver
-    died: finished trials are kept, unfinished ones resume from their checkpoints, the MLflow parent is reused."""
+    died: finished trials are kept, unfinished ones resume from their checkpoints, the MLflow parent is reused.
+
+    Once the parent run exists, anything that stops the driver (a signal, Ray failing under it) closes the MLflow
+    runs as KILLED/FAILED and raises StudyAborted with `resume_hint`, the command that continues the study."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -106,14 +110,15 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         exp_id = tracker.experiment_id(exp_name, artifact_location)
         if target is not None:
             run_name, parent_id = target["run_name"], target["parent_id"]
+            tracker.client.update_run(parent_id, status="RUNNING")  # an aborted driver left it KILLED/FAILED
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_name = f"{exp_name}-{stamp}"
             parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
                                       max_conc, storage_path, info, base_tree)
         print(f"[largebatch] study {exp_name!r}: {n_trials} trials, {max_conc} at a time, "
-              f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {tracking_uri} "
-              f"(parent run {parent_id}); storage {storage_path}", flush=True)
+              f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
+              f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
         if target is not None:
             print(f"[largebatch] resuming {target['path']} (finished trials are kept, unfinished ones resume "
                   f"from their last checkpoint)", flush=True)
@@ -143,16 +148,20 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                                           failure_config=tune.FailureConfig(max_failures=0)),
             )
         t0 = time.time()
-        grid = tuner.fit()
-        study_s = time.time() - t0
-        _mark_unfinished(tracker, exp_id, parent_id, grid)
+        try:
+            grid = tuner.fit()
+            study_s = time.time() - t0
+            _mark_unfinished(tracker, exp_id, parent_id, grid)
+        except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
+            raise _abort(tracker, exp_id, exp_name, parent_id, e, resume_hint) from None
     finally:
         if info["started"]:
             shutdown_ray()
     records = records_from_mlflow(tracking_uri, exp_id, parent_id)
     report = build_report(records, tolerance=study.report.tolerance)
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
-                       "tracking_uri": tracking_uri, "storage": storage_path, "study_s": study_s,
+                       "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
+                       "study_s": study_s,
                        "n_trials": n_trials}
     out_dir = report_dir_for(storage_path, run_name, run_root)
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +175,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                       "completed")
     tracker.end_run(parent_id)
     print(format_table(report))
-    print(f"[largebatch] report: {out_dir}/report.md  (MLflow parent run {parent_id}, {study_s:.0f} s)")
+    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md  (MLflow parent run {parent_id}, {study_s:.0f} s)")
     return report
 
 
@@ -178,10 +187,10 @@ def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyC
     parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
         **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
         "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
-        "report.tolerance": study.report.tolerance, "storage": storage_path,
+        "report.tolerance": study.report.tolerance, "storage": redact_uri(storage_path),
         "search_keys": ",".join(study.search)},
         tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
-              "ray_nodes": str(info["nodes"]), "storage": storage_path, "run_name": run_name})
+              "ray_nodes": str(info["nodes"]), "storage": redact_uri(storage_path), "run_name": run_name})
     tracker.log_text(parent_id, study_text, "study.yaml")
     tracker.log_text(parent_id, json.dumps({"search": study.search, "baseline": study.baseline,
                                             "resolved_base": flatten(base_tree)}, indent=2, default=str),
@@ -235,20 +244,71 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
     return {"run_name": run_name, "path": path, "parent_id": runs[0].info.run_id}
 
 
+def _open_children(tracker, exp_id: str, parent_id: str) -> list:
+    """The study's child runs whose status tag still says running."""
+    from largebatch.tracking import STATUS_TAG
+
+    runs = tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                      max_results=5000)
+    return [r for r in runs if r.data.tags.get(STATUS_TAG) == "running"]
+
+
 def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
-    """Trials stopped by the scheduler (ASHA) never reach their own final log: record them as stopped_early."""
-    for r in grid:
-        trial_id = (r.metrics or {}).get("trial_id")
-        run_id = tracker.find_child(exp_id, parent_id, trial_id) if trial_id else None
-        if run_id is None:
-            continue
-        run = tracker.client.get_run(run_id)
-        if run.data.tags.get("status") != "running":
-            continue
-        err = getattr(r, "error", None)
-        status = "failed" if err is not None and not (r.metrics or {}) else "stopped_early"
-        reason = "stopped by the scheduler (ASHA)" if status == "stopped_early" else str(err).splitlines()[0][:300]
-        m = dict(r.metrics or {})
-        tracker.log_final(run_id, {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
+    """Close every child run that did not log its own end: stopped by the scheduler (ASHA) -> stopped_early; its
+    Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
+    reason. Tune finished, so a run still open after that ended without a word: failed."""
+    from largebatch.failures import describe
+
+    from largebatch.tracking import TRIAL_DIR_TAG, TRIAL_TAG
+
+    # a trial killed before its first report has no trial_id among its metrics: its folder name still matches
+    by_trial = {(r.metrics or {}).get("trial_id"): r for r in grid}
+    by_dir = {Path(r.path).name: r for r in grid if getattr(r, "path", None)}
+    for run in _open_children(tracker, exp_id, parent_id):
+        tags = run.data.tags
+        r = by_trial.get(tags.get(TRIAL_TAG)) or by_dir.get(tags.get(TRIAL_DIR_TAG, ""))
+        err = getattr(r, "error", None) if r is not None else None
+        if r is not None and err is None:
+            status, reason = "stopped_early", "stopped by the scheduler (ASHA)"
+        else:
+            status = "failed"
+            reason = describe(err) if err is not None else "the trial's process ended without a final report"
+        m = dict(getattr(r, "metrics", None) or {})
+        tracker.log_final(run.info.run_id,
+                          {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
                           status, reason)
-        tracker.end_run(run_id, "KILLED" if status == "stopped_early" else "FAILED")
+        tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else "FAILED")
+
+
+def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException,
+           resume_hint: Optional[str]):
+    """The driver cannot go on: close the open MLflow runs (never leave them RUNNING) and say how to continue."""
+    from largebatch import interrupts
+    from largebatch.failures import StudyAborted, describe, signal_name
+    from largebatch.tracking import STATUS_TAG
+
+    if isinstance(e, KeyboardInterrupt):
+        import signal
+
+        what, status, code = (f"interrupted by {signal_name(interrupts.received() or signal.SIGINT)}", "KILLED",
+                              interrupts.exit_code())
+    else:
+        what, status, code = describe(e), "FAILED", 1
+    finished, note = "?", ""
+    try:
+        from largebatch.tune.trainable import FINAL_STATUSES
+
+        for run in _open_children(tracker, exp_id, parent_id):
+            tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
+        runs = tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                          max_results=5000)
+        finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
+        tracker.client.set_tag(parent_id, "reason", what[:5000])
+        tracker.end_run(parent_id, status)
+    except Exception as te:  # MLflow may be what failed
+        note = f" (MLflow could not be updated: {describe(te)})"
+    hint = resume_hint or f"largebatch tune STUDY.yaml --name {exp_name} --resume"
+    return StudyAborted(
+        f"largebatch: the study stopped: {what}. {finished} finished trial(s) are safe in MLflow (experiment "
+        f"{exp_name!r}, parent run {parent_id}, marked {status}){note}; unfinished trials continue from their last "
+        f"checkpoint. Continue the study with:\n  {hint}", code)

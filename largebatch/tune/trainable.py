@@ -7,10 +7,11 @@ to rank 0 in the train_loop_config, so a restarted worker logs into the same run
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from largebatch.config import apply_overrides, parse_trial, resolve
-from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_TAG, Tracker
+from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker
 from largebatch.config import flatten
 
 
@@ -90,6 +91,7 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                   "searched": ",".join(overrides)}
         run_id = tracker.start_run(ctx["experiment_id"], name, parent_id=ctx["parent_run_id"], params=params,
                                    tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: "running",
+                                         TRIAL_DIR_TAG: Path(tctx.get_trial_dir()).name,
                                          "arm": arm, "is_baseline": str(arm == "baseline")})
 
     trainer = make_trainer(
@@ -97,7 +99,13 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], max_failures=ctx["max_failures"],
         tracking={"uri": ctx["tracking_uri"], "run_id": run_id}, callbacks=[TuneReportCallback()],
         placement_strategy=ctx.get("placement_strategy", "PACK"))
-    out = fit_outcome(trainer)
+    t_fit = time.time()
+    try:
+        out = fit_outcome(trainer)
+    except Exception as e:  # Ray itself failed under the trial (its controller or workers killed, e.g. OOM)
+        from largebatch.failures import describe
+
+        out = {"status": "failed", "reason": describe(e), "history": [], "fit_s": time.time() - t_fit}
     # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
     # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:

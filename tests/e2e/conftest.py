@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from largebatch.raylib import write_private_token
+
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "largebatch-test-key", "AWS_SECRET_ACCESS_KEY": "largebatch-test-secret-value",
@@ -111,7 +113,12 @@ def mlflow_server(s3_server, short_tmp):
 def ray_cluster(s3_server, short_tmp):
     """Two Ray nodes on this machine: a head (1 CPU) and a worker node (1 CPU, resource node2)."""
     port, dash = free_port(), free_port()
-    env = {**os.environ, **s3_server.env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"127.0.0.1:{port}",
+    # the cluster's own token, as an operator would make one; clients (`ray job submit`) get it the same way
+    secret = short_tmp / "secret"
+    secret.mkdir(mode=0o700)
+    token = write_private_token(secret)
+    env = {**os.environ, **s3_server.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_ADDRESS": f"127.0.0.1:{port}",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     ray = str(VENV_BIN / "ray")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import alive, cmdline, descendants
 
 from largebatch.config import load_study
 
@@ -110,6 +112,66 @@ def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path):
           f"later")
 
 
+# baseline + 2 points, one at a time, trials of several seconds each (digits at B=8)
+ACTOR_KILL_STUDY = {
+    "name": "it-actor-kill",
+    "base": {"data": {"dataset": "digits", "global_batch_size": 8},
+             "model": {"name": "mlp", "hidden_sizes": [64]},
+             "optim": {"name": "sgd", "base_lr": 0.02, "base_batch_size": 8}, "budget": {"epochs": 8}},
+    "search": {"data.global_batch_size": {"grid": [16, 32]}},
+    "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent": 1,
+              "max_failures": 0},
+    "baseline": {"data.global_batch_size": 8},
+}
+
+
+@pytest.mark.slow
+def test_killed_trial_actor_fails_that_trial_and_the_study_goes_on(local_ray, tmp_path):
+    """SIGKILL the process that drives one trial (Tune's trial actor, as Ray's memory monitor or the kernel's OOM
+    killer would): that trial is recorded failed with the reason, and the other trials still run to the end."""
+    from ray.util.state import list_actors
+
+    from largebatch.tune.driver import run_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(ACTOR_KILL_STUDY))
+    study = load_study(path)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    out: dict = {}
+
+    def run():
+        try:
+            out["report"] = run_study(study, source=str(path), study_text=path.read_text(),
+                                      run_root=str(tmp_path / "runs"))
+        except BaseException as e:  # surfaced below
+            out["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    deadline, victim_run = time.time() + 300, None
+    while time.time() < deadline and th.is_alive() and victim_run is None:
+        client, children = _children(uri, "it-actor-kill")
+        for r in children:  # the first trial that is running and has logged an epoch
+            if r.data.tags.get("status") == "running" and "val_acc" in r.data.metrics:
+                victim_run = r
+        time.sleep(0.5)
+    assert victim_run is not None, f"no trial got to its first epoch: {out}"
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ImplicitFunc" in a.class_name]
+    assert len(actors) == 1, [a.class_name for a in actors]  # max_concurrent 1: the victim's
+    os.kill(actors[0].pid, signal.SIGKILL)
+    th.join(timeout=400)
+    assert not th.is_alive(), "the study did not finish after a trial actor was killed"
+    assert "error" not in out, out.get("error")
+    counts = out["report"]["counts"]
+    assert counts.get("failed") == 1 and counts.get("completed") == 2, counts
+    client, children = _children(uri, "it-actor-kill")
+    victim = client.get_run(victim_run.info.run_id)
+    assert victim.data.tags["status"] == "failed" and victim.info.status == "FAILED"
+    assert "trial process died" in victim.data.tags["reason"], victim.data.tags["reason"]
+    others = [r for r in children if r.info.run_id != victim_run.info.run_id]
+    assert all(r.data.tags["status"] == "completed" for r in others)
+
+
 def _tune_cmd(study_path: Path, root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "largebatch", "tune", str(study_path), "--name", "it-driver-kill",
             "--storage", str(root / "ray"), "--mlflow", f"sqlite:///{root / 'mlflow.db'}", *extra]
@@ -131,47 +193,25 @@ def test_resume_with_nothing_to_resume_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "nothing to resume" in lines[0], p.stderr
 
 
-def _children_of(pid: int) -> list[int]:
-    """Direct children of a PID, from /proc (no psutil dependency)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _kill_driver(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver, then stop the Ray head it started (its `ray start --head --block` child) by PID."""
-    heads = [c for c in _children_of(proc.pid) if "start" in _cmdline(c) and "--head" in _cmdline(c)]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    for h in heads:
-        os.kill(h, signal.SIGTERM)  # --block: the head stops its own processes
-    deadline = time.time() + 60
-    while time.time() < deadline and any(_alive(h) for h in heads):
+def _stop_driver(proc: subprocess.Popen, sig: signal.Signals) -> tuple[int, list]:
+    """Signal the driver; return its exit code and whatever of its processes (the local Ray head and everything
+    below it, found by PID) is still alive 90 s later. The head must go by itself, even after a SIGKILL."""
+    ours = descendants(proc.pid)
+    assert any("raylet" in cmdline(p) for p in ours), "the driver started no local Ray head"
+    os.kill(proc.pid, sig)
+    rc = proc.wait(timeout=180)
+    deadline = time.time() + 90
+    while time.time() < deadline and any(alive(p) for p in ours):
         time.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
+    left = [(p, cmdline(p)[:120]) for p in ours if alive(p)]
+    for p, _ in left:  # do not leak them into the rest of the run; the assertion below still fails
+        os.kill(p, signal.SIGKILL)
+    return rc, left
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sig):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(RESUME_STUDY))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -191,13 +231,25 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         assert len(done) >= 2 and proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
-            _kill_driver(proc)
-    _, before = _children(uri, "it-driver-kill")
+            rc, left = _stop_driver(proc, sig)
+    assert not left, f"Ray processes of the driver left after {sig.name}: {left}"
+    client, before = _children(uri, "it-driver-kill")
     parent_before = {r.data.tags["mlflow.parentRunId"] for r in before}
+    log = (tmp_path / "first.log").read_text()
+    resume_cmd = _tune_cmd(path, tmp_path, "--resume")
+    if sig == signal.SIGTERM:
+        # a signal the driver can catch: the runs are closed, and it says how to continue
+        assert rc == 128 + sig, (rc, log[-3000:])
+        parent = client.get_run(next(iter(parent_before)))
+        assert parent.info.status == "KILLED", parent.info.status
+        assert all(r.info.status != "RUNNING" for r in before), [(r.info.run_name, r.info.status) for r in before]
+        assert "interrupted by SIGTERM" in log and "finished trial(s) are safe in MLflow" in log, log[-3000:]
+        printed = log[log.index("Continue the study with:"):].splitlines()[1].strip()
+        assert printed.startswith("largebatch tune ") and printed.endswith(" --resume"), printed
+        resume_cmd = [sys.executable, "-m", "largebatch", *shlex.split(printed)[1:]]  # exactly what it printed
 
     t0 = time.time()
-    p = subprocess.run(_tune_cmd(path, tmp_path, "--resume"), capture_output=True, text=True, env=_env(),
-                       cwd=tmp_path, timeout=480)
+    p = subprocess.run(resume_cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=480)
     resume_s = time.time() - t0
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
     assert "resuming" in p.stdout
@@ -215,5 +267,5 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     report = json.loads(next((tmp_path / "ray").glob("it-driver-kill-*/report/report.json")).read_text())
     assert report["counts"]["total"] == report["counts"]["completed"] == N_RESUME_TRIALS
     parent = client.get_run(parent_before.pop())
-    assert parent.data.tags["status"] == "completed"
+    assert parent.data.tags["status"] == "completed" and parent.info.status == "FINISHED"
     print(f"resume finished the study in {resume_s:.1f} s; {len(done)} finished trials kept")

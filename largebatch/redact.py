@@ -1,0 +1,33 @@
+"""Credentials never leave the process: `redact_uri` is the one place a URI is made safe to print or log."""
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+MASK = "***"
+# query parameters that carry secrets in storage/tracking URIs (pyarrow's s3 options, presigned URLs, tokens)
+_SECRET_QUERY = re.compile(r"(secret|token|password|passwd|signature|credential|access_key|session)", re.I)
+
+
+def redact_uri(uri: str) -> str:
+    """'postgresql://user:pw@host/db' -> 'postgresql://user:***@host/db'; secret query values -> ***.
+    Strings that are not URIs come back unchanged."""
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    query = "&".join(
+        f"{k}={MASK}" if _SECRET_QUERY.search(k) else (f"{k}={v}" if sep else k)
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item)
+    ) if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return uri  # nothing secret: keep it byte for byte (urlunsplit would turn sqlite:/// into sqlite:/)
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
