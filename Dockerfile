@@ -27,7 +27,7 @@ ARG RAY_VERSION
 ARG TORCH_VERSION=2.13.0
 # The CPU wheel index keeps the CPU image free of several GB of CUDA libraries.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# PostgreSQL driver for `mlflow server --backend-store-uri postgresql://...` (k8s/mlflow.yaml).
+# PostgreSQL driver for `mlflow server --backend-store-uri postgresql://...` (k8s/base/mlflow.yaml).
 ARG PSYCOPG2_VERSION=2.9.10
 # torch FIRST and pinned: installing the package first would let pip resolve an unpinned torch
 # (the CUDA build, several GB) from PyPI.

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from largebatch.deploy import validate_cluster_config
-from largebatch.deploy.pins import read_pins
+from tools.deploy import validate_cluster_config
+from tools.deploy.pins import read_pins
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "cluster").glob("*.yaml"))

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
-from largebatch.deploy.kustomize import split_image
-from largebatch.deploy.pins import Pins, image_version_problems
+from tools.deploy.render import split_image
+from tools.deploy.pins import Pins, image_version_problems
 
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
 BATCH_KINDS = ("Job",)
@@ -189,7 +189,7 @@ def check_secrets(ctx: Context) -> list[str]:
 
 
 def check_secret_example_placeholders(ctx: Context) -> list[str]:
-    from largebatch.deploy.kustomize import load_yaml_documents
+    from tools.deploy.render import load_yaml_documents
 
     problems = []
     for doc in load_yaml_documents(ctx.secret_example):

@@ -1,4 +1,4 @@
-"""Offline validation of k8s/ (rendered like `kubectl apply -k`) and of cluster/*.yaml.
+"""Offline validation of k8s/ (rendered by `kubectl kustomize`, as `kubectl apply -k` would) and of cluster/*.yaml.
 
 No API server is reachable where this runs, so `validate_kustomization` checks what one would, and more:
 
@@ -12,7 +12,7 @@ No API server is reachable where this runs, so `validate_kustomization` checks w
 
 `validate_cluster_config` checks a `ray up` YAML against Ray's own `ray/autoscaler/ray-schema.json`.
 
-    python -m largebatch.deploy k8s k8s/overlays/dev k8s/overlays/gpu cluster/aws-gpu.yaml
+    python -m tools.deploy k8s/base k8s/overlays/dev k8s/overlays/gpu cluster/aws-gpu.yaml
 """
 from __future__ import annotations
 
@@ -26,14 +26,15 @@ from typing import Any
 
 import yaml
 
-from largebatch.deploy.kustomize import KustomizeError, find_kustomization, load_yaml_documents, render_kustomization
-from largebatch.deploy.pins import Pins, find_repo_root, image_version_problems, read_pins
+from tools.deploy.render import KustomizeError, find_kustomization, load_yaml_documents, render_kustomization
+from tools.deploy.pins import Pins, find_repo_root, image_version_problems, read_pins
 
 # The Kubernetes API version we validate against: a release kubernetes-validate ships schemas for
 # (it picks the newest schema not newer than this) and that managed clusters run today.
 K8S_VERSION = "1.35.0"
 RAY_CRD_SCHEMAS = {"RayCluster": "raycluster_v1.json", "RayJob": "rayjob_v1.json", "RayService": "rayservice_v1.json"}
 SCHEMAS_ENV = "LARGEBATCH_K8S_SCHEMAS"
+DEFAULT_KUSTOMIZATIONS = ("k8s/base", "k8s/overlays/dev", "k8s/overlays/gpu")
 
 
 def find_schema_dir(repo_root: Path) -> Path:
@@ -106,7 +107,7 @@ def schema_problems(obj: dict[str, Any], schema_dir: Path) -> list[str]:
 def validate_objects(objects: list[dict[str, Any]], *, repo_root: Path, schema_dir: Path,
                      secret_example: Path, pins: Pins | None = None) -> list[str]:
     """Every problem with a rendered list of objects; empty means deployable as far as we can tell offline."""
-    from largebatch.deploy import checks
+    from tools.deploy import checks
 
     pins = pins or read_pins(repo_root)
     problems: list[str] = []
@@ -145,12 +146,12 @@ def validate_kustomization(path: str | Path, *, repo_root: str | Path | None = N
     repo_root (pyproject.toml, tune_spaces/) defaults to the nearest ancestor with a pyproject.toml;
     secret_example to the nearest secret.example.yaml at or above the kustomization.
     """
-    kdir = find_kustomization(path).parent.resolve()
-    root = Path(repo_root).resolve() if repo_root else find_repo_root(kdir)
     try:
+        kdir = find_kustomization(path).parent.resolve()
         objects = render_kustomization(kdir)
     except KustomizeError as e:
         return [str(e)]
+    root = Path(repo_root).resolve() if repo_root else find_repo_root(kdir)
     return validate_objects(
         objects,
         repo_root=root,
@@ -177,7 +178,7 @@ def _ray_cluster_validator():
 
 def validate_cluster_config(path: str | Path, *, repo_root: str | Path | None = None) -> list[str]:
     """Problems of a `ray up` cluster YAML: Ray's schema, the provider's own rules, the Ray version pin."""
-    from largebatch.deploy.checks import ray_pins_in_commands
+    from tools.deploy.checks import ray_pins_in_commands
 
     path = Path(path)
     root = Path(repo_root) if repo_root else find_repo_root(path.parent)
@@ -223,7 +224,7 @@ def validate_cluster_config(path: str | Path, *, repo_root: str | Path | None = 
 
 
 def _cluster_image_problems(image: str, pins: Pins, where: str) -> list[str]:
-    from largebatch.deploy.kustomize import split_image
+    from tools.deploy.render import split_image
 
     _, tag, digest = split_image(image)
     if not tag and not digest or tag == "latest":
@@ -233,7 +234,7 @@ def _cluster_image_problems(image: str, pins: Pins, where: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Validate kustomization directories and cluster YAMLs; print problems; exit 1 if there are any."""
-    paths = (argv if argv is not None else sys.argv[1:]) or ["k8s"]
+    paths = (argv if argv is not None else sys.argv[1:]) or list(DEFAULT_KUSTOMIZATIONS)
     problems: list[str] = []
     for arg in paths:
         path = Path(arg)
