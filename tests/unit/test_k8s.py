@@ -118,7 +118,7 @@ def test_k8s_schema_version_is_shipped():
 
 def test_secret_example_is_placeholders_and_not_applied():
     docs = list(yaml.safe_load_all((REPO / "k8s/secret.example.yaml").read_text()))
-    assert {d["metadata"]["name"] for d in docs} == {"largebatch-secrets", "ray-auth"}
+    assert {d["metadata"]["name"] for d in docs} == {"largebatch-secrets", "ray-auth", "mlflow-auth"}
     for doc in docs:
         assert all(v == "CHANGE_ME" for v in doc["stringData"].values())
     for rel in KUSTOMIZATIONS:
