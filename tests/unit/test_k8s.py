@@ -193,11 +193,12 @@ MUTATIONS = {
                                 "base", "image largebatch:0.1.0-ray2.59.0-py311 should be tagged"),
     "rayjob-cluster-drift": ("base/rayjob.yaml", "maxReplicas: 4", "maxReplicas: 5", "base", "rayClusterSpec differs"),
     "root-container": ("base/postgres.yaml", "runAsNonRoot: true", "runAsNonRoot: false", "base", "runAsNonRoot must be true"),
-    "missing-limits": ("base/postgres.yaml", '            limits:\n              cpu: "1"\n              memory: 1Gi\n', "",
+    "missing-limits": ("base/postgres.yaml", '            limits:\n              cpu: "1"\n              memory: 1Gi\n'
+                       '              ephemeral-storage: 1Gi\n', "",
                        "base", "resources missing limits.cpu, limits.memory"),
     "mlflow-without-allowed-hosts": ("base/mlflow.yaml", "- --allowed-hosts=", "- --no-allowed-hosts=", "base",
                                      "without --allowed-hosts"),
-    "mlflow-allowed-hosts-miss-service": ("base/mlflow.yaml", "--allowed-hosts=mlflow,mlflow:*,", "--allowed-hosts=", "base",
+    "mlflow-allowed-hosts-miss-service": ("base/mlflow.yaml", "--allowed-hosts=mlflow:5000,", "--allowed-hosts=", "base",
                                           "does not allow 'mlflow:5000'"),
     "networkpolicy-selects-nothing": ("base/networkpolicy.yaml", "app.kubernetes.io/name: postgres\n  policyTypes",
                                       "app.kubernetes.io/name: postgresql\n  policyTypes", "base",
@@ -216,6 +217,87 @@ MUTATIONS = {
     "bad-submission-mode": ("base/rayjob.yaml", "submissionMode: K8sJobMode", "submissionMode: K8sJob", "base",
                             "submissionMode 'K8sJob' is not one of"),
 }
+# The locked-down cluster: one mutation per rule, each must be named by the validator.
+HEX64 = "0123456789abcdef" * 4
+HARDENING_MUTATIONS = {
+    # NetworkPolicies
+    "netpol-no-default-deny": ("base/networkpolicy.yaml", 'name: default-deny\nspec:\n  podSelector: {}\n  policyTypes: ["Ingress", "Egress"]',
+                               'name: default-deny\nspec:\n  podSelector: {}\n  policyTypes: ["Ingress"]', "base",
+                               "no default-deny NetworkPolicy"),
+    "netpol-metadata-reachable": ("base/networkpolicy.yaml", "            except:\n              - 169.254.169.254/32\n", "",
+                                  "base", "contains 169.254.169.254 (cloud metadata)"),
+    "netpol-no-dns": ("base/networkpolicy.yaml", "        - protocol: UDP\n          port: 53", "        - protocol: UDP\n          port: 54",
+                      "base", "-> cluster DNS UDP 53 is refused"),
+    "netpol-submitter-cut-off": ("base/networkpolicy.yaml",
+                                 "              app.kubernetes.io/component: ray-head\n      ports:\n        - protocol: TCP\n          port: 8265",
+                                 "              app.kubernetes.io/component: ray-head\n      ports:\n        - protocol: TCP\n          port: 8266",
+                                 "base", "-> RayCluster/largebatch head TCP 8265 is refused but the deployment needs it"),
+    "netpol-mlflow-open-to-all": ("base/networkpolicy.yaml",
+                                  "    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: largebatch-ray\n      ports:\n        - protocol: TCP\n          port: 5000",
+                                  "    - from:\n        - namespaceSelector: {}\n      ports:\n        - protocol: TCP\n          port: 5000",
+                                  "base", "a pod in another namespace -> Deployment/mlflow TCP 5000 is allowed but must not be"),
+    "netpol-minio-clients-cut-off": ("overlays/dev/minio.yaml", "values: [largebatch-ray, mlflow, minio-bucket-init]",
+                                     "values: [largebatch-ray, mlflow]", "overlays/dev",
+                                     "Job/minio-bucket-init -> Deployment/minio TCP 9000 is refused"),
+    # ServiceAccounts and API tokens
+    "token-mounted-in-mlflow": ("base/mlflow.yaml", "automountServiceAccountToken: false", "automountServiceAccountToken: true",
+                                "base", "Deployment/mlflow: set automountServiceAccountToken: false"),
+    "serviceaccount-automounts": ("base/serviceaccounts.yaml", "name: postgres\nautomountServiceAccountToken: false",
+                                  "name: postgres\nautomountServiceAccountToken: true", "base",
+                                  "ServiceAccount/postgres: set automountServiceAccountToken: false"),
+    "default-serviceaccount": ("base/postgres.yaml", "      serviceAccountName: postgres\n", "", "base",
+                               "StatefulSet/postgres: set serviceAccountName"),
+    "autoscaler-head-without-token": ("base/raycluster.yaml", "automountServiceAccountToken: true",
+                                      "automountServiceAccountToken: false", "base",
+                                      "the Ray autoscaler sidecar needs the API token"),
+    # Pod Security restricted, seccomp
+    "ray-worker-without-seccomp": ("base/raycluster.yaml", "            seccompProfile:\n              type: RuntimeDefault\n", "",
+                                   "base", "worker group cpu container ray-worker: set securityContext.seccompProfile.type: "
+                                           "RuntimeDefault"),
+    "host-network": ("base/postgres.yaml", "      serviceAccountName: postgres\n",
+                     "      serviceAccountName: postgres\n      hostNetwork: true\n", "base", "hostNetwork: true is not allowed"),
+    "capabilities-kept": ("base/postgres.yaml", 'drop: ["ALL"]', 'drop: ["NET_RAW"]', "base",
+                          'container postgres: set securityContext.capabilities.drop: ["ALL"]'),
+    "namespace-not-restricted": ("namespace.yaml", "enforce: restricted", "enforce: baseline", "base",
+                                 "set label pod-security.kubernetes.io/enforce: restricted"),
+    # ephemeral storage, emptyDir sizes
+    "no-ephemeral-storage-limit": ("base/postgres.yaml", "              ephemeral-storage: 1Gi\n", "", "base",
+                                   "container postgres: resources missing limits.ephemeral-storage"),
+    "unbounded-emptydir": ("base/postgres.yaml", "          emptyDir:\n            sizeLimit: 16Mi", "          emptyDir: {}",
+                           "base", "emptyDir volume run has no sizeLimit"),
+    # PodDisruptionBudgets
+    "no-pdb-for-ray-head": ("base/pdb.yaml", "app.kubernetes.io/component: ray-head", "app.kubernetes.io/component: ray-hed",
+                            "base", "no PodDisruptionBudget selects the Ray head pods"),
+    "no-pdb-for-mlflow": ("base/pdb.yaml", "  minAvailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mlflow",
+                          "  minAvailable: 1\n  selector:\n    matchLabels:\n      app.kubernetes.io/name: mlflw", "base",
+                          "no PodDisruptionBudget selects the MLflow pods"),
+    # MLflow: exact hosts, CORS, basic-auth with credentials from Secrets
+    "mlflow-wildcard-host": ("base/mlflow.yaml", "--allowed-hosts=mlflow:5000,", "--allowed-hosts=mlflow.*,mlflow:5000,", "base",
+                             "--allowed-hosts entry 'mlflow.*' is a wildcard"),
+    "mlflow-no-cors-origins": ("base/mlflow.yaml", "- --cors-allowed-origins=", "- --cors-origins-typo=", "base",
+                               "set --cors-allowed-origins"),
+    "mlflow-wildcard-cors": ("base/mlflow.yaml", "--cors-allowed-origins=http://localhost:5000",
+                             "--cors-allowed-origins=*,http://localhost:5000", "base", "holds a wildcard"),
+    "mlflow-without-auth": ("base/mlflow.yaml", "            - --app-name=basic-auth\n", "", "base",
+                            "--app-name=basic-auth"),
+    "mlflow-admin-password-inline": ("base/mlflow.yaml",
+                                     "            - name: MLFLOW_AUTH_ADMIN_PASSWORD\n              valueFrom:\n"
+                                     "                secretKeyRef:\n                  name: mlflow-auth\n"
+                                     "                  key: password\n",
+                                     "            - name: MLFLOW_AUTH_ADMIN_PASSWORD\n              value: hunter2\n", "base",
+                                     "MLFLOW_AUTH_ADMIN_PASSWORD must come from a Secret"),
+    "ray-pods-without-mlflow-credentials": ("base/raycluster.yaml", "name: MLFLOW_TRACKING_PASSWORD",
+                                            "name: MLFLOW_TRACKING_PASSWD", "base",
+                                            "MLFLOW_TRACKING_PASSWORD must come from a Secret"),
+    # image digests
+    "image-neither-digest-nor-listed": ("base/postgres.yaml", "image: postgres:16.4", "image: postgres:16.5", "base",
+                                        "image 'postgres:16.5' is not pinned by digest"),
+    "image-malformed-digest": ("base/postgres.yaml", "image: postgres:16.4", "image: postgres:16.4@sha256:abc", "base",
+                               "digest must be sha256:<64 lowercase hex>"),
+    "image-digest-without-tag": ("base/postgres.yaml", "image: postgres:16.4", f"image: postgres@sha256:{HEX64}", "base",
+                                 "write the tag beside the digest"),
+}
+MUTATIONS.update(HARDENING_MUTATIONS)
 EXPECTED_DEFAULTS = {
     "missing-probe": "container mlflow: missing livenessProbe",
     "gpu-group-without-gpu-limit": "a GPU worker group must set resources.limits['nvidia.com/gpu'] >= 1",

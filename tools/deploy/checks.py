@@ -31,6 +31,10 @@ class Context:
     pins: Pins
     secrets: dict[str, set[str]]  # from secret.example.yaml: name -> keys
     secret_example: Path
+    namespaces: list[dict[str, Any]] = field(default_factory=list)  # from namespace.yaml
+    namespace_file_name: str = "namespace.yaml"
+    tag_only: dict[str, str] = field(default_factory=dict)  # from images.yaml: image -> why it has no digest
+    image_pins_name: str = "images.yaml"
     _templates: list["PodTemplate"] | None = field(default=None, repr=False)
 
     @property
@@ -273,7 +277,9 @@ def check_probes(ctx: Context) -> list[str]:
 
 
 def check_resources(ctx: Context) -> list[str]:
-    """Every container (and the KubeRay autoscaler) sets cpu and memory requests and limits."""
+    """Every container (and the KubeRay autoscaler) sets cpu, memory and ephemeral-storage requests and
+    limits: without an ephemeral-storage limit, logs and spilled objects can fill the node's disk and get
+    every pod on it evicted."""
     problems = []
     targets = [(f"{t.where} container {c.get('name')}", c.get("resources") or {})
                for t in ctx.templates for c in t.containers()]
@@ -283,7 +289,7 @@ def check_resources(ctx: Context) -> list[str]:
                 options = cluster.get("autoscalerOptions") or {}
                 targets.append((f"{where} autoscalerOptions", options.get("resources") or {}))
     for where, resources in targets:
-        missing = [f"{kind}.{r}" for kind in ("requests", "limits") for r in ("cpu", "memory")
+        missing = [f"{kind}.{r}" for kind in ("requests", "limits") for r in ("cpu", "memory", "ephemeral-storage")
                    if r not in (resources.get(kind) or {})]
         if missing:
             problems.append(f"{where}: resources missing {', '.join(missing)}")
@@ -439,31 +445,81 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else (path or "(root)")
 
 
-def check_mlflow_allowed_hosts(ctx: Context) -> list[str]:
-    """MLflow >= 3.5 answers only Host headers it allows: every Service in front of an `mlflow server`
-    container must be allowed as <service>:<port>."""
-    problems = []
+def mlflow_servers(ctx: Context) -> Iterator[tuple[PodTemplate, dict[str, Any], dict[str, str]]]:
+    """(template, container, its --options) for every `mlflow server` container."""
     for t in ctx.templates:
         for c in t.spec.get("containers") or []:
             argv = [*(c.get("command") or []), *(c.get("args") or [])]
-            if "server" not in argv or not any(a.rsplit("/", 1)[-1] == "mlflow" for a in argv):
+            if "server" in argv and any(a.rsplit("/", 1)[-1] == "mlflow" for a in argv):
+                yield t, c, _options(argv)
+
+
+def _env_value(container: dict[str, Any], name: str) -> str | None:
+    return next((e.get("value") for e in container.get("env") or [] if e.get("name") == name), None)
+
+
+def check_mlflow_allowed_hosts(ctx: Context) -> list[str]:
+    """MLflow >= 3.5 answers only Host headers it allows: every Service in front of an `mlflow server`
+    container must be allowed as <service>:<port>, by exact names only (MLflow matches an entry holding
+    `*` with fnmatch, so `mlflow.*` also admits mlflow.attacker.example)."""
+    problems = []
+    for t, c, options in mlflow_servers(ctx):
+        hosts = options.get("--allowed-hosts") or _env_value(c, "MLFLOW_SERVER_ALLOWED_HOSTS")
+        if not hosts:
+            problems.append(f"{t.where} container {c.get('name')}: mlflow server without --allowed-hosts "
+                            f"(or MLFLOW_SERVER_ALLOWED_HOSTS) refuses clients that use the Service name")
+            continue
+        patterns = [h.strip() for h in hosts.split(",")]
+        for pattern in patterns:
+            if "*" in pattern:
+                problems.append(f"{t.where} container {c.get('name')}: --allowed-hosts entry {pattern!r} is a "
+                                f"wildcard; list exact host:port names")
+        for svc in (o for o in ctx.objects if o["kind"] == "Service" and _ns(o) == t.namespace):
+            if not _selects((svc.get("spec") or {}).get("selector") or {}, t.labels):
                 continue
-            options = _options(argv)
-            hosts = options.get("--allowed-hosts") or next(
-                (e.get("value") for e in c.get("env") or [] if e.get("name") == "MLFLOW_SERVER_ALLOWED_HOSTS"), None)
-            if not hosts:
-                problems.append(f"{t.where} container {c.get('name')}: mlflow server without --allowed-hosts "
-                                f"(or MLFLOW_SERVER_ALLOWED_HOSTS) refuses clients that use the Service name")
-                continue
-            patterns = [h.strip() for h in hosts.split(",")]
-            for svc in (o for o in ctx.objects if o["kind"] == "Service" and _ns(o) == t.namespace):
-                if not _selects((svc.get("spec") or {}).get("selector") or {}, t.labels):
-                    continue
-                for port in svc["spec"].get("ports") or []:
-                    host = f"{svc['metadata']['name']}:{port.get('port')}"
-                    if not any(p == "*" or fnmatch.fnmatch(host, p) for p in patterns):
-                        problems.append(f"{t.where} container {c.get('name')}: --allowed-hosts does not allow "
-                                        f"{host!r} ({_name(svc)})")
+            for port in svc["spec"].get("ports") or []:
+                host = f"{svc['metadata']['name']}:{port.get('port')}"
+                if not any(p == "*" or fnmatch.fnmatch(host, p) for p in patterns):
+                    problems.append(f"{t.where} container {c.get('name')}: --allowed-hosts does not allow "
+                                    f"{host!r} ({_name(svc)})")
+    return problems
+
+
+MLFLOW_AUTH_SECRET_ENV = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
+MLFLOW_CLIENT_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def check_mlflow_auth_and_cors(ctx: Context) -> list[str]:
+    """MLflow runs its basic-auth app with the admin credentials from a Secret, names its CORS origins
+    exactly, and the Ray pods (its clients) get their credentials from a Secret too."""
+    problems = []
+    servers = list(mlflow_servers(ctx))
+    for t, c, options in servers:
+        where = f"{t.where} container {c.get('name')}"
+        origins = options.get("--cors-allowed-origins") or _env_value(c, "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
+        if not origins:
+            problems.append(f"{where}: set --cors-allowed-origins to the UI's exact origins")
+        elif any("*" in o for o in origins.split(",")):
+            problems.append(f"{where}: --cors-allowed-origins {origins!r} holds a wildcard; list exact origins")
+        if options.get("--app-name") != "basic-auth":
+            problems.append(f"{where}: run `mlflow server --app-name=basic-auth` (without it anyone who reaches "
+                            f"the server can read and delete every run)")
+        problems += _secret_env_problems(c, MLFLOW_AUTH_SECRET_ENV, where)
+    if servers:
+        for t in ctx.templates:
+            if t.role in ("ray-head", "ray-worker"):
+                ray = (t.spec.get("containers") or [{}])[0]
+                problems += _secret_env_problems(ray, MLFLOW_CLIENT_SECRET_ENV, f"{t.where} container {ray.get('name')}")
+    return problems
+
+
+def _secret_env_problems(container: dict[str, Any], names: tuple[str, ...], where: str) -> list[str]:
+    env = {e.get("name"): e for e in container.get("env") or []}
+    problems = []
+    for name in names:
+        entry = env.get(name)
+        if entry is None or "secretKeyRef" not in ((entry.get("valueFrom") or {})):
+            problems.append(f"{where}: {name} must come from a Secret (valueFrom.secretKeyRef)")
     return problems
 
 
@@ -504,4 +560,14 @@ ALL_CHECKS: tuple[Callable[[Context], list[str]], ...] = (
     check_ray_jobs,
     check_ray_cluster_drift,
     check_mlflow_allowed_hosts,
+    check_mlflow_auth_and_cors,
 )
+
+
+def _with_hardening() -> tuple[Callable[[Context], list[str]], ...]:
+    from tools.deploy.hardening import HARDENING_CHECKS
+
+    return ALL_CHECKS + HARDENING_CHECKS
+
+
+ALL_CHECKS = _with_hardening()

@@ -120,12 +120,26 @@ def validate_objects(objects: list[dict[str, Any]], *, repo_root: Path, schema_d
         secrets=load_secret_example(secret_example),
         secret_example=secret_example,
     )
+    k8s_root = secret_example.parent  # namespace.yaml and images.yaml sit beside secret.example.yaml
+    namespace_file = k8s_root / "namespace.yaml"
+    if namespace_file.is_file():
+        context.namespaces = [d for d in load_yaml_documents(namespace_file) if d["kind"] == "Namespace"]
+    context.tag_only = load_tag_only(k8s_root / "images.yaml")
     for check in checks.ALL_CHECKS:
         try:
             problems += check(context)
         except Exception as e:  # a malformed object the schema step has already reported
             problems.append(f"{check.__name__} could not run ({e!r}); fix the schema problems first")
     return problems
+
+
+def load_tag_only(path: Path) -> dict[str, str]:
+    """images.yaml's tag_only map (image -> why it has no digest); empty when the file is absent."""
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    tag_only = data.get("tag_only") or {} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in tag_only.items()} if isinstance(tag_only, dict) else {}
 
 
 def load_secret_example(path: Path) -> dict[str, set[str]]:
