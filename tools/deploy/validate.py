@@ -20,6 +20,7 @@ import copy
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,23 @@ def validate_cluster_config(path: str | Path, *, repo_root: str | Path | None = 
         if image:
             problems += _cluster_image_problems(image, pins, f"{path}: available_node_types.{name}.docker.worker_image")
     problems += [f"{path}: {p}" for p in ray_pins_in_commands(config, pins)]
+    problems += [f"{path}: {p}" for p in dashboard_exposure(config)]
+    return problems
+
+
+_DASHBOARD_HOST = re.compile(r"--dashboard-host[= ]+['\"]?([^\s'\"]+)")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def dashboard_exposure(config: dict[str, Any]) -> list[str]:
+    """The head's dashboard (and job API, which runs submitted code) binds loopback only."""
+    problems = []
+    for i, command in enumerate(config.get("head_start_ray_commands") or []):
+        for host in _DASHBOARD_HOST.findall(str(command)):
+            if host not in LOOPBACK_HOSTS:
+                problems.append(f"head_start_ray_commands[{i}]: --dashboard-host={host} exposes the dashboard and "
+                                f"job API on the network; use --dashboard-host=127.0.0.1 and reach it through "
+                                f"`ray dashboard <config>` (an SSH tunnel)")
     return problems
 
 
