@@ -5,6 +5,7 @@ Negative tests copy k8s/ into tmp_path, break one thing, and assert that the val
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -135,8 +136,38 @@ def test_readme_has_the_deploy_commands():
         "kubectl apply -k k8s/overlays/dev",
         "kubectl -n largebatch get rayjob fashion-mnist-study -w",
         "kubectl -n largebatch port-forward svc/mlflow 5000:5000",
+        "kubectl apply -f k8s/namespace.yaml",
+        "kubectl -n largebatch create secret generic mlflow-auth",
+        "## Security",
     ):
         assert snippet in text
+
+
+def test_namespace_enforces_restricted():
+    [ns] = yaml.safe_load_all((REPO / "k8s/namespace.yaml").read_text())
+    assert ns["kind"] == "Namespace" and ns["metadata"]["name"] == "largebatch"
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for rel in KUSTOMIZATIONS:  # kept out of the kustomizations, so `kubectl delete -k` keeps the Secrets
+        assert "namespace.yaml" not in yaml.safe_load((REPO / rel / "kustomization.yaml").read_text())["resources"]
+
+
+@needs_kubectl
+def test_tag_only_images_are_exactly_the_rendered_ones_with_reasons():
+    # images.yaml may not carry stale entries that would excuse a future image
+    tag_only = yaml.safe_load((REPO / "k8s/images.yaml").read_text())["tag_only"]
+    rendered = set()
+    for rel in KUSTOMIZATIONS:
+        for obj in render_kustomization(REPO / rel):
+            rendered |= {m.group(1) for m in re.finditer(r"'image': '([^']+)'", str(obj))}
+    assert set(tag_only) == rendered
+    assert all(len(reason.split()) >= 5 for reason in tag_only.values())
+
+
+@needs_kubectl
+def test_digest_with_tag_passes_without_a_tag_only_entry(k8s_copy):
+    _mutate(k8s_copy, "base/postgres.yaml", "image: postgres:16.4", "image: postgres:16.4@sha256:" + "ab" * 32)
+    problems = validate_kustomization(k8s_copy / "base", repo_root=REPO)
+    assert not [p for p in problems if "postgres:16.4@" in p], problems
 
 
 # ---- negative tests: one mistake each ------------------------------------------------------------
