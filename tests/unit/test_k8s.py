@@ -296,6 +296,8 @@ HARDENING_MUTATIONS = {
                                    "container postgres: resources missing limits.ephemeral-storage"),
     "unbounded-emptydir": ("base/postgres.yaml", "          emptyDir:\n            sizeLimit: 16Mi", "          emptyDir: {}",
                            "base", "emptyDir volume run has no sizeLimit"),
+    "no-ephemeral-storage-default": ("base/limitrange.yaml", "      default:\n        ephemeral-storage: 256Mi\n", "",
+                                     "base", "no LimitRange gives Containers a default ephemeral-storage limit"),
     # PodDisruptionBudgets
     "no-pdb-for-ray-head": ("base/pdb.yaml", "app.kubernetes.io/component: ray-head", "app.kubernetes.io/component: ray-hed",
                             "base", "no PodDisruptionBudget selects the Ray head pods"),

@@ -144,6 +144,23 @@ def check_empty_dir_size(ctx: "Context") -> list[str]:
     return problems
 
 
+def check_injected_container_storage(ctx: "Context") -> list[str]:
+    """Where KubeRay injects containers (workers' wait-gcs-ready, with cpu/memory but no ephemeral-storage),
+    a LimitRange gives Containers a default ephemeral-storage limit."""
+    from tools.deploy.checks import ray_cluster_specs
+
+    namespaces = {_ns(o) for o in ctx.objects if ray_cluster_specs(o)}
+    problems = []
+    for ns in sorted(namespaces):
+        if not any(_ns(o) == ns and any(item.get("type") == "Container"
+                                        and "ephemeral-storage" in (item.get("default") or {})
+                                        for item in (o.get("spec") or {}).get("limits") or [])
+                   for o in ctx.objects if o["kind"] == "LimitRange"):
+            problems.append(f"namespace {ns}: no LimitRange gives Containers a default ephemeral-storage limit "
+                            f"(KubeRay's injected init containers set none)")
+    return problems
+
+
 # The components whose pods a voluntary disruption must not take down unannounced.
 PDB_REQUIRED = {"Ray head": {"app.kubernetes.io/component": "ray-head"},
                 "MLflow": {"app.kubernetes.io/name": "mlflow"}}
@@ -215,6 +232,7 @@ HARDENING_CHECKS: tuple[Callable[["Context"], list[str]], ...] = (
     check_pod_security,
     check_service_accounts,
     check_empty_dir_size,
+    check_injected_container_storage,
     check_disruption_budgets,
     check_image_digests,
     check_network_policies_lock_down,
