@@ -5,13 +5,10 @@ the fix. `ALL_CHECKS` is the registry `validate.validate_objects` runs.
 """
 from __future__ import annotations
 
-import fnmatch
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlparse
 
 from tools.deploy.render import split_image
 from tools.deploy.pins import Pins, image_version_problems
@@ -125,7 +122,7 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-# ---- checks ---------------------------------------------------------------------------------------
+# ---- checks (more in ray_checks.py, mlflow_checks.py, hardening.py; ALL_CHECKS at the end lists them all) ----
 
 def check_images(ctx: Context) -> list[str]:
     """Every image names an explicit tag (not `latest`) or a digest, so a rollout is reproducible."""
@@ -315,96 +312,6 @@ def check_non_root(ctx: Context) -> list[str]:
     return problems
 
 
-def _is_gpu_group(group: dict[str, Any]) -> bool:
-    spec = (group.get("template") or {}).get("spec") or {}
-    containers = spec.get("containers") or [{}]
-    resources = containers[0].get("resources") or {}
-    return (
-        "gpu" in str(group.get("groupName", "")).lower()
-        or "num-gpus" in (group.get("rayStartParams") or {})
-        or any(GPU_RESOURCE in (resources.get(k) or {}) for k in ("requests", "limits"))
-        or any(tol.get("key") == GPU_RESOURCE for tol in spec.get("tolerations") or [])
-    )
-
-
-def _quantity(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
-
-
-def check_ray_worker_groups(ctx: Context) -> list[str]:
-    """GPU groups get GPUs (limit, toleration, a -gpu image); replica bounds are consistent."""
-    problems = []
-    for t in ctx.templates:
-        if t.role != "ray-worker":
-            continue
-        group = t.group or {}
-        lo, hi = group.get("minReplicas", 0), group.get("maxReplicas", 0)
-        if lo > hi:
-            problems.append(f"{t.where}: minReplicas {lo} > maxReplicas {hi}")
-        if "replicas" in group and not lo <= group["replicas"] <= hi:
-            problems.append(f"{t.where}: replicas {group['replicas']} outside [{lo}, {hi}]")
-        if not _is_gpu_group(group):
-            continue
-        ray_container = (t.spec.get("containers") or [{}])[0]  # KubeRay: the Ray container is index 0
-        limits = (ray_container.get("resources") or {}).get("limits") or {}
-        if _quantity(limits.get(GPU_RESOURCE)) < 1:
-            problems.append(f"{t.where}: a GPU worker group must set resources.limits[{GPU_RESOURCE!r}] >= 1 on "
-                            f"container {ray_container.get('name')} (Ray derives num-gpus from it)")
-        if not any(tol.get("key") == GPU_RESOURCE for tol in t.spec.get("tolerations") or []):
-            problems.append(f"{t.where}: add a toleration for the {GPU_RESOURCE} taint (GPU nodes are tainted)")
-        _, tag, _ = split_image(ray_container.get("image", ""))
-        if "gpu" not in tag:
-            problems.append(f"{t.where}: image {ray_container.get('image')} is not a -gpu (CUDA) build")
-    return problems
-
-
-def check_ray_jobs(ctx: Context) -> list[str]:
-    """RayJob: a known submissionMode; the entrypoint runs a study that exists in tune_spaces/, with
-    S3 storage and an MLflow URL that names a Service and port in these manifests."""
-    problems = []
-    services = {(_ns(o), o["metadata"]["name"]): {p.get("port") for p in (o.get("spec") or {}).get("ports") or []}
-                for o in ctx.objects if o["kind"] == "Service"}
-    for job in (o for o in ctx.objects if o["kind"] == "RayJob"):
-        spec, name = job.get("spec") or {}, _name(job)
-        mode = spec.get("submissionMode", "K8sJobMode")
-        if mode not in SUBMISSION_MODES:
-            problems.append(f"{name}: submissionMode {mode!r} is not one of {', '.join(SUBMISSION_MODES)}")
-        if spec.get("clusterSelector") and spec.get("rayClusterSpec"):
-            problems.append(f"{name}: set either clusterSelector or rayClusterSpec, not both")
-        if spec.get("shutdownAfterJobFinishes") and not spec.get("rayClusterSpec"):
-            problems.append(f"{name}: shutdownAfterJobFinishes needs the job's own rayClusterSpec")
-        try:
-            tokens = shlex.split(spec.get("entrypoint", ""))
-        except ValueError as e:
-            problems.append(f"{name}: entrypoint does not parse as a shell command ({e})")
-            continue
-        positions = [i for i in range(1, len(tokens) - 1)
-                     if tokens[i] == "tune" and tokens[i - 1].rsplit("/", 1)[-1] == "largebatch"]
-        if not positions:
-            problems.append(f"{name}: entrypoint should run `largebatch tune tune_spaces/<study>.yaml ...`")
-            continue
-        study = tokens[positions[0] + 1]
-        if not study.startswith("tune_spaces/") or not (ctx.repo_root / study).is_file():
-            problems.append(f"{name}: entrypoint names study {study!r}, which is not a file in tune_spaces/ "
-                            f"(the image ships the repo's tune_spaces/ as its working dir)")
-        options = _options(tokens[positions[0] + 2:])
-        storage = options.get("--storage")
-        if storage is not None and not storage.startswith("s3://"):
-            problems.append(f"{name}: --storage {storage!r} must be s3://... (pod disks vanish with the cluster)")
-        mlflow = options.get("--mlflow")
-        if mlflow is not None:
-            url = urlparse(mlflow)
-            svc = (url.hostname or "").split(".")[0]
-            ports = services.get((_ns(job), svc))
-            if ports is None or (url.port or 80) not in ports:
-                problems.append(f"{name}: --mlflow {mlflow} names no Service {svc!r} with port {url.port or 80} "
-                                f"in these manifests")
-    return problems
-
-
 def _options(tokens: list[str]) -> dict[str, str]:
     options: dict[str, str] = {}
     for i, token in enumerate(tokens):
@@ -412,115 +319,6 @@ def _options(tokens: list[str]) -> dict[str, str]:
             key, eq, value = token.partition("=")
             options[key] = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
     return options
-
-
-def check_ray_cluster_drift(ctx: Context) -> list[str]:
-    """The RayJob's own cluster and the interactive RayCluster must not drift apart: a study that works
-    interactively must run the same way as a batch job."""
-    clusters = [o for o in ctx.objects if o["kind"] == "RayCluster"]
-    problems = []
-    for job in (o for o in ctx.objects if o["kind"] == "RayJob"):
-        own = (job.get("spec") or {}).get("rayClusterSpec")
-        if not own or not clusters or any(c.get("spec") == own for c in clusters):
-            continue
-        diff = _first_difference(clusters[0].get("spec"), own) or "(root)"
-        problems.append(f"{_name(job)}: rayClusterSpec differs from {_name(clusters[0])} spec at {diff}; "
-                        f"patch both the same way")
-    return problems
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            diff = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-            if diff:
-                return diff
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            diff = _first_difference(x, y, f"{path}[{i}]")
-            if diff:
-                return diff
-        return None
-    return None if a == b else (path or "(root)")
-
-
-def mlflow_servers(ctx: Context) -> Iterator[tuple[PodTemplate, dict[str, Any], dict[str, str]]]:
-    """(template, container, its --options) for every `mlflow server` container."""
-    for t in ctx.templates:
-        for c in t.spec.get("containers") or []:
-            argv = [*(c.get("command") or []), *(c.get("args") or [])]
-            if "server" in argv and any(a.rsplit("/", 1)[-1] == "mlflow" for a in argv):
-                yield t, c, _options(argv)
-
-
-def _env_value(container: dict[str, Any], name: str) -> str | None:
-    return next((e.get("value") for e in container.get("env") or [] if e.get("name") == name), None)
-
-
-def check_mlflow_allowed_hosts(ctx: Context) -> list[str]:
-    """MLflow >= 3.5 answers only Host headers it allows: every Service in front of an `mlflow server`
-    container must be allowed as <service>:<port>, by exact names only (MLflow matches an entry holding
-    `*` with fnmatch, so `mlflow.*` also admits mlflow.attacker.example)."""
-    problems = []
-    for t, c, options in mlflow_servers(ctx):
-        hosts = options.get("--allowed-hosts") or _env_value(c, "MLFLOW_SERVER_ALLOWED_HOSTS")
-        if not hosts:
-            problems.append(f"{t.where} container {c.get('name')}: mlflow server without --allowed-hosts "
-                            f"(or MLFLOW_SERVER_ALLOWED_HOSTS) refuses clients that use the Service name")
-            continue
-        patterns = [h.strip() for h in hosts.split(",")]
-        for pattern in patterns:
-            if "*" in pattern:
-                problems.append(f"{t.where} container {c.get('name')}: --allowed-hosts entry {pattern!r} is a "
-                                f"wildcard; list exact host:port names")
-        for svc in (o for o in ctx.objects if o["kind"] == "Service" and _ns(o) == t.namespace):
-            if not _selects((svc.get("spec") or {}).get("selector") or {}, t.labels):
-                continue
-            for port in svc["spec"].get("ports") or []:
-                host = f"{svc['metadata']['name']}:{port.get('port')}"
-                if not any(p == "*" or fnmatch.fnmatch(host, p) for p in patterns):
-                    problems.append(f"{t.where} container {c.get('name')}: --allowed-hosts does not allow "
-                                    f"{host!r} ({_name(svc)})")
-    return problems
-
-
-MLFLOW_AUTH_SECRET_ENV = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
-MLFLOW_CLIENT_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-
-
-def check_mlflow_auth_and_cors(ctx: Context) -> list[str]:
-    """MLflow runs its basic-auth app with the admin credentials from a Secret, names its CORS origins
-    exactly, and the Ray pods (its clients) get their credentials from a Secret too."""
-    problems = []
-    servers = list(mlflow_servers(ctx))
-    for t, c, options in servers:
-        where = f"{t.where} container {c.get('name')}"
-        origins = options.get("--cors-allowed-origins") or _env_value(c, "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
-        if not origins:
-            problems.append(f"{where}: set --cors-allowed-origins to the UI's exact origins")
-        elif any("*" in o for o in origins.split(",")):
-            problems.append(f"{where}: --cors-allowed-origins {origins!r} holds a wildcard; list exact origins")
-        if options.get("--app-name") != "basic-auth":
-            problems.append(f"{where}: run `mlflow server --app-name=basic-auth` (without it anyone who reaches "
-                            f"the server can read and delete every run)")
-        problems += _secret_env_problems(c, MLFLOW_AUTH_SECRET_ENV, where)
-    if servers:
-        for t in ctx.templates:
-            if t.role in ("ray-head", "ray-worker"):
-                ray = (t.spec.get("containers") or [{}])[0]
-                problems += _secret_env_problems(ray, MLFLOW_CLIENT_SECRET_ENV, f"{t.where} container {ray.get('name')}")
-    return problems
-
-
-def _secret_env_problems(container: dict[str, Any], names: tuple[str, ...], where: str) -> list[str]:
-    env = {e.get("name"): e for e in container.get("env") or []}
-    problems = []
-    for name in names:
-        entry = env.get(name)
-        if entry is None or "secretKeyRef" not in ((entry.get("valueFrom") or {})):
-            problems.append(f"{where}: {name} must come from a Secret (valueFrom.secretKeyRef)")
-    return problems
 
 
 _RAY_PIN = re.compile(r"\bray(\[[^\]]*\])?==([0-9][^\s'\"]*)")
@@ -556,18 +354,15 @@ ALL_CHECKS: tuple[Callable[[Context], list[str]], ...] = (
     check_probes,
     check_resources,
     check_non_root,
-    check_ray_worker_groups,
-    check_ray_jobs,
-    check_ray_cluster_drift,
-    check_mlflow_allowed_hosts,
-    check_mlflow_auth_and_cors,
 )
 
 
-def _with_hardening() -> tuple[Callable[[Context], list[str]], ...]:
+def _with_more_checks() -> tuple[Callable[[Context], list[str]], ...]:
     from tools.deploy.hardening import HARDENING_CHECKS
+    from tools.deploy.mlflow_checks import MLFLOW_CHECKS
+    from tools.deploy.ray_checks import RAY_CHECKS
 
-    return ALL_CHECKS + HARDENING_CHECKS
+    return ALL_CHECKS + RAY_CHECKS + MLFLOW_CHECKS + HARDENING_CHECKS
 
 
-ALL_CHECKS = _with_hardening()
+ALL_CHECKS = _with_more_checks()
