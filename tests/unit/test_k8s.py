@@ -267,6 +267,8 @@ HARDENING_MUTATIONS = {
                                   "    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: largebatch-ray\n      ports:\n        - protocol: TCP\n          port: 5000",
                                   "    - from:\n        - namespaceSelector: {}\n      ports:\n        - protocol: TCP\n          port: 5000",
                                   "base", "a pod in another namespace -> Deployment/mlflow TCP 5000 is allowed but must not be"),
+    "netpol-autoscaler-cut-off": ("base/networkpolicy.yaml", "          port: 6443", "          port: 6444", "base",
+                                  "head -> the Kubernetes API server (a typical control-plane address) TCP 6443 is refused"),
     "netpol-minio-clients-cut-off": ("overlays/dev/minio.yaml", "values: [largebatch-ray, mlflow, minio-bucket-init]",
                                      "values: [largebatch-ray, mlflow]", "overlays/dev",
                                      "Job/minio-bucket-init -> Deployment/minio TCP 9000 is refused"),

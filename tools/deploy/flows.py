@@ -51,6 +51,7 @@ STRANGER = Outside("a pod in another namespace", "default", (("app", "anything")
 S3 = Ip("S3 (a public address)", "52.216.0.10")
 METADATA = Ip("the cloud metadata address", METADATA_ADDRESS)
 ELSEWHERE = Ip("an outside address", "203.0.113.7")
+KUBE_API = Ip("the Kubernetes API server (a typical control-plane address)", "10.0.0.1")
 
 Endpoint = Component | Outside | Ip
 
@@ -73,6 +74,7 @@ FLOWS: tuple[Flow, ...] = (
     Flow(EVERY_POD, KUBE_DNS, (53,), True, "TCP"),
     Flow(RAY, RAY, (6379, 8076, 10001, 29500, 45678), True),  # GCS, object manager, client, gloo, a worker port
     Flow(SUBMITTER, HEAD, (8265,), True),
+    Flow(HEAD, KUBE_API, (443, 6443), True),  # the autoscaler sidecar
     Flow(OPERATOR, HEAD, (8265,), True),
     Flow(RAY, MLFLOW, (5000,), True),
     Flow(RAY, S3, (443,), True),
