@@ -170,6 +170,28 @@ def test_digest_with_tag_passes_without_a_tag_only_entry(k8s_copy):
     assert not [p for p in problems if "postgres:16.4@" in p], problems
 
 
+@needs_kubectl
+def test_mlflow_auth_config_script_keeps_any_password(tmp_path, monkeypatch):
+    # The init container's script, run as is (only its output path moved), read back the way MLflow reads it.
+    from mlflow.server.auth.config import read_auth_config
+    from sqlalchemy.engine import make_url
+
+    deployment = _render("k8s/base")[("Deployment", "mlflow")]["spec"]["template"]["spec"]
+    [init] = deployment["initContainers"]
+    script = init["args"][0]
+    assert script.count("/etc/mlflow-auth/basic_auth.ini") == 1
+    ini = tmp_path / "basic_auth.ini"
+    password = "p%w@/:?#[] x%%y"
+    monkeypatch.setenv("POSTGRES_PASSWORD", password)
+    exec(compile(script.replace("/etc/mlflow-auth/basic_auth.ini", str(ini)), "init", "exec"), {})
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    config = read_auth_config()
+    url = make_url(config.database_uri)
+    assert (url.username, url.password, url.host, url.port, url.database) == \
+        ("mlflow", password, "postgres", 5432, "mlflow")
+    assert config.default_permission == "NO_PERMISSIONS"
+
+
 # ---- negative tests: one mistake each ------------------------------------------------------------
 
 @pytest.fixture
@@ -321,6 +343,8 @@ HARDENING_MUTATIONS = {
                                      "                  key: password\n",
                                      "            - name: MLFLOW_AUTH_ADMIN_PASSWORD\n              value: hunter2\n", "base",
                                      "MLFLOW_AUTH_ADMIN_PASSWORD must come from a Secret"),
+    "mlflow-without-csrf-key": ("base/mlflow.yaml", "- name: MLFLOW_FLASK_SERVER_SECRET_KEY", "- name: FLASK_SECRET_KEY",
+                                "base", "MLFLOW_FLASK_SERVER_SECRET_KEY must come from a Secret"),
     "ray-pods-without-mlflow-credentials": ("base/raycluster.yaml", "name: MLFLOW_TRACKING_PASSWORD",
                                             "name: MLFLOW_TRACKING_PASSWD", "base",
                                             "MLFLOW_TRACKING_PASSWORD must come from a Secret"),
