@@ -27,7 +27,7 @@ ARG RAY_VERSION
 ARG TORCH_VERSION=2.13.0
 # The CPU wheel index keeps the CPU image free of several GB of CUDA libraries.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# PostgreSQL driver for `mlflow server --backend-store-uri postgresql://...` (k8s/mlflow.yaml).
+# PostgreSQL driver for `mlflow server --backend-store-uri postgresql://...` (k8s/base/mlflow.yaml).
 ARG PSYCOPG2_VERSION=2.9.10
 # torch FIRST and pinned: installing the package first would let pip resolve an unpinned torch
 # (the CUDA build, several GB) from PyPI.
@@ -37,7 +37,9 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
 # requirements.lock (a constraints file: it pins what gets installed, installs nothing by itself).
 COPY --chown=1000:100 requirements.lock /tmp/requirements.lock
 COPY --from=builder --chown=1000:100 /home/ray/dist/ /tmp/dist/
-RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/dist/*.whl \
+# mlflow[auth] adds Flask-WTF (pinned in requirements.lock), without which `mlflow server --app-name=basic-auth`
+# (k8s/base/mlflow.yaml) refuses to start.
+RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/dist/*.whl "mlflow[auth]" \
         "psycopg2-binary==${PSYCOPG2_VERSION}" \
  && rm -rf /tmp/dist /tmp/requirements.lock \
  && python -c "import largebatch, ray, torch; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlparse
 from largebatch.errors import BadInput
 
 CACHE_ROOT = Path(os.environ.get("LARGEBATCH_CACHE", Path.home() / ".cache" / "largebatch")) / "s3"
+LIST_PAGE_SIZE = 1000  # keys per list_objects_v2 call (S3's own maximum)
+MAX_OBJECTS = 100_000  # a dataset prefix holds a handful of files; a listing beyond this is a wrong prefix
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str, Optional[str]]:
@@ -98,19 +100,78 @@ def upload_files(paths: list[Path], uri: str) -> list[str]:
     return _upload([(Path(p), Path(p).name) for p in paths], uri, "data push")
 
 
+def list_objects(s3, bucket: str, prefix: str, uri: str, field: str) -> list[dict]:
+    """Every object under `prefix`, page by page (one list_objects_v2 call returns at most LIST_PAGE_SIZE keys),
+    refusing listings longer than MAX_OBJECTS: the prefix is user input and the listing is held in memory."""
+    objects: list[dict] = []
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
+        for page in pages:
+            objects += [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+            if len(objects) > MAX_OBJECTS:
+                raise BadInput(f"{uri}: more than {MAX_OBJECTS} objects under this prefix; point it at the "
+                               f"dataset's own folder", field=field)
+    except BadInput:
+        raise
+    except Exception as e:
+        raise _explain(e, uri, field) from None
+    return objects
+
+
+def _shown(key: str) -> str:
+    """A key for an error message: bounded, with control characters escaped (keys are arbitrary bytes)."""
+    return repr(key if len(key) <= 200 else key[:200] + "...")
+
+
+def cache_path(root: Path, rel: str, uri: str, field: str) -> Path:
+    """Where the object with relative key `rel` goes under `root`, refusing any key that could land elsewhere:
+    absolute keys, `..` or `.` segments, empty segments, backslashes or NUL, and (after resolving symlinks
+    already in the cache) anything outside `root`."""
+    segments = rel.split("/")
+    if (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel
+            or any(seg in ("", ".", "..") for seg in segments)):
+        raise BadInput(f"{uri}: object key part {_shown(rel)} is not a plain relative path (absolute, '..', '.', "
+                       f"empty segment or backslash); refusing to write it into the cache", field=field)
+    dest = root / Path(*segments)
+    resolved_root = root.resolve()
+    if not dest.resolve().is_relative_to(resolved_root):
+        raise BadInput(f"{uri}: object key part {_shown(rel)} resolves outside the cache folder {root}; "
+                       f"refusing to write it", field=field)
+    return dest
+
+
+def _relative_key(object_key: str, prefix: str, exact: bool) -> str:
+    """The part of `object_key` below `prefix` (exactly one separator dropped: `data//x` keeps its `/x`)."""
+    if exact:
+        return object_key.rsplit("/", 1)[-1]
+    rel = object_key[len(prefix):]
+    return rel[1:] if prefix and not prefix.endswith("/") else rel
+
+
+def _download(s3, bucket: str, key: str, dest: Path, uri: str, field: str) -> None:
+    """Download to a temporary name beside `dest`, then rename: `dest` is the old file or the complete new one,
+    never half of one, and a failed or interrupted download leaves nothing behind."""
+    tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+    try:
+        s3.download_file(bucket, key, str(tmp))
+        os.replace(tmp, dest)
+    except Exception as e:
+        raise _explain(e, uri, field) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def fetch_to_cache(uri: str, field: str = "data.path") -> str:
     """Download an s3:// object or prefix into the local cache; return the local file or folder.
 
     The cache is keyed by ETag: an unchanged object is not downloaded again, a changed one is. Each node of a
-    cluster fills its own cache, so workers never read S3 in the training loop.
+    cluster fills its own cache, so workers never read S3 in the training loop. Object keys are untrusted:
+    each must map to a path inside the cache folder (see cache_path).
     """
     bucket, key, endpoint = parse_s3_uri(uri)
     s3 = client(endpoint)
-    try:
-        listing = s3.list_objects_v2(Bucket=bucket, Prefix=key)
-        objects = [o for o in listing.get("Contents", []) if not o["Key"].endswith("/")]
-    except Exception as e:
-        raise _explain(e, uri, field) from None
+    objects = list_objects(s3, bucket, key, uri, field)
     exact = [o for o in objects if o["Key"] == key]
     if exact:
         objects = exact
@@ -119,19 +180,14 @@ def fetch_to_cache(uri: str, field: str = "data.path") -> str:
     if not objects:
         raise BadInput(f"{uri}: no objects there; upload the dataset first (`largebatch data push`)", field=field)
     root = CACHE_ROOT / bucket / hashlib.sha1(f"{endpoint}|{key}".encode()).hexdigest()[:16]
-    for o in objects:
-        rel = Path(o["Key"]).name if exact else Path(o["Key"][len(key):].lstrip("/"))
-        dest = root / rel
+    # every key is checked before anything is written, so a bad key leaves the cache as it was
+    plan = [(o, cache_path(root, _relative_key(o["Key"], key, bool(exact)), uri, field)) for o in objects]
+    for o, dest in plan:
         etag_file = dest.with_name(dest.name + ".etag")
         etag = o["ETag"].strip('"')
         if dest.exists() and etag_file.exists() and etag_file.read_text() == etag:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
-        try:
-            s3.download_file(bucket, o["Key"], str(tmp))
-        except Exception as e:
-            raise _explain(e, uri, field) from None
-        os.replace(tmp, dest)  # atomic: a concurrent worker sees the old file or the new one, never half
+        _download(s3, bucket, o["Key"], dest, uri, field)
         etag_file.write_text(etag)
-    return str(root / Path(objects[0]["Key"]).name) if exact else str(root)
+    return str(plan[0][1]) if exact else str(root)

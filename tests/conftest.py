@@ -1,11 +1,15 @@
 """Shared fixtures: the repository root and the study files every test that validates studies iterates over."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# tools/ (deployment checks) is not part of the installed package: import it from this checkout.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 # globbed, not listed: a new tune_spaces/*.yaml is validated by the tests without anyone editing them
 STUDY_FILES = sorted((REPO_ROOT / "tune_spaces").glob("*.yaml"))
 

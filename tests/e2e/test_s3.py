@@ -72,3 +72,35 @@ def test_bad_s3_target_fails_before_any_trial(s3_server, tmp_path, case, needle)
     assert len(lines) == 1 and needle in lines[0] and "--storage" in lines[0], lines
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "m.db").exists()  # nothing half-written: no MLflow store was created
+
+
+def test_fetch_reads_every_page_and_refuses_escaping_keys(s3_server, tmp_path, monkeypatch):
+    # A real S3 API server: listings come back in pages (a small page size stands in for S3's 1,000), and a key
+    # with `..` segments, which this server stores as is, is refused before anything is written.
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    from largebatch import s3
+    from largebatch.errors import BadInput
+
+    monkeypatch.setattr(s3, "CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setattr(s3, "LIST_PAGE_SIZE", 3)
+    for i in range(7):
+        s3_server.client.put_object(Bucket="lb-data", Key=f"paged/part-{i}.bin", Body=str(i).encode())
+    pages = []
+    real_client = s3.client
+
+    def recording_client(endpoint=None):
+        c = real_client(endpoint)
+        c.meta.events.register("after-call.s3.ListObjectsV2", lambda parsed, **kw: pages.append(parsed))
+        return c
+
+    monkeypatch.setattr(s3, "client", recording_client)
+    root = s3.fetch_to_cache("s3://lb-data/paged")
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.bin")) == [f"part-{i}.bin" for i in range(7)]
+    assert [len(p.get("Contents", [])) for p in pages] == [3, 3, 1]  # the server really paged
+    assert open(f"{root}/part-6.bin", "rb").read() == b"6"
+
+    s3_server.client.put_object(Bucket="lb-data", Key="evil/../../../escape.pth", Body=b"import os")
+    with pytest.raises(BadInput, match="not a plain relative path"):
+        s3.fetch_to_cache("s3://lb-data/evil")
+    assert not list(tmp_path.rglob("escape.pth"))

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from largebatch.deploy import validate_cluster_config
-from largebatch.deploy.pins import read_pins
+from tools.deploy import validate_cluster_config
+from tools.deploy.pins import read_pins
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "cluster").glob("*.yaml"))
@@ -88,3 +88,20 @@ def test_local_provider_rejects_node_types(tmp_path):
     config["available_node_types"] = {"x": {"resources": {}, "node_config": {}}}
     problems = validate_cluster_config(_write(tmp_path, config), repo_root=REPO)
     assert any("not supported with provider type local" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "local.yaml"])
+def test_dashboard_bound_to_loopback_only(name, tmp_path):
+    config = yaml.safe_load((REPO / "cluster" / name).read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    config["head_start_ray_commands"] = [c.replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0")
+                                         for c in config["head_start_ray_commands"]]
+    problems = validate_cluster_config(_write(tmp_path, config), repo_root=REPO)
+    assert any("--dashboard-host=0.0.0.0 exposes the dashboard" in p for p in problems), problems
+
+
+def test_readme_says_how_to_reach_the_dashboard():
+    text = (REPO / "cluster/README.md").read_text()
+    for name in ("aws-gpu.yaml", "local.yaml"):
+        assert f"ray dashboard cluster/{name} &" in text

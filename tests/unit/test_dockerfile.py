@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from largebatch.deploy.pins import read_pins
+from tools.deploy.pins import read_pins
 
 REPO = Path(__file__).resolve().parents[2]
 

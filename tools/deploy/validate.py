@@ -1,4 +1,4 @@
-"""Offline validation of k8s/ (rendered like `kubectl apply -k`) and of cluster/*.yaml.
+"""Offline validation of k8s/ (rendered by `kubectl kustomize`, as `kubectl apply -k` would) and of cluster/*.yaml.
 
 No API server is reachable where this runs, so `validate_kustomization` checks what one would, and more:
 
@@ -12,7 +12,7 @@ No API server is reachable where this runs, so `validate_kustomization` checks w
 
 `validate_cluster_config` checks a `ray up` YAML against Ray's own `ray/autoscaler/ray-schema.json`.
 
-    python -m largebatch.deploy k8s k8s/overlays/dev k8s/overlays/gpu cluster/aws-gpu.yaml
+    python -m tools.deploy k8s/base k8s/overlays/dev k8s/overlays/gpu cluster/aws-gpu.yaml
 """
 from __future__ import annotations
 
@@ -20,20 +20,22 @@ import copy
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from largebatch.deploy.kustomize import KustomizeError, find_kustomization, load_yaml_documents, render_kustomization
-from largebatch.deploy.pins import Pins, find_repo_root, image_version_problems, read_pins
+from tools.deploy.render import KustomizeError, find_kustomization, load_yaml_documents, render_kustomization
+from tools.deploy.pins import Pins, find_repo_root, image_version_problems, read_pins
 
 # The Kubernetes API version we validate against: a release kubernetes-validate ships schemas for
 # (it picks the newest schema not newer than this) and that managed clusters run today.
 K8S_VERSION = "1.35.0"
 RAY_CRD_SCHEMAS = {"RayCluster": "raycluster_v1.json", "RayJob": "rayjob_v1.json", "RayService": "rayservice_v1.json"}
 SCHEMAS_ENV = "LARGEBATCH_K8S_SCHEMAS"
+DEFAULT_KUSTOMIZATIONS = ("k8s/base", "k8s/overlays/dev", "k8s/overlays/gpu")
 
 
 def find_schema_dir(repo_root: Path) -> Path:
@@ -106,7 +108,7 @@ def schema_problems(obj: dict[str, Any], schema_dir: Path) -> list[str]:
 def validate_objects(objects: list[dict[str, Any]], *, repo_root: Path, schema_dir: Path,
                      secret_example: Path, pins: Pins | None = None) -> list[str]:
     """Every problem with a rendered list of objects; empty means deployable as far as we can tell offline."""
-    from largebatch.deploy import checks
+    from tools.deploy import checks
 
     pins = pins or read_pins(repo_root)
     problems: list[str] = []
@@ -119,12 +121,26 @@ def validate_objects(objects: list[dict[str, Any]], *, repo_root: Path, schema_d
         secrets=load_secret_example(secret_example),
         secret_example=secret_example,
     )
+    k8s_root = secret_example.parent  # namespace.yaml and images.yaml sit beside secret.example.yaml
+    namespace_file = k8s_root / "namespace.yaml"
+    if namespace_file.is_file():
+        context.namespaces = [d for d in load_yaml_documents(namespace_file) if d["kind"] == "Namespace"]
+    context.tag_only = load_tag_only(k8s_root / "images.yaml")
     for check in checks.ALL_CHECKS:
         try:
             problems += check(context)
         except Exception as e:  # a malformed object the schema step has already reported
             problems.append(f"{check.__name__} could not run ({e!r}); fix the schema problems first")
     return problems
+
+
+def load_tag_only(path: Path) -> dict[str, str]:
+    """images.yaml's tag_only map (image -> why it has no digest); empty when the file is absent."""
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    tag_only = data.get("tag_only") or {} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in tag_only.items()} if isinstance(tag_only, dict) else {}
 
 
 def load_secret_example(path: Path) -> dict[str, set[str]]:
@@ -145,12 +161,12 @@ def validate_kustomization(path: str | Path, *, repo_root: str | Path | None = N
     repo_root (pyproject.toml, tune_spaces/) defaults to the nearest ancestor with a pyproject.toml;
     secret_example to the nearest secret.example.yaml at or above the kustomization.
     """
-    kdir = find_kustomization(path).parent.resolve()
-    root = Path(repo_root).resolve() if repo_root else find_repo_root(kdir)
     try:
+        kdir = find_kustomization(path).parent.resolve()
         objects = render_kustomization(kdir)
     except KustomizeError as e:
         return [str(e)]
+    root = Path(repo_root).resolve() if repo_root else find_repo_root(kdir)
     return validate_objects(
         objects,
         repo_root=root,
@@ -177,7 +193,7 @@ def _ray_cluster_validator():
 
 def validate_cluster_config(path: str | Path, *, repo_root: str | Path | None = None) -> list[str]:
     """Problems of a `ray up` cluster YAML: Ray's schema, the provider's own rules, the Ray version pin."""
-    from largebatch.deploy.checks import ray_pins_in_commands
+    from tools.deploy.checks import ray_pins_in_commands
 
     path = Path(path)
     root = Path(repo_root) if repo_root else find_repo_root(path.parent)
@@ -219,11 +235,28 @@ def validate_cluster_config(path: str | Path, *, repo_root: str | Path | None = 
         if image:
             problems += _cluster_image_problems(image, pins, f"{path}: available_node_types.{name}.docker.worker_image")
     problems += [f"{path}: {p}" for p in ray_pins_in_commands(config, pins)]
+    problems += [f"{path}: {p}" for p in dashboard_exposure(config)]
+    return problems
+
+
+_DASHBOARD_HOST = re.compile(r"--dashboard-host[= ]+['\"]?([^\s'\"]+)")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def dashboard_exposure(config: dict[str, Any]) -> list[str]:
+    """The head's dashboard (and job API, which runs submitted code) binds loopback only."""
+    problems = []
+    for i, command in enumerate(config.get("head_start_ray_commands") or []):
+        for host in _DASHBOARD_HOST.findall(str(command)):
+            if host not in LOOPBACK_HOSTS:
+                problems.append(f"head_start_ray_commands[{i}]: --dashboard-host={host} exposes the dashboard and "
+                                f"job API on the network; use --dashboard-host=127.0.0.1 and reach it through "
+                                f"`ray dashboard <config>` (an SSH tunnel)")
     return problems
 
 
 def _cluster_image_problems(image: str, pins: Pins, where: str) -> list[str]:
-    from largebatch.deploy.kustomize import split_image
+    from tools.deploy.render import split_image
 
     _, tag, digest = split_image(image)
     if not tag and not digest or tag == "latest":
@@ -233,7 +266,7 @@ def _cluster_image_problems(image: str, pins: Pins, where: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Validate kustomization directories and cluster YAMLs; print problems; exit 1 if there are any."""
-    paths = (argv if argv is not None else sys.argv[1:]) or ["k8s"]
+    paths = (argv if argv is not None else sys.argv[1:]) or list(DEFAULT_KUSTOMIZATIONS)
     problems: list[str] = []
     for arg in paths:
         path = Path(arg)

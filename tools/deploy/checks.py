@@ -5,16 +5,13 @@ the fix. `ALL_CHECKS` is the registry `validate.validate_objects` runs.
 """
 from __future__ import annotations
 
-import fnmatch
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlparse
 
-from largebatch.deploy.kustomize import split_image
-from largebatch.deploy.pins import Pins, image_version_problems
+from tools.deploy.render import split_image
+from tools.deploy.pins import Pins, image_version_problems
 
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
 BATCH_KINDS = ("Job",)
@@ -31,6 +28,10 @@ class Context:
     pins: Pins
     secrets: dict[str, set[str]]  # from secret.example.yaml: name -> keys
     secret_example: Path
+    namespaces: list[dict[str, Any]] = field(default_factory=list)  # from namespace.yaml
+    namespace_file_name: str = "namespace.yaml"
+    tag_only: dict[str, str] = field(default_factory=dict)  # from images.yaml: image -> why it has no digest
+    image_pins_name: str = "images.yaml"
     _templates: list["PodTemplate"] | None = field(default=None, repr=False)
 
     @property
@@ -121,7 +122,7 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-# ---- checks ---------------------------------------------------------------------------------------
+# ---- checks (more in ray_checks.py, mlflow_checks.py, hardening.py; ALL_CHECKS at the end lists them all) ----
 
 def check_images(ctx: Context) -> list[str]:
     """Every image names an explicit tag (not `latest`) or a digest, so a rollout is reproducible."""
@@ -189,7 +190,7 @@ def check_secrets(ctx: Context) -> list[str]:
 
 
 def check_secret_example_placeholders(ctx: Context) -> list[str]:
-    from largebatch.deploy.kustomize import load_yaml_documents
+    from tools.deploy.render import load_yaml_documents
 
     problems = []
     for doc in load_yaml_documents(ctx.secret_example):
@@ -273,7 +274,9 @@ def check_probes(ctx: Context) -> list[str]:
 
 
 def check_resources(ctx: Context) -> list[str]:
-    """Every container (and the KubeRay autoscaler) sets cpu and memory requests and limits."""
+    """Every container (and the KubeRay autoscaler) sets cpu, memory and ephemeral-storage requests and
+    limits: without an ephemeral-storage limit, logs and spilled objects can fill the node's disk and get
+    every pod on it evicted."""
     problems = []
     targets = [(f"{t.where} container {c.get('name')}", c.get("resources") or {})
                for t in ctx.templates for c in t.containers()]
@@ -283,7 +286,7 @@ def check_resources(ctx: Context) -> list[str]:
                 options = cluster.get("autoscalerOptions") or {}
                 targets.append((f"{where} autoscalerOptions", options.get("resources") or {}))
     for where, resources in targets:
-        missing = [f"{kind}.{r}" for kind in ("requests", "limits") for r in ("cpu", "memory")
+        missing = [f"{kind}.{r}" for kind in ("requests", "limits") for r in ("cpu", "memory", "ephemeral-storage")
                    if r not in (resources.get(kind) or {})]
         if missing:
             problems.append(f"{where}: resources missing {', '.join(missing)}")
@@ -309,96 +312,6 @@ def check_non_root(ctx: Context) -> list[str]:
     return problems
 
 
-def _is_gpu_group(group: dict[str, Any]) -> bool:
-    spec = (group.get("template") or {}).get("spec") or {}
-    containers = spec.get("containers") or [{}]
-    resources = containers[0].get("resources") or {}
-    return (
-        "gpu" in str(group.get("groupName", "")).lower()
-        or "num-gpus" in (group.get("rayStartParams") or {})
-        or any(GPU_RESOURCE in (resources.get(k) or {}) for k in ("requests", "limits"))
-        or any(tol.get("key") == GPU_RESOURCE for tol in spec.get("tolerations") or [])
-    )
-
-
-def _quantity(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
-
-
-def check_ray_worker_groups(ctx: Context) -> list[str]:
-    """GPU groups get GPUs (limit, toleration, a -gpu image); replica bounds are consistent."""
-    problems = []
-    for t in ctx.templates:
-        if t.role != "ray-worker":
-            continue
-        group = t.group or {}
-        lo, hi = group.get("minReplicas", 0), group.get("maxReplicas", 0)
-        if lo > hi:
-            problems.append(f"{t.where}: minReplicas {lo} > maxReplicas {hi}")
-        if "replicas" in group and not lo <= group["replicas"] <= hi:
-            problems.append(f"{t.where}: replicas {group['replicas']} outside [{lo}, {hi}]")
-        if not _is_gpu_group(group):
-            continue
-        ray_container = (t.spec.get("containers") or [{}])[0]  # KubeRay: the Ray container is index 0
-        limits = (ray_container.get("resources") or {}).get("limits") or {}
-        if _quantity(limits.get(GPU_RESOURCE)) < 1:
-            problems.append(f"{t.where}: a GPU worker group must set resources.limits[{GPU_RESOURCE!r}] >= 1 on "
-                            f"container {ray_container.get('name')} (Ray derives num-gpus from it)")
-        if not any(tol.get("key") == GPU_RESOURCE for tol in t.spec.get("tolerations") or []):
-            problems.append(f"{t.where}: add a toleration for the {GPU_RESOURCE} taint (GPU nodes are tainted)")
-        _, tag, _ = split_image(ray_container.get("image", ""))
-        if "gpu" not in tag:
-            problems.append(f"{t.where}: image {ray_container.get('image')} is not a -gpu (CUDA) build")
-    return problems
-
-
-def check_ray_jobs(ctx: Context) -> list[str]:
-    """RayJob: a known submissionMode; the entrypoint runs a study that exists in tune_spaces/, with
-    S3 storage and an MLflow URL that names a Service and port in these manifests."""
-    problems = []
-    services = {(_ns(o), o["metadata"]["name"]): {p.get("port") for p in (o.get("spec") or {}).get("ports") or []}
-                for o in ctx.objects if o["kind"] == "Service"}
-    for job in (o for o in ctx.objects if o["kind"] == "RayJob"):
-        spec, name = job.get("spec") or {}, _name(job)
-        mode = spec.get("submissionMode", "K8sJobMode")
-        if mode not in SUBMISSION_MODES:
-            problems.append(f"{name}: submissionMode {mode!r} is not one of {', '.join(SUBMISSION_MODES)}")
-        if spec.get("clusterSelector") and spec.get("rayClusterSpec"):
-            problems.append(f"{name}: set either clusterSelector or rayClusterSpec, not both")
-        if spec.get("shutdownAfterJobFinishes") and not spec.get("rayClusterSpec"):
-            problems.append(f"{name}: shutdownAfterJobFinishes needs the job's own rayClusterSpec")
-        try:
-            tokens = shlex.split(spec.get("entrypoint", ""))
-        except ValueError as e:
-            problems.append(f"{name}: entrypoint does not parse as a shell command ({e})")
-            continue
-        positions = [i for i in range(1, len(tokens) - 1)
-                     if tokens[i] == "tune" and tokens[i - 1].rsplit("/", 1)[-1] == "largebatch"]
-        if not positions:
-            problems.append(f"{name}: entrypoint should run `largebatch tune tune_spaces/<study>.yaml ...`")
-            continue
-        study = tokens[positions[0] + 1]
-        if not study.startswith("tune_spaces/") or not (ctx.repo_root / study).is_file():
-            problems.append(f"{name}: entrypoint names study {study!r}, which is not a file in tune_spaces/ "
-                            f"(the image ships the repo's tune_spaces/ as its working dir)")
-        options = _options(tokens[positions[0] + 2:])
-        storage = options.get("--storage")
-        if storage is not None and not storage.startswith("s3://"):
-            problems.append(f"{name}: --storage {storage!r} must be s3://... (pod disks vanish with the cluster)")
-        mlflow = options.get("--mlflow")
-        if mlflow is not None:
-            url = urlparse(mlflow)
-            svc = (url.hostname or "").split(".")[0]
-            ports = services.get((_ns(job), svc))
-            if ports is None or (url.port or 80) not in ports:
-                problems.append(f"{name}: --mlflow {mlflow} names no Service {svc!r} with port {url.port or 80} "
-                                f"in these manifests")
-    return problems
-
-
 def _options(tokens: list[str]) -> dict[str, str]:
     options: dict[str, str] = {}
     for i, token in enumerate(tokens):
@@ -406,65 +319,6 @@ def _options(tokens: list[str]) -> dict[str, str]:
             key, eq, value = token.partition("=")
             options[key] = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
     return options
-
-
-def check_ray_cluster_drift(ctx: Context) -> list[str]:
-    """The RayJob's own cluster and the interactive RayCluster must not drift apart: a study that works
-    interactively must run the same way as a batch job."""
-    clusters = [o for o in ctx.objects if o["kind"] == "RayCluster"]
-    problems = []
-    for job in (o for o in ctx.objects if o["kind"] == "RayJob"):
-        own = (job.get("spec") or {}).get("rayClusterSpec")
-        if not own or not clusters or any(c.get("spec") == own for c in clusters):
-            continue
-        diff = _first_difference(clusters[0].get("spec"), own) or "(root)"
-        problems.append(f"{_name(job)}: rayClusterSpec differs from {_name(clusters[0])} spec at {diff}; "
-                        f"patch both the same way")
-    return problems
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            diff = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-            if diff:
-                return diff
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            diff = _first_difference(x, y, f"{path}[{i}]")
-            if diff:
-                return diff
-        return None
-    return None if a == b else (path or "(root)")
-
-
-def check_mlflow_allowed_hosts(ctx: Context) -> list[str]:
-    """MLflow >= 3.5 answers only Host headers it allows: every Service in front of an `mlflow server`
-    container must be allowed as <service>:<port>."""
-    problems = []
-    for t in ctx.templates:
-        for c in t.spec.get("containers") or []:
-            argv = [*(c.get("command") or []), *(c.get("args") or [])]
-            if "server" not in argv or not any(a.rsplit("/", 1)[-1] == "mlflow" for a in argv):
-                continue
-            options = _options(argv)
-            hosts = options.get("--allowed-hosts") or next(
-                (e.get("value") for e in c.get("env") or [] if e.get("name") == "MLFLOW_SERVER_ALLOWED_HOSTS"), None)
-            if not hosts:
-                problems.append(f"{t.where} container {c.get('name')}: mlflow server without --allowed-hosts "
-                                f"(or MLFLOW_SERVER_ALLOWED_HOSTS) refuses clients that use the Service name")
-                continue
-            patterns = [h.strip() for h in hosts.split(",")]
-            for svc in (o for o in ctx.objects if o["kind"] == "Service" and _ns(o) == t.namespace):
-                if not _selects((svc.get("spec") or {}).get("selector") or {}, t.labels):
-                    continue
-                for port in svc["spec"].get("ports") or []:
-                    host = f"{svc['metadata']['name']}:{port.get('port')}"
-                    if not any(p == "*" or fnmatch.fnmatch(host, p) for p in patterns):
-                        problems.append(f"{t.where} container {c.get('name')}: --allowed-hosts does not allow "
-                                        f"{host!r} ({_name(svc)})")
-    return problems
 
 
 _RAY_PIN = re.compile(r"\bray(\[[^\]]*\])?==([0-9][^\s'\"]*)")
@@ -500,8 +354,15 @@ ALL_CHECKS: tuple[Callable[[Context], list[str]], ...] = (
     check_probes,
     check_resources,
     check_non_root,
-    check_ray_worker_groups,
-    check_ray_jobs,
-    check_ray_cluster_drift,
-    check_mlflow_allowed_hosts,
 )
+
+
+def _with_more_checks() -> tuple[Callable[[Context], list[str]], ...]:
+    from tools.deploy.hardening import HARDENING_CHECKS
+    from tools.deploy.mlflow_checks import MLFLOW_CHECKS
+    from tools.deploy.ray_checks import RAY_CHECKS
+
+    return ALL_CHECKS + RAY_CHECKS + MLFLOW_CHECKS + HARDENING_CHECKS
+
+
+ALL_CHECKS = _with_more_checks()

@@ -50,7 +50,7 @@ _OUR_IMAGE_TAG = re.compile(r"^(?P<package>[^-]+)-ray(?P<ray>\d+\.\d+\.\d+)(-py\
 
 def image_version_problems(image: str, pins: Pins, where: str) -> list[str]:
     """Problems with the Ray (and package) version encoded in `image`, for rayproject/ray and largebatch images."""
-    from largebatch.deploy.kustomize import split_image
+    from tools.deploy.render import split_image
 
     name, tag, _ = split_image(image)
     repo = name.rsplit("/", 1)[-1]
