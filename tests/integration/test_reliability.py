@@ -53,16 +53,12 @@ def _children(uri: str, experiment: str):
     return client, [r for r in runs if r.data.tags.get("largebatch.kind") == "trial"]
 
 
-@pytest.mark.slow
-def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path):
-    import ray
-    from ray.util.state import list_actors
-
-    from largebatch.train.trial import read_history
+def _study_in_thread(study_dict: dict, tmp_path: Path) -> tuple[threading.Thread, dict]:
+    """Run a study on the module's local Ray in a thread; out['report'] or out['error'] once it ends."""
     from largebatch.tune.driver import run_study
 
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(KILL_STUDY))
+    path.write_text(yaml.safe_dump(study_dict))
     study = load_study(path)
     out: dict = {}
 
@@ -70,11 +66,22 @@ def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path):
         try:
             out["report"] = run_study(study, source=str(path), study_text=path.read_text(),
                                       run_root=str(tmp_path / "runs"))
-        except BaseException as e:  # surfaced below
+        except BaseException as e:  # surfaced by the test
             out["error"] = e
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
+    return th, out
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path):
+    import ray
+    from ray.util.state import list_actors
+
+    from largebatch.train.trial import read_history
+
+    th, out = _study_in_thread(KILL_STUDY, tmp_path)
     storage = tmp_path / "runs" / "ray"
     deadline = time.time() + 240
     ckpts: list = []
@@ -131,23 +138,8 @@ def test_killed_trial_actor_fails_that_trial_and_the_study_goes_on(local_ray, tm
     killer would): that trial is recorded failed with the reason, and the other trials still run to the end."""
     from ray.util.state import list_actors
 
-    from largebatch.tune.driver import run_study
-
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(ACTOR_KILL_STUDY))
-    study = load_study(path)
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
-    out: dict = {}
-
-    def run():
-        try:
-            out["report"] = run_study(study, source=str(path), study_text=path.read_text(),
-                                      run_root=str(tmp_path / "runs"))
-        except BaseException as e:  # surfaced below
-            out["error"] = e
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
+    th, out = _study_in_thread(ACTOR_KILL_STUDY, tmp_path)
     deadline, victim_run = time.time() + 300, None
     while time.time() < deadline and th.is_alive() and victim_run is None:
         client, children = _children(uri, "it-actor-kill")
