@@ -122,9 +122,11 @@ def cmd_train(args) -> int:
     finally:
         if info["started"]:
             shutdown_ray()
-    final = {k: v for k, v in out.items() if k != "history"}
+    final = {k: v for k, v in out.items() if k not in ("history", "traceback", "reason")}
     print("[largebatch] final: " + " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items()))
+    if out.get("reason"):
+        print(f"[largebatch] {out['status']}: {out['reason']}", file=sys.stderr)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({**out, "resolved": res.summary()}, indent=2, default=str))
     return 0 if out["status"] in ("completed", "diverged", "stopped_early") else 1

@@ -28,12 +28,18 @@ class StudyAborted(Exception):
 
 
 def exception_chain(e: BaseException) -> list[BaseException]:
-    """e, then its causes/contexts, then Ray's wrapped `.cause` where a RayTaskError carries one; no cycles."""
+    """e, then its causes/contexts, Ray's wrapped `.cause` (RayTaskError), the lowest rank's worker exception
+    (WorkerGroupError) or the controller's (ControllerError); no cycles."""
     out: list[BaseException] = []
     cur: Optional[BaseException] = e
     while cur is not None and all(cur is not seen for seen in out) and len(out) < 20:
         out.append(cur)
         nxt = cur.__cause__ or cur.__context__ or getattr(cur, "cause", None)
+        # Train V2 keeps the workers' exceptions in a dict by rank (WorkerGroupError), the controller's apart
+        failures = getattr(cur, "worker_failures", None)
+        if nxt is None and isinstance(failures, dict) and failures:
+            nxt = failures[min(failures)]
+        nxt = nxt or getattr(cur, "controller_failure", None)
         cur = nxt if isinstance(nxt, BaseException) else None
     return out
 
@@ -73,6 +79,14 @@ def describe(e: BaseException) -> str:
     wrappers = ("TrainingFailedError", "RayTaskError", "TuneError", "WorkerGroupError", "ControllerError")
     root = next((c for c in reversed(chain) if not any(w in type(c).__name__ for w in wrappers)), chain[-1])
     return f"{type(root).__name__}: {_first_line(root)}"
+
+
+def format_failure(e: BaseException) -> str:
+    """The whole story for a person debugging: every traceback in the chain, Ray's rendering of the workers' own
+    tracebacks included (it is in the wrapper's message)."""
+    import traceback
+
+    return "".join(traceback.format_exception(e))[-200_000:]
 
 
 def signal_name(signum: int) -> str:

@@ -64,7 +64,7 @@ def read_history(checkpoint) -> tuple[list[dict], dict]:
 
 def outcome(result, t_fit: float) -> dict[str, Any]:
     """The trial's final metrics + history from a Train Result; a raised error becomes status 'failed'."""
-    from largebatch.failures import describe
+    from largebatch.failures import describe, format_failure
 
     history, _ = read_history(getattr(result, "checkpoint", None))
     final = dict(result.metrics or {}) if result is not None else {}
@@ -72,6 +72,7 @@ def outcome(result, t_fit: float) -> dict[str, Any]:
     if getattr(result, "error", None) is not None:
         final["status"] = "failed"
         final["reason"] = describe(result.error)
+        final["traceback"] = format_failure(result.error)
     final.setdefault("status", "failed" if not history else "completed")
     final["fit_s"] = time.time() - t_fit  # start-up + training + teardown, as the user waits for it
     final["history"] = history

@@ -103,18 +103,22 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     try:
         out = fit_outcome(trainer)
     except Exception as e:  # Ray itself failed under the trial (its controller or workers killed, e.g. OOM)
-        from largebatch.failures import describe
+        from largebatch.failures import describe, format_failure
 
-        out = {"status": "failed", "reason": describe(e), "history": [], "fit_s": time.time() - t_fit}
+        out = {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": [],
+               "fit_s": time.time() - t_fit}
     # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
     # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:
         final = {"fit_s": out["fit_s"], "final_val_acc": out["history"][-1]["val_acc"]}
         last_epoch = out["history"][-1]["epoch"]
     else:  # failed before its first report: whatever we have
-        final = {k: v for k, v in out.items() if k not in ("history", "status", "reason", "epoch", "is_final")}
+        final = {k: v for k, v in out.items()
+                 if k not in ("history", "status", "reason", "traceback", "epoch", "is_final")}
         last_epoch = 0
     tracker.log_final(run_id, final, out["status"], out.get("reason"), step=last_epoch)
+    if out.get("traceback"):
+        tracker.log_text(run_id, out["traceback"], "error.txt")  # the reason tag is one line; this is the rest
     tracker.end_run(run_id, "FAILED" if out["status"] == "failed" else "FINISHED")
     _wait_for_tune_queue()
     if out["status"] == "failed":

@@ -164,6 +164,34 @@ def test_killed_trial_actor_fails_that_trial_and_the_study_goes_on(local_ray, tm
     assert all(r.data.tags["status"] == "completed" for r in others)
 
 
+# one trial that raises in the worker: an Identity "model" has no parameters to train
+RAISING_STUDY = {
+    "name": "it-trial-raises",
+    "base": {"data": {"dataset": "digits", "global_batch_size": 32},
+             "model": {"name": "factory", "factory": "torch.nn:Identity"},
+             "optim": {"name": "sgd", "base_lr": 0.05, "base_batch_size": 32}, "budget": {"epochs": 1}},
+    "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_failures": 0},
+}
+
+
+def test_a_trial_that_raises_is_failed_with_the_real_exception(local_ray, tmp_path):
+    from mlflow.artifacts import load_text
+
+    th, out = _study_in_thread(RAISING_STUDY, tmp_path)
+    th.join(timeout=300)
+    assert not th.is_alive() and "error" not in out, out.get("error")
+    assert out["report"]["counts"].get("failed") == 1, out["report"]["counts"]
+    client, children = _children(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "it-trial-raises")
+    (run,) = children
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    # the exception raised in the worker, not the first line of Ray's WorkerGroupError around it
+    reason = run.data.tags["reason"]
+    kind = reason.split(":", 1)[0]
+    assert kind in ("ValueError", "RuntimeError") and "parameter" in reason, reason
+    text = load_text(f"{run.info.artifact_uri}/error.txt")
+    assert "Traceback" in text and kind in text and "WorkerGroupError" in text  # the whole chain
+
+
 def _tune_cmd(study_path: Path, root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "largebatch", "tune", str(study_path), "--name", "it-driver-kill",
             "--storage", str(root / "ray"), "--mlflow", f"sqlite:///{root / 'mlflow.db'}", *extra]
