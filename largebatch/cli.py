@@ -97,10 +97,23 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _check_writable_file(path: str) -> None:
+    """The folder of an output file exists and takes a file, checked without leaving anything behind."""
+    folder = Path(path).resolve().parent
+    if Path(path).is_dir():
+        raise BadInput(f"{path!r} is a folder; give a file name, e.g. {path.rstrip('/')}/final.json",
+                       field="--output-json")
+    if not folder.is_dir():
+        raise BadInput(f"folder {str(folder)!r} does not exist; create it or choose another --output-json",
+                       field="--output-json")
+    if not os.access(folder, os.W_OK):
+        raise BadInput(f"cannot write to folder {str(folder)!r}; choose another --output-json", field="--output-json")
+
+
 def cmd_train(args) -> int:
     from largebatch.config import baseline_trial, load_study, parse_sets, resolve
     from largebatch.raylib import init_ray, shutdown_ray
-    from largebatch.storage import resolve_storage
+    from largebatch.storage import preflight_storage, resolve_storage
     from largebatch.train.trial import run_trial
 
     study = load_study(args.study, parse_sets(args.sets))
@@ -108,6 +121,10 @@ def cmd_train(args) -> int:
     workers = _workers(args, study)
     res = resolve(cfg, workers, source=args.study, prefix="baseline." if args.baseline else "base.")
     storage = resolve_storage(args.storage)
+    # the same checks as `tune`, before Ray starts: a bad path must not cost a trial
+    if args.output_json:
+        _check_writable_file(args.output_json)
+    preflight_storage(storage)  # creates the storage folder: last, so a bad --output-json leaves nothing
     cpus = study.tuner.cpus_per_worker
     print(f"[largebatch] {study.name}: B={res.global_batch_size} ({workers} workers x {res.per_worker_batch}, "
           f"accum {res.grad_accum_steps}) rule={cfg.scaling.rule} peak_lr={res.peak_lr:.4g} "
@@ -200,10 +217,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     from largebatch import interrupts
     from largebatch.failures import StudyAborted, signal_name
 
+    previous: dict = {}
     try:
         args = build_parser().parse_args(argv)
         if args.cmd in ("train", "tune"):  # they start Ray: SIGTERM/SIGHUP must clean up like Ctrl-C
-            interrupts.install()
+            previous = interrupts.install()
         return COMMANDS[args.cmd](args)
     except BadInput as e:
         print(f"largebatch: error: {e}", file=sys.stderr)
@@ -217,6 +235,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"largebatch: interrupted by {signal_name(interrupts.received() or signal.SIGINT)}; the local Ray "
               f"head was stopped", file=sys.stderr)
         return interrupts.exit_code()
+    finally:
+        if previous:
+            interrupts.restore(previous)
 
 
 if __name__ == "__main__":

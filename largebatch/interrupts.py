@@ -27,13 +27,21 @@ def _handler(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Call from the main thread, before Ray or Tune start."""
+def install() -> dict:
+    """Call from the main thread, before Ray or Tune start. Returns the handlers it replaced, for restore()."""
     global _installed
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    for sig in HANDLED:
-        signal.signal(sig, _handler)
+    previous = {sig: signal.signal(sig, _handler) for sig in HANDLED}
     _installed = True
+    return previous
+
+
+def restore(previous: dict) -> None:
+    """Put back what install() replaced (the CLI is also called in-process, by tests and notebooks)."""
+    global _installed, _received
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    _installed, _received = False, None
 
 
 def reinstall() -> None:

@@ -159,6 +159,20 @@ def test_train_bad_storage_uri_fails_before_ray(in_tmp, capsys):
     assert_one_line_error(rc, err, ["--storage", "ftp://host/x"], in_tmp)
 
 
+@pytest.mark.parametrize("flag, value, must_contain", [
+    ("--output-json", "no-such-folder/final.json", ["--output-json", "no-such-folder", "does not exist"]),
+    ("--output-json", ".", ["--output-json", "is a folder"]),
+    ("--storage", "a-file", ["--storage", "a-file", "cannot write"]),
+])
+def test_train_preflight_before_ray(flag, value, must_contain, in_tmp, capsys):
+    (in_tmp / "a-file").write_text("not a folder")
+    t0 = time.monotonic()
+    rc = main(["train", str(SMOKE), flag, value])
+    _, err = capsys.readouterr()
+    assert_one_line_error(rc, err, must_contain, in_tmp)
+    assert time.monotonic() - t0 < 10, "something heavy (Ray?) started before the preflight"
+
+
 @pytest.mark.parametrize("argv, must_contain", [
     (["validate", "missing.yaml"], ["missing.yaml", "no such file"]),
     (["validate"], ["study"]),
