@@ -216,6 +216,7 @@ COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "rep
 def main(argv: Optional[list[str]] = None) -> int:
     from largebatch import interrupts
     from largebatch.failures import StudyAborted, signal_name
+    from largebatch.redact import redact_text
 
     previous: dict = {}
     try:
@@ -224,10 +225,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             previous = interrupts.install()
         return COMMANDS[args.cmd](args)
     except BadInput as e:
-        print(f"largebatch: error: {e}", file=sys.stderr)
+        print(redact_text(f"largebatch: error: {e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except StudyAborted as e:
-        print(str(e), file=sys.stderr)
+        print(redact_text(str(e)), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         import signal

@@ -9,6 +9,22 @@ MASK = "***"
 _SECRET_QUERY = re.compile(r"(secret|token|password|passwd|signature|credential|access_key|session)", re.I)
 
 
+# scheme://user:password@ or scheme://token@ anywhere in a text (a YAML file, a param value, an error message)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@'\"]+)@")
+_QUERY_SECRET = re.compile(r"(?P<key>[?&][A-Za-z0-9_.-]*(?:secret|token|password|passwd|signature|credential|"
+                           r"access_key|session)[A-Za-z0-9_.-]*=)[^&\s'\"]+", re.I)
+
+
+def redact_text(text: str) -> str:
+    """Every URI credential in a free text masked as redact_uri() masks it (same user kept, secret replaced)."""
+    def userinfo(m: re.Match) -> str:
+        info = m["userinfo"]
+        masked = f"{info.split(':', 1)[0]}:{MASK}" if ":" in info else MASK
+        return f"{m['scheme']}{masked}@"
+
+    return _QUERY_SECRET.sub(lambda m: m["key"] + MASK, _USERINFO.sub(userinfo, text))
+
+
 def redact_uri(uri: str) -> str:
     """'postgresql://user:pw@host/db' -> 'postgresql://user:***@host/db'; secret query values -> ***.
     Strings that are not URIs come back unchanged."""

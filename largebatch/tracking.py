@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from largebatch.redact import redact_text
+
 PARAM_MAX = 500  # MLflow caps a param value at 500 characters
 _SECRET = re.compile(r"(secret|token|password|passwd|credential|access_key|session_key|api_key)", re.I)
 TRIAL_TAG = "largebatch.trial_id"
@@ -37,12 +39,12 @@ def _client(uri: str):
 
 
 def safe_params(flat: dict[str, Any]) -> dict[str, str]:
-    """Params as strings, secrets dropped, values capped at MLflow's limit."""
+    """Params as strings, secret keys dropped, URI credentials masked, values capped at MLflow's limit."""
     out = {}
     for k, v in flat.items():
         if _SECRET.search(k):
             continue
-        s = str(v)
+        s = redact_text(str(v))
         out[k] = s if len(s) <= PARAM_MAX else s[: PARAM_MAX - 3] + "..."
     return out
 
@@ -76,7 +78,7 @@ class Tracker:
                   params: Optional[dict[str, Any]] = None, tags: Optional[dict[str, str]] = None) -> str:
         from mlflow.entities import Param, RunTag
 
-        all_tags = dict(tags or {})
+        all_tags = {k: redact_text(str(v)) for k, v in (tags or {}).items()}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
@@ -98,7 +100,7 @@ class Tracker:
 
         ts = int(_t.time() * 1000)
         ms = [Metric(k, v, ts, step or 0) for k, v in numeric(metrics).items()]
-        tags = [RunTag(STATUS_TAG, status)] + ([RunTag("reason", reason[:5000])] if reason else [])
+        tags = [RunTag(STATUS_TAG, status)] + ([RunTag("reason", redact_text(reason)[:5000])] if reason else [])
         self.client.log_batch(run_id, metrics=ms, tags=tags)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
@@ -108,7 +110,7 @@ class Tracker:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
+        self.client.log_text(run_id, redact_text(text), name)  # study files and tracebacks may hold URIs
 
 
 class EpochLogger:

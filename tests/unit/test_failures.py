@@ -111,3 +111,30 @@ def test_abort_on_a_signal_is_killed_with_128_plus_signal(tmp_path, monkeypatch)
     assert err.exit_code == 128 + signal.SIGTERM
     assert "interrupted by SIGTERM" in str(err) and "--resume" in str(err)
     assert tracker.client.get_run(parent).info.status == "KILLED"
+
+
+def test_credentials_never_reach_mlflow(tmp_path):
+    from largebatch.tracking import Tracker
+
+    secret = "pa55w0rd-xyz"
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracker.experiment_id("st", (tmp_path / "artifacts").as_uri())
+    run = tracker.start_run(exp, "r", params={"data.path": f"s3://bkt/p?secret_key={secret}",
+                                              "mlflow": f"postgresql://lb:{secret}@db/m"},
+                            tags={"storage": f"http://lb:{secret}@minio:9000/b"})
+    tracker.log_final(run, {}, "failed", f"cannot reach postgresql://lb:{secret}@db/m")
+    tracker.log_text(run, f"mlflow: postgresql://lb:{secret}@db/m\n", "study.yaml")
+    got = tracker.client.get_run(run)
+    text = str(got.data.params) + str(got.data.tags) + (tmp_path / "mlflow.db").read_bytes().decode("latin-1")
+    (logged,) = (tmp_path / "artifacts").rglob("study.yaml")
+    assert secret not in text and secret not in logged.read_text() and "lb:***@db" in logged.read_text()
+    assert got.data.params["mlflow"] == "postgresql://lb:***@db/m"
+
+
+def test_bad_input_message_is_redacted(tmp_path, capsys, monkeypatch):
+    from largebatch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["report", "--experiment", "x", "--mlflow", "http://lb:pa55w0rd-xyz@127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pa55w0rd-xyz" not in err and "lb:***@" in err, err
