@@ -100,7 +100,7 @@ class LocalHead:
         return {**base, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(),
                 "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
 
-    def start(self, timeout_s: float = 60.0) -> "LocalHead":
+    def start(self, timeout_s: float = 180.0) -> "LocalHead":  # 6.5 s quiet; minutes on a loaded 2-core box
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address=127.0.0.1", f"--port={self.port}", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}",
