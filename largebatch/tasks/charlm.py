@@ -24,18 +24,22 @@ FORTUNES_DEBIAN_DIR = "/usr/share/games/fortunes"  # Debian package fortunes
 FORTUNES_LOCAL_DIR = "data/fortunes/usr/share/games/fortunes"  # non-root `dpkg-deb -x` into ./data
 MAX_CORPUS_BYTES = 256 * 2**20  # the corpus is read whole into memory: a bound, not a tuning knob
 VOCAB = 256
+FORTUNES_MARKER = "wisdom"  # a file of the `fortunes` package proper
 
 
 def corpus_files(path: str | None) -> list[Path]:
     """The text files of the corpus, in a fixed order: `path` (a file or a folder), else the fortunes folders.
     Fortune index files (.dat) and the .u8 links are left out."""
+    # ./data relative to the working directory and to this checkout (Ray workers may start elsewhere)
+    repo_local = str(Path(__file__).resolve().parents[2] / FORTUNES_LOCAL_DIR)
     candidates = [path] if path else [p for p in (os.environ.get(FORTUNES_ENV), FORTUNES_DEBIAN_DIR,
-                                                  FORTUNES_LOCAL_DIR) if p]
+                                                  FORTUNES_LOCAL_DIR, repo_local) if p]
     for c in candidates:
         p = Path(c)
         if p.is_file():
             return [p]
-        if p.is_dir():
+        # a default folder counts only with the full `fortunes` package (fortunes-min alone is a tiny corpus)
+        if p.is_dir() and (path or (p / FORTUNES_MARKER).is_file()):
             files = sorted(f for f in p.iterdir() if f.is_file() and not f.is_symlink()
                            and f.suffix not in (".dat", ".u8"))
             if files:
@@ -126,10 +130,14 @@ class CharGPT(nn.Module):
 
 @TASKS.register("charlm", "byte-level GPT (few layers) on Debian's fortunes text; val_loss, val_bpb (min)")
 def charlm(block_size: int = 64, layers: int = 2, heads: int = 4, width: int = 64, dropout: float = 0.0,
-           val_fraction: float = 0.1) -> Task:
+           val_fraction: float = 0.1, eval_windows: int | None = None) -> Task:
+    """block_size bytes per example; layers x heads x width the transformer; val_fraction of the corpus (its end)
+    is validation text, of which the first `eval_windows` windows are scored (all when None: quick studies cap it)."""
     for key, v in (("block_size", block_size), ("layers", layers), ("heads", heads), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise BadInput(f"got {v!r}: must be a positive integer", field=f"task.kwargs.{key}")
+    if eval_windows is not None and (not isinstance(eval_windows, int) or eval_windows < 1):
+        raise BadInput(f"got {eval_windows!r}: must be a positive integer or null", field="task.kwargs.eval_windows")
     if not 0.0 < val_fraction < 1.0:
         raise BadInput(f"got {val_fraction!r}: must be between 0 and 1", field="task.kwargs.val_fraction")
 
@@ -137,7 +145,8 @@ def charlm(block_size: int = 64, layers: int = 2, heads: int = 4, width: int = 6
         files, n_train, _ = _sizes(cfg.data.path, val_fraction)
         raw = b"".join(f.read_bytes() for f in files)
         text = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        return TaskData(train=_windows(text[:n_train], block_size), eval=_windows(text[n_train:], block_size),
+        x_val, y_val = _windows(text[n_train:], block_size)
+        return TaskData(train=_windows(text[:n_train], block_size), eval=(x_val[:eval_windows], y_val[:eval_windows]),
                         info={"vocab_size": VOCAB, "block_size": block_size, "corpus_bytes": len(raw)})
 
     def model(cfg, data: TaskData) -> nn.Module:
