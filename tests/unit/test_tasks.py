@@ -165,3 +165,11 @@ def test_train_subset_cuts_a_dataset_by_the_seeded_rule():
     assert a.train_size == 10 and [int(a.train[i][1]) for i in range(10)] == [int(b.train[i][1]) for i in range(10)]
     with pytest.raises(BadInput, match="more than the 50"):
         build_data(task, parse_trial({"data": {"train_subset": 60}}))
+
+
+def test_the_docs_example_is_the_example_module():
+    """docs/tasks.md shows examples/regression_task.py verbatim (from its imports on), so the copy runs."""
+    doc = (REPO_ROOT / "docs" / "tasks.md").read_text()
+    src = (REPO_ROOT / "examples" / "regression_task.py").read_text()
+    code = src[src.index("import torch"):].strip()
+    assert code in doc
