@@ -66,5 +66,10 @@ test-slow: setup e2e-deps
 bench: setup
 	$(PY) -m bench.run_all
 
+# a short 1-GPU trial of each built-in task (bf16) with throughput; on a machine without a GPU it says so, exit 0
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) -m bench.gpu_check
+
 clean-runs:
 	rm -rf runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,7 +31,10 @@ class DataConfig(_Strict):
     path: Optional[str] = None  # local folder / .npz file / s3:// prefix; None = the dataset's default location
     train_subset: Optional[int] = Field(None, gt=0)  # first N of a seeded permutation, for quick runs
     global_batch_size: int = Field(16, gt=0)  # examples per optimizer step, over all workers and micro-steps
-    per_worker_batch_cap: Optional[int] = Field(None, gt=0)  # memory cap on one forward pass; forces accumulation
+    # memory cap on one forward pass; forces accumulation. "auto": each worker finds the largest micro-batch that fits
+    # before training (on a GPU: halve until no out-of-memory error; on a CPU: within auto_memory_mb of activations)
+    per_worker_batch_cap: Union[Annotated[int, Field(gt=0)], Literal["auto"], None] = None
+    auto_memory_mb: Optional[float] = Field(None, gt=0)  # the CPU budget for `auto`: tensors saved for backward
     grad_accum_steps: Optional[int] = Field(None, gt=0)  # explicit accumulation; None = derived from the cap
     eval_batch_size: int = Field(4096, gt=0)
     loader_workers: int = Field(0, ge=0)  # DataLoader processes for a task whose data is a torch Dataset
@@ -415,6 +418,11 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
             starts.append(m)
             batches.append(int(round(nxt)))
 
+    # "auto" is settled on the workers (train/microbatch.py), which resolve again with the number they found
+    cap = d.per_worker_batch_cap if isinstance(d.per_worker_batch_cap, int) else None
+    if d.per_worker_batch_cap == "auto" and d.grad_accum_steps is not None:
+        raise bad("data.per_worker_batch_cap", "got 'auto' with data.grad_accum_steps set; give one of the two")
+
     def split(Bk: int, k: int) -> tuple[int, int]:
         """(micro-batch, accumulation steps) for phase k's global batch Bk."""
         where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}, B={Bk}): "
@@ -437,14 +445,14 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
                           f"{per_worker}")
         else:
             accum = 1
-            if d.per_worker_batch_cap is not None:
+            if cap is not None:
                 # the fewest micro-steps whose micro-batch fits under the cap and divides the per-worker batch
                 accum = next((a for a in range(1, per_worker + 1)
-                              if per_worker % a == 0 and per_worker // a <= d.per_worker_batch_cap), per_worker)
+                              if per_worker % a == 0 and per_worker // a <= cap), per_worker)
         micro = per_worker // accum
-        if d.per_worker_batch_cap is not None and micro > d.per_worker_batch_cap:
+        if cap is not None and micro > cap:
             raise bad(fld("data.per_worker_batch_cap"),
-                      f"{where}got {d.per_worker_batch_cap}, below the micro-batch {micro} forced by "
+                      f"{where}got {cap}, below the micro-batch {micro} forced by "
                       f"grad_accum_steps={accum}; raise the cap or the accumulation")
         return micro, accum
 

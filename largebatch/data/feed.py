@@ -35,6 +35,12 @@ class RankBatchSampler(Sampler[list[int]]):
         return len(self._micro)
 
 
+def collate(data) -> Batch:
+    """A Dataset's `__getitems__(indices)` may return the batch itself, a tuple (inputs, targets): it is used as is
+    (no per-item collate). Anything else is a list of (input, target) items, stacked by default_collate."""
+    return data if isinstance(data, tuple) else default_collate(data)
+
+
 def _to(batch, device: torch.device) -> Batch:
     x, y = batch
     nb = device.type == "cuda"  # pinned host memory -> asynchronous copy
@@ -73,7 +79,7 @@ class LoaderFeed:
     def __init__(self, dataset: Dataset, device: torch.device, workers: int = 0, prefetch: Optional[int] = None):
         self.dataset, self.device, self.workers = dataset, device, workers
         self.sampler = RankBatchSampler()
-        self._kw = dict(num_workers=workers, pin_memory=device.type == "cuda")
+        self._kw = dict(num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate)
         if workers > 0:
             self._kw.update(persistent_workers=True, prefetch_factor=prefetch or 2)
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, **self._kw)
@@ -89,7 +95,9 @@ class LoaderFeed:
             yield (_to(next(it), self.device) for _ in range(accum))
 
     def gather(self, idx: torch.Tensor) -> Batch:
-        return _to(default_collate([self.dataset[int(i)] for i in idx]), self.device)
+        many = getattr(self.dataset, "__getitems__", None)
+        items = many(idx.tolist()) if many else [self.dataset[int(i)] for i in idx]
+        return _to(collate(items), self.device)
 
     def eval_batches(self, lo: int, hi: int, batch: int) -> Iterator[Batch]:
         kw = {k: v for k, v in self._kw.items() if k != "persistent_workers"}

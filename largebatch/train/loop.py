@@ -142,6 +142,20 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
     # ---- model and optimizer (the same seed on every rank: identical initial weights)
     torch.manual_seed(cfg.seed)
     model = task.model(cfg, data).to(device)
+    auto: dict[str, int] = {}
+    if cfg.data.per_worker_batch_cap == "auto":  # the largest micro-batch that fits, agreed by all ranks
+        from largebatch.config import resolve
+        from largebatch.train.microbatch import probe_micro_batch
+
+        largest = max(p.per_worker_batch * p.grad_accum_steps for p in res.phases)
+        cap = probe_micro_batch(model, task.loss, train_feed.gather, largest, len(train_feed),
+                                lambda: _autocast(device, cfg.precision), cfg.data.auto_memory_mb, world)
+        data_cfg = cfg.data.model_copy(update={"per_worker_batch_cap": cap})
+        res = resolve(cfg.model_copy(update={"data": data_cfg}), world, train_size=res.train_size)
+        auto = {"auto_micro_batch_cap": cap, "micro_batch": res.micro_batch, "grad_accum_steps": res.grad_accum_steps}
+        if ctx.is_rank0:
+            print(f"[largebatch] per_worker_batch_cap auto: {cap} fits; micro-batch {res.micro_batch} x "
+                  f"{res.grad_accum_steps} accumulation steps per worker", flush=True)
     o = cfg.optim
     opt = create_optimizer(model, o.name, res.peak_lr, weight_decay=o.weight_decay, momentum=o.momentum,
                            nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
@@ -293,7 +307,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
             # collective); syncs once per iteration, outside the training steps
             metrics.update(sharpness_metrics(model, probe, lr, iters=ins.sharpness_iters, seed=cfg.seed,
                                              loss_fn=task.loss))
-        metrics = {**metrics, **best, "status": status, "startup_s": startup_s, "is_final": done,
+        metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "is_final": done,
                    "peak_lr": res.peak_lr, **target}
         if reason:
             metrics["reason"] = reason

@@ -64,6 +64,28 @@ def test_dataloader_path_gives_the_same_global_batches_for_any_workers_and_accum
                                                                     for s in range(n // B)]
 
 
+class BatchedIndexed(Indexed):
+    """The same items, and `__getitems__` returning the whole micro-batch (no per-item collate)."""
+
+    calls = 0
+
+    def __getitems__(self, indices):
+        BatchedIndexed.calls += 1
+        idx = torch.as_tensor(indices)
+        return torch.stack([idx.float(), idx.float()], 1), idx
+
+
+def test_a_dataset_with_getitems_gives_the_same_batches_without_per_item_collate():
+    n, B = 64, 16
+    perm = epoch_permutation(n, seed=0, epoch=0)
+    BatchedIndexed.calls = 0
+    batched = _global_batches(LoaderFeed(BatchedIndexed(n), torch.device("cpu")), perm, B, 2, 2)
+    assert BatchedIndexed.calls == (n // B) * 2 * 2  # one call per micro-batch
+    assert batched == _global_batches(LoaderFeed(Indexed(n), torch.device("cpu")), perm, B, 2, 2)
+    x, y = LoaderFeed(BatchedIndexed(n), torch.device("cpu")).gather(torch.tensor([5, 1]))
+    assert y.tolist() == [5, 1] and x.shape == (2, 2)
+
+
 def test_loader_eval_batches_cover_a_rank_shard_in_order():
     feed = LoaderFeed(Indexed(10), torch.device("cpu"))
     assert torch.cat([y for _, y in feed.eval_batches(3, 10, 4)]).tolist() == list(range(3, 10))
