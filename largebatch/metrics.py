@@ -18,6 +18,9 @@ LOSS_METRICS: dict[str, str] = {"train_loss": "min", "val_loss": "min"}
 LOOP_METRICS = ("epoch", "lr", "global_batch_size", "steps", "examples_seen", "wall_s", "epoch_s", "throughput")
 # instruments, when switched on (largebatch/instruments)
 INSTRUMENT_METRICS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "trust_ratio_median")
+# per-trial instrument and target figures the report averages per recipe (records carry their last values)
+TRIAL_FIGURES = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target", "examples_to_target",
+                 "time_to_target_s")
 # the report's summary of a trial: best over epochs, or the last epoch's value
 SUMMARIES = ("best", "final")
 

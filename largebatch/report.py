@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.errors import BadInput, unknown_choice
-from largebatch.metrics import MODES, SUMMARIES
+from largebatch.metrics import MODES, SUMMARIES, TRIAL_FIGURES
 
 UNITS = ("points", "absolute", "relative")
 # Statuses whose metric is a result. stopped_early (e.g. ASHA) counts: it is what the trial reached.
@@ -41,8 +41,7 @@ _EPS = 1e-12  # float slack for "within tolerance" comparisons
 _REQUIRED = ("trial_id", "global_batch_size", "rule", "warmup_epochs", "optimizer", "base_lr", "status")
 # optional per-trial figures, averaged per recipe (None where no trial has them); grad_noise_scale is the trial's
 # mean over epochs when the record has it (grad_noise_scale_mean), else its last value
-INSTRUMENT_FIELDS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target",
-                     "examples_to_target", "time_to_target_s")
+INSTRUMENT_FIELDS = TRIAL_FIGURES
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,8 +185,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     import json
     import statistics
 
-    instrument_keys = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target",
-                       "examples_to_target", "time_to_target_s")
+    from largebatch.metrics import TRIAL_FIGURES as instrument_keys
     report_keys = {"data.global_batch_size", "scaling.rule", "schedule.warmup_epochs", "optim.name", "optim.base_lr",
                    "seed"}
     client = _client(uri)

@@ -106,8 +106,13 @@ class LoaderFeed:
             yield _to(b, self.device)
 
 
-def make_feed(split, device: torch.device, workers: int = 0):
-    """The feed for a split: tensors stay on the fast path, a Dataset goes through a DataLoader."""
+def make_feed(split, device: torch.device, workers: int = 0, seed: int = 0, rank: int = 0):
+    """The feed for a split: tensors stay on the fast path, a Dataset goes through a DataLoader, a Ray Data shard
+    is read by Ray (largebatch/tasks/raydata.py)."""
     if isinstance(split, tuple):
         return TensorFeed(split[0], split[1], device)
+    from largebatch.tasks.raydata import RayShard, RayShardFeed
+
+    if isinstance(split, RayShard):
+        return RayShardFeed(split, device, seed, rank)
     return LoaderFeed(split, device, workers)

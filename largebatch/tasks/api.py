@@ -51,7 +51,7 @@ class TaskData:
 
     @property
     def train_size(self) -> int:
-        return split_len(self.train)
+        return split_len(self.train)  # a Ray Data shard (tasks/raydata.py) has len() = the dataset's rows
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ class Task:
     """data(cfg) -> TaskData; model(cfg, data) -> nn.Module; loss(output, target) -> the MEAN over the micro-batch
     (a 0-d tensor; largebatch divides by the accumulation steps and DDP averages over ranks, so the step's gradient is
     the mean over the global batch); metrics: the evaluation metrics; train_size(cfg): optional, the number of
-    training examples without loading them (else the data is built to count them)."""
+    training examples without loading them (else the data is built to count them); ray_data(cfg): optional, the
+    training data as a Ray Data dataset with columns x and y (largebatch/tasks/raydata.py), read through Ray Train's
+    dataset shards instead of data(cfg).train (which may then be None); it needs train_size."""
 
     data: Callable[["TrialConfig"], TaskData]
     model: Callable[["TrialConfig", TaskData], nn.Module]
@@ -67,6 +69,7 @@ class Task:
     metrics: tuple[Metric, ...] = ()
     train_size: Optional[Callable[["TrialConfig"], int]] = None
     name: str = ""
+    ray_data: Optional[Callable[["TrialConfig"], Any]] = None
 
     def reported(self) -> dict[str, str]:
         """{metric name: direction} of every quality metric this task reports (train_loss, val_loss, val_<m>...)."""
@@ -129,6 +132,9 @@ def check_parts(task: Any, name: str, field_name: str = "task.name") -> Task:
         if not callable(getattr(task, part)):
             raise BadInput(f"task {name!r} has no {part} (got {getattr(task, part)!r}); give a callable "
                            f"(see docs/tasks.md)", field=field_name)
+    if task.ray_data is not None and (not callable(task.ray_data) or task.train_size is None):
+        raise BadInput(f"task {name!r}: ray_data needs a callable and train_size(cfg), the dataset's row count "
+                       f"(largebatch.tasks.raydata.parquet_rows counts a Parquet folder)", field=field_name)
     seen = set()
     for m in task.metrics:
         if not isinstance(m, Metric) or not callable(m.fn):

@@ -53,6 +53,12 @@ def build_data(task: Task, cfg) -> TaskData:
         raise BadInput(f"task {task.name or cfg.task.name!r}: data() returned {type(data).__name__}, not a TaskData",
                        field="task.name")
     name = task.name or cfg.task.name
+    if task.ray_data is not None:  # the training rows come through Ray Train's dataset shards (tasks/raydata.py)
+        if cfg.data.train_subset is not None:
+            raise BadInput("a task whose training data is a Ray Dataset takes no data.train_subset; give a smaller "
+                           "dataset (e.g. ds.limit(n) in ray_data)", field="data.train_subset")
+        check_split(data.eval, "eval", name)
+        return data
     check_split(data.train, "train", name)
     check_split(data.eval, "eval", name)
     k = cfg.data.train_subset

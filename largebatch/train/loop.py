@@ -135,9 +135,10 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         from largebatch.tasks.classification import from_tensors
 
         data = from_tensors(data)
-    train_feed = make_feed(data.train, device, cfg.data.loader_workers)
+    train_feed = make_feed(data.train, device, cfg.data.loader_workers, cfg.seed, ctx.rank)
     eval_feed = make_feed(data.eval, device, cfg.data.loader_workers)
     train_metrics = [m for m in task.metrics if m.train]
+    probe_feed = train_feed if getattr(train_feed, "can_gather", True) else eval_feed  # for the probes below
 
     # ---- model and optimizer (the same seed on every rank: identical initial weights)
     torch.manual_seed(cfg.seed)
@@ -148,7 +149,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         from largebatch.train.microbatch import probe_micro_batch
 
         largest = max(p.per_worker_batch * p.grad_accum_steps for p in res.phases)
-        cap = probe_micro_batch(model, task.loss, train_feed.gather, largest, len(train_feed),
+        cap = probe_micro_batch(model, task.loss, probe_feed.gather, largest, len(probe_feed),
                                 lambda: _autocast(device, cfg.precision), cfg.data.auto_memory_mb, world)
         data_cfg = cfg.data.model_copy(update={"per_worker_batch_cap": cap})
         res = resolve(cfg.model_copy(update={"data": data_cfg}), world, train_size=res.train_size)
@@ -177,7 +178,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
     probe = None
     if ins.sharpness:  # a fixed, seeded probe batch: the same examples for every batch size of a study seed
         g = torch.Generator().manual_seed(int(cfg.seed))
-        probe = train_feed.gather(torch.randperm(len(train_feed), generator=g)[: ins.sharpness_probe_size])
+        probe = probe_feed.gather(torch.randperm(len(probe_feed), generator=g)[: ins.sharpness_probe_size])
 
     # ---- resume: the checkpoint carries the schedule position; schedules are pure functions of the step
     start_epoch, step, wall_offset, history = 0, 0, 0.0, []
@@ -205,6 +206,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         check_every = max(1, math.ceil(phase.steps_per_epoch / DIVERGENCE_CHECKS_PER_EPOCH))
         # the same global batches whatever the worker count: a permutation seeded by (seed, epoch), cut per rank
         perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B]
+        if hasattr(train_feed, "set_epoch"):  # a Ray Data shard seeds its local shuffle per epoch
+            train_feed.set_epoch(epoch)
         t_epoch = time.time()
         net.train()
         # loss_sum, then (sum, count) per train metric (no .item() here)

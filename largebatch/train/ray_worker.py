@@ -30,6 +30,12 @@ def train_func(config: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(config["trial"])
     task = task_of(cfg)
     data = build_data(task, cfg)
+    if task.ray_data is not None:  # this rank's share of the Ray Dataset the trainer was given (tasks/raydata.py)
+        from largebatch.tasks import TaskData
+        from largebatch.tasks.raydata import RayShard
+
+        shard = RayShard(ray.train.get_dataset_shard("train"), int(task.train_size(cfg)))
+        data = TaskData(train=shard, eval=data.eval, info=data.info)
     res = resolve(cfg, world, train_size=data.train_size)
     # MLflow: rank 0 only, the child run id travels in the config (a restarted worker logs to the same run)
     logger = EpochLogger.from_spec(config.get("tracking")) if rank == 0 else None

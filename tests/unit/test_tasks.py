@@ -195,3 +195,28 @@ def test_the_docs_example_is_the_example_module():
     src = (REPO_ROOT / "examples" / "regression_task.py").read_text()
     code = src[src.index("import torch"):].strip()
     assert code in doc
+
+
+def test_a_ray_data_task_needs_its_row_count_and_takes_no_subset(monkeypatch):
+    from largebatch.tasks import api
+
+    monkeypatch.setitem(sys.modules, "fake_ray_tasks", type(sys)("fake_ray_tasks"))
+    sys.modules["fake_ray_tasks"].uncounted = lambda: _task(ray_data=lambda cfg: None)
+    with pytest.raises(BadInput, match="needs a callable and train_size"):
+        api.load_task("fake_ray_tasks:uncounted")
+    task = _task(ray_data=lambda cfg: None, train_size=lambda cfg: 1000,
+                 data=lambda cfg: TaskData(train=None, eval=(torch.zeros(4, 2), torch.zeros(4))))
+    assert build_data(task, parse_trial({})).train is None  # the train rows come from Ray Train's shards
+    with pytest.raises(BadInput, match="no data.train_subset"):
+        build_data(task, parse_trial({"data": {"train_subset": 10}}))
+
+
+def test_parquet_rows_counts_from_the_footers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from largebatch.tasks.raydata import parquet_rows
+
+    for i, n in enumerate((7, 5)):
+        pq.write_table(pa.table({"x": list(range(n))}), tmp_path / f"p{i}.parquet")
+    assert parquet_rows(str(tmp_path)) == 12
