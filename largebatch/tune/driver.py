@@ -183,9 +183,9 @@ def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyC
 
     parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
         **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
+        **{f"report.{k}": v for k, v in study.report.model_dump(mode="json").items()},  # tolerance and its units
         "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
-        "report.tolerance": study.report.tolerance, "report.tolerance_units": study.report.tolerance_units,
-        "storage": storage_path,
+        "report.tolerance": study.report.tolerance, "storage": storage_path,
         "search_keys": ",".join(study.search)},
         tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
               "ray_nodes": str(info["nodes"]), "storage": storage_path, "run_name": run_name})
@@ -256,6 +256,6 @@ def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
         status = "failed" if err is not None and not (r.metrics or {}) else "stopped_early"
         reason = "stopped by the scheduler (ASHA)" if status == "stopped_early" else str(err).splitlines()[0][:300]
         m = dict(r.metrics or {})
-        tracker.log_final(run_id, {k: m[k] for k in m if k.startswith("best_") or k in ("wall_s", "steps", "startup_s")},
+        tracker.log_final(run_id, {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
                           status, reason)
         tracker.end_run(run_id, "KILLED" if status == "stopped_early" else "FAILED")
