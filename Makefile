@@ -8,6 +8,8 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TORCH := torch==2.13.0
 FMNIST_SYS := /usr/share/datasets/fashion-mnist
 FMNIST_LOCAL := data/fashion-mnist
+FORTUNES_SYS := /usr/share/games/fortunes
+FORTUNES_LOCAL := data/fortunes
 PYTEST_ARGS ?=
 
 .PHONY: setup venv data e2e-deps demo test test-slow bench clean-runs
@@ -34,6 +36,14 @@ data:
 	else \
 	  mkdir -p $(FMNIST_LOCAL) && cd $(FMNIST_LOCAL) && apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb . ; \
 	fi
+	@# the charlm task's corpus: Debian's fortunes text, installed the same way
+	@if [ -f $(FORTUNES_SYS)/wisdom ] || [ -f $(FORTUNES_LOCAL)$(FORTUNES_SYS)/wisdom ]; then \
+	  echo "fortunes: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q fortunes || (apt-get update -q && apt-get install -y -q fortunes)) >/dev/null; \
+	else \
+	  mkdir -p $(FORTUNES_LOCAL) && cd $(FORTUNES_LOCAL) && apt-get download fortunes && dpkg-deb -x fortunes_*.deb . ; \
+	fi
 
 # The slow tier's browser test drives Debian's Chromium with chromedriver (no browser download at run time).
 e2e-deps:
@@ -55,6 +65,11 @@ test-slow: setup e2e-deps
 
 bench: setup
 	$(PY) -m bench.run_all
+
+# a short 1-GPU trial of each built-in task (bf16) with throughput; on a machine without a GPU it says so, exit 0
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) -m bench.gpu_check
 
 clean-runs:
 	rm -rf runs

@@ -21,6 +21,7 @@ from bench import common
 BENCHMARKS = {
     "loop_overhead": "bench.loop_overhead",
     "data_path": "bench.data_path",
+    "loader_path": "bench.loader_path",
     "scaling": "bench.scaling",
     "ray_overhead": "bench.ray_overhead",
     "time_to_accuracy": "bench.time_to_accuracy",

@@ -179,9 +179,9 @@ def cmd_report(args) -> int:
     from largebatch.tracking import find_study_run, records_from_mlflow, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.mlflow)
-    exp_id, parent_id, tolerance = find_study_run(uri, args.experiment, args.run)
+    exp_id, parent_id, options = find_study_run(uri, args.experiment, args.run)
     records = records_from_mlflow(uri, exp_id, parent_id)
-    report = build_report(records, tolerance=tolerance)
+    report = build_report(records, **options)
     if args.out:
         write_report(report, records, Path(args.out))
     print(json.dumps(report, indent=2, default=str) if args.json else format_table(report))
@@ -202,8 +202,9 @@ def cmd_list(args) -> int:
     from largebatch.optim import OPTIMIZERS
     from largebatch.scaling import RULES
     from largebatch.schedules import DECAYS, WARMUPS
+    from largebatch.tasks import TASKS
 
-    for title, reg in [("scaling rules", RULES), ("warmups", WARMUPS), ("decays", DECAYS),
+    for title, reg in [("tasks", TASKS), ("scaling rules", RULES), ("warmups", WARMUPS), ("decays", DECAYS),
                        ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS)]:
         print(f"{title}:\n{reg.describe()}")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,9 +31,13 @@ class DataConfig(_Strict):
     path: Optional[str] = None  # local folder / .npz file / s3:// prefix; None = the dataset's default location
     train_subset: Optional[int] = Field(None, gt=0)  # first N of a seeded permutation, for quick runs
     global_batch_size: int = Field(16, gt=0)  # examples per optimizer step, over all workers and micro-steps
-    per_worker_batch_cap: Optional[int] = Field(None, gt=0)  # memory cap on one forward pass; forces accumulation
+    # memory cap on one forward pass; forces accumulation. "auto": each worker finds the largest micro-batch that fits
+    # before training (on a GPU: halve until no out-of-memory error; on a CPU: within auto_memory_mb of activations)
+    per_worker_batch_cap: Union[Annotated[int, Field(gt=0)], Literal["auto"], None] = None
+    auto_memory_mb: Optional[float] = Field(None, gt=0)  # the CPU budget for `auto`: tensors saved for backward
     grad_accum_steps: Optional[int] = Field(None, gt=0)  # explicit accumulation; None = derived from the cap
     eval_batch_size: int = Field(4096, gt=0)
+    loader_workers: int = Field(0, ge=0)  # DataLoader processes for a task whose data is a torch Dataset
 
 
 class ModelConfig(_Strict):
@@ -113,8 +117,17 @@ class InstrumentsConfig(_Strict):
     trust_ratio: bool = True  # LARS/LAMB per-layer trust ratio min/median/max per epoch (one sync per epoch)
 
 
+class TaskConfig(_Strict):
+    """The workload (largebatch/tasks, docs/tasks.md): a registered task or 'package.module:function' (user code,
+    imported and run on the driver and every worker), called with `kwargs`."""
+
+    name: str = "classification"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class TrialConfig(_Strict):
     seed: int = 0
+    task: TaskConfig = TaskConfig()
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 only on GPU
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -128,8 +141,8 @@ class TrialConfig(_Strict):
 
 # ---------------------------------------------------------------- the study (`search:`, `tuner:`, ...)
 class TunerConfig(_Strict):
-    metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
+    metric: str = "val_acc"  # any quality metric the task reports (val_loss, val_<metric>, ...)
+    mode: Optional[Literal["max", "min"]] = None  # None: the metric's own direction
     searcher: str = "grid"
     scheduler: str = "fifo"
     grace_period_epochs: int = Field(1, gt=0)  # asha
@@ -145,7 +158,10 @@ class TunerConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    tolerance: float = Field(0.5, ge=0.0)  # accuracy points below the baseline that still count as "safe"
+    tolerance: float = Field(0.5, ge=0.0)  # how much worse than the baseline still counts as "safe", in:
+    # points (1/100 of the metric: accuracy points), absolute (the metric's units) or relative (a fraction of the
+    # baseline's value); None: points for a `max` metric, absolute for a `min` one
+    tolerance_units: Optional[Literal["points", "absolute", "relative"]] = None
 
 
 class SmokeConfig(_Strict):
@@ -402,6 +418,11 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
             starts.append(m)
             batches.append(int(round(nxt)))
 
+    # "auto" is settled on the workers (train/microbatch.py), which resolve again with the number they found
+    cap = d.per_worker_batch_cap if isinstance(d.per_worker_batch_cap, int) else None
+    if d.per_worker_batch_cap == "auto" and d.grad_accum_steps is not None:
+        raise bad("data.per_worker_batch_cap", "got 'auto' with data.grad_accum_steps set; give one of the two")
+
     def split(Bk: int, k: int) -> tuple[int, int]:
         """(micro-batch, accumulation steps) for phase k's global batch Bk."""
         where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}, B={Bk}): "
@@ -424,14 +445,14 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
                           f"{per_worker}")
         else:
             accum = 1
-            if d.per_worker_batch_cap is not None:
+            if cap is not None:
                 # the fewest micro-steps whose micro-batch fits under the cap and divides the per-worker batch
                 accum = next((a for a in range(1, per_worker + 1)
-                              if per_worker % a == 0 and per_worker // a <= d.per_worker_batch_cap), per_worker)
+                              if per_worker % a == 0 and per_worker // a <= cap), per_worker)
         micro = per_worker // accum
-        if d.per_worker_batch_cap is not None and micro > d.per_worker_batch_cap:
+        if cap is not None and micro > cap:
             raise bad(fld("data.per_worker_batch_cap"),
-                      f"{where}got {d.per_worker_batch_cap}, below the micro-batch {micro} forced by "
+                      f"{where}got {cap}, below the micro-batch {micro} forced by "
                       f"grad_accum_steps={accum}; raise the cap or the accumulation")
         return micro, accum
 
@@ -439,14 +460,15 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
     splits = [(micro0, accum0)] + [split(Bk, k) for k, Bk in enumerate(batches[1:], 1)]
 
     if train_size is None:
-        from largebatch.data import dataset_size
+        from largebatch.tasks import task_of, train_size as task_train_size
 
-        train_size = dataset_size(d.dataset, d.path)
+        train_size = task_train_size(task_of(cfg), cfg)
         if d.train_subset is not None:
             # checked here, not in the data layer, so the message names the study file and the dotted field
+            what = repr(d.dataset) if cfg.task.name == "classification" else f"task {cfg.task.name!r}"
             if d.train_subset > train_size:
                 raise bad("data.train_subset", f"got {d.train_subset}, more than the {train_size} training "
-                                               f"examples of {d.dataset!r}; use at most {train_size}")
+                                               f"examples of {what}; use at most {train_size}")
             train_size = d.train_subset
     for k, Bk in enumerate(batches):
         if train_size < Bk:
@@ -573,7 +595,39 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
         _check_search_key(study, key, domain, source)
     if study.baseline is not None:
         baseline_trial(study, source)  # validates the overrides
-    return study
+    return check_task(study, source)
+
+
+def check_task(study: StudyConfig, source: str) -> StudyConfig:
+    """Before any trial: the task loads and has its parts, its data items are tensors, and tuner.metric is one it
+    reports. Returns the study with tuner.mode and report.tolerance_units filled in from the metric's direction."""
+    from largebatch.tasks import build_data, load_task
+
+    def at(field: str, e: BadInput) -> BadInput:
+        msg = str(e)
+        if e.field and msg.startswith(f"{e.field}: "):
+            msg = msg[len(e.field) + 2:]
+        return BadInput(msg, source=source, field="base." + (e.field or field))
+
+    t = study.base.task
+    try:
+        task = load_task(t.name, t.kwargs)
+        if task.train_size is None:  # a user task: look at its data once (item 0 of each split)
+            build_data(task, study.base)
+    except BadInput as e:
+        raise at("task.name", e) from None
+    reported = task.reported()
+    metric = study.tuner.metric
+    if metric not in reported:
+        raise BadInput(f"got {metric!r}: task {t.name!r} reports {', '.join(reported)}", source=source,
+                       field="tuner.metric")
+    mode = reported[metric]
+    if study.tuner.mode is not None and study.tuner.mode != mode:
+        raise BadInput(f"got {study.tuner.mode!r}, but {metric} is better when {'higher' if mode == 'max' else 'lower'}"
+                       f"; use mode: {mode} or drop tuner.mode", source=source, field="tuner.mode")
+    units = study.report.tolerance_units or ("points" if mode == "max" else "absolute")
+    return study.model_copy(update={"tuner": study.tuner.model_copy(update={"mode": mode}),
+                                    "report": study.report.model_copy(update={"tolerance_units": units})})
 
 
 def _split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:

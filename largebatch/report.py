@@ -4,8 +4,13 @@ Input is the list of trial records the tune driver collects (plain dicts, one pe
 JSON-able dict, a Markdown table for the terminal, and PNG plots. Everything here is pure except
 `write_report`, so the same report can be rebuilt from MLflow later.
 
-Units: accuracies stay fractions (0..1) in the report; gaps and the tolerance are in percentage POINTS
-(tolerance 0.5 means the recipe may be 0.005 below the baseline). Wall-clock is training time, start-up excluded.
+The metric is the study's (tuner.metric, summarised per trial as best_<metric> or final_<metric>) and has a
+direction (mode max or min); "better", "best", the Pareto front and "within tolerance" all follow it. The fields keep
+their historical names (acc_mean, gap_points) whatever the metric: acc_mean is the metric's mean over seeds.
+Units: the metric stays in its own units (accuracy as a fraction 0..1). Gaps and the tolerance are in
+`tolerance_units`: points (1/100 of the metric; tolerance 0.5 lets an accuracy be 0.005 below the baseline), absolute
+(the metric's units) or relative (a fraction of the baseline's value). A positive gap is worse than the baseline.
+Wall-clock is training time, start-up excluded.
 
 The gap itself is Keskar et al. 2016 (arXiv 1609.04836); the recipes that close it are Goyal et al. 2017
 (arXiv 1706.02677, linear rule + warmup) and Hoffer et al. 2017 (arXiv 1705.08741, sqrt rule).
@@ -25,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.errors import BadInput, unknown_choice
+from largebatch.metrics import MODES, SUMMARIES, TRIAL_FIGURES
 
-METRICS = ("best_val_acc", "final_val_acc")
+UNITS = ("points", "absolute", "relative")
 # Statuses whose metric is a result. stopped_early (e.g. ASHA) counts: it is what the trial reached.
 # diverged / failed / running carry no accuracy.
 SCORED = ("completed", "stopped_early")
@@ -35,8 +41,7 @@ _EPS = 1e-12  # float slack for "within tolerance" comparisons
 _REQUIRED = ("trial_id", "global_batch_size", "rule", "warmup_epochs", "optimizer", "base_lr", "status")
 # optional per-trial figures, averaged per recipe (None where no trial has them); grad_noise_scale is the trial's
 # mean over epochs when the record has it (grad_noise_scale_mean), else its last value
-INSTRUMENT_FIELDS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target",
-                     "examples_to_target", "time_to_target_s")
+INSTRUMENT_FIELDS = TRIAL_FIGURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,31 @@ class _Trial:
     variant: str = ""  # searched settings beyond batch/rule/warmup/optimizer/base_lr, e.g. "decay=step"
     batch_ramp: bool = False  # the batch changes during the trial (schedule.batch_ramp)
     extra: tuple[tuple[str, float], ...] = ()  # the finite INSTRUMENT_FIELDS of the record
+
+
+@dataclass(frozen=True, slots=True)
+class _Scale:
+    """The metric's direction and the tolerance's units: `worse(a, b)` is how much a is worse than b, in those
+    units (negative when a is better)."""
+
+    mode: str = "max"
+    units: str = "points"
+    ref: float | None = None  # the baseline's value, the unit of a relative gap
+
+    def worse(self, a: float, b: float) -> float | None:
+        diff = (b - a) if self.mode == "max" else (a - b)
+        if self.units == "points":
+            return diff * 100.0
+        if self.units == "relative":
+            return diff / abs(self.ref) if self.ref else None
+        return diff
+
+    def key(self, v: float) -> float:
+        """Sort key: smaller is better."""
+        return -v if self.mode == "max" else v
+
+
+_DEFAULT = _Scale()
 
 
 def _finite(x: Any) -> float | None:
@@ -190,7 +220,7 @@ def _baseline(trials: list[_Trial], warnings: list[str]) -> dict | None:
     }
 
 
-def _configs(trials: list[_Trial], baseline: dict | None, tol_frac: float) -> list[dict]:
+def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: _Scale = _DEFAULT) -> list[dict]:
     # peak_lr joins the key so two `power` recipes with different alpha (same base_lr) stay apart.
     groups: dict[tuple, list[_Trial]] = {}
     for t in trials:
@@ -211,40 +241,43 @@ def _configs(trials: list[_Trial], baseline: dict | None, tol_frac: float) -> li
             "is_baseline": any(t.is_baseline for t in members),
             **_aggregate(members),
         }
-        row.update(_versus_baseline(row["acc_mean"], row["wall_s_mean"], baseline, tol_frac))
+        row.update(_versus_baseline(row["acc_mean"], row["wall_s_mean"], baseline, tol, scale))
         rows.append(row)
     return rows
 
 
-def _versus_baseline(acc: float | None, wall: float | None, baseline: dict | None, tol_frac: float) -> dict:
+def _versus_baseline(acc: float | None, wall: float | None, baseline: dict | None, tol: float,
+                     scale: _Scale = _DEFAULT) -> dict:
     if baseline is None:
         return {"gap_points": None, "speedup": None, "within_tolerance": None}
     b_acc, b_wall = baseline["acc_mean"], baseline["wall_s_mean"]
+    gap = None if acc is None else scale.worse(acc, b_acc)
     return {
-        "gap_points": None if acc is None else (b_acc - acc) * 100.0,
+        "gap_points": gap,
         "speedup": b_wall / wall if b_wall is not None and wall else None,
-        "within_tolerance": None if acc is None else acc >= b_acc - tol_frac - _EPS,
+        # the slack absorbs float rounding of (b - a) * 100 at a gap equal to the tolerance
+        "within_tolerance": None if gap is None else gap <= tol + _EPS * 100.0,
     }
 
 
-def _best(rows: list[dict]) -> dict | None:
-    """Highest acc_mean; ties go to the faster, then to the first in sorted order."""
+def _best(rows: list[dict], scale: _Scale = _DEFAULT) -> dict | None:
+    """Best acc_mean in the metric's direction; ties go to the faster, then to the first in sorted order."""
     scored = [r for r in rows if r["acc_mean"] is not None]
     if not scored:
         return None
     wall = lambda r: r["wall_s_mean"] if r["wall_s_mean"] is not None else math.inf  # noqa: E731
-    return min(scored, key=lambda r: (-r["acc_mean"], wall(r)))
+    return min(scored, key=lambda r: (scale.key(r["acc_mean"]), wall(r)))
 
 
-def _per_batch(configs: list[dict]) -> list[dict]:
+def _per_batch(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
     out = []
     for batch in sorted({c["global_batch_size"] for c in configs}):
         rows = [c for c in configs if c["global_batch_size"] == batch]
-        best = _best(rows)
+        best = _best(rows, scale)
         # "No scaling" beside it: rule none with the best recipe's optimizer and base LR, else the best rule-none.
         none_rows = [c for c in rows if c["rule"] == "none"]
         same = [c for c in none_rows if best and (c["optimizer"], c["base_lr"]) == (best["optimizer"], best["base_lr"])]
-        noscale = _best(same) or _best(none_rows)
+        noscale = _best(same, scale) or _best(none_rows, scale)
         entry = {
             "global_batch_size": batch,
             "n_recipes": len(rows),
@@ -262,46 +295,55 @@ def _per_batch(configs: list[dict]) -> list[dict]:
         entry["sharpness"] = None if best is None else best["sharpness"]
         entry["noscale_sharpness"] = None if noscale is None else noscale["sharpness"]
         entry["gap_closed_points"] = (
-            (best["acc_mean"] - noscale["acc_mean"]) * 100.0 if best is not None and noscale is not None else None
+            scale.worse(noscale["acc_mean"], best["acc_mean"]) if best is not None and noscale is not None else None
         )
         out.append(entry)
     return out
 
 
-def _pareto(configs: list[dict]) -> list[dict]:
-    """Non-dominated recipes: minimise wall_s_mean, maximise acc_mean. Sorted by wall_s, then best acc."""
+def _pareto(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
+    """Non-dominated recipes: minimise wall_s_mean, best acc_mean in the metric's direction. Sorted by wall_s, then
+    best metric."""
     pts = [c for c in configs if c["acc_mean"] is not None and c["wall_s_mean"] is not None]
+    k = lambda c: scale.key(c["acc_mean"])  # noqa: E731  (smaller is better)
 
     def dominated(p: dict) -> bool:
         return any(
-            q["wall_s_mean"] <= p["wall_s_mean"] and q["acc_mean"] >= p["acc_mean"]
-            and (q["wall_s_mean"] < p["wall_s_mean"] or q["acc_mean"] > p["acc_mean"])
+            q["wall_s_mean"] <= p["wall_s_mean"] and k(q) <= k(p)
+            and (q["wall_s_mean"] < p["wall_s_mean"] or k(q) < k(p))
             for q in pts
         )
 
     front = [p for p in pts if not dominated(p)]
-    return sorted(front, key=lambda c: (c["wall_s_mean"], -c["acc_mean"], c["label"]))
+    return sorted(front, key=lambda c: (c["wall_s_mean"], k(c), c["label"]))
 
 
-def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "best_val_acc") -> dict:
+def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "best_val_acc", mode: str = "max",
+                 units: str | None = None) -> dict:
     """Aggregate trial records into the study report (pure, JSON-able, deterministic order).
 
-    tolerance: how far below the baseline's mean a recipe may be, in percentage points.
-    metric: the per-trial accuracy to compare (a fraction), `best_val_acc` or `final_val_acc`.
+    metric: the per-trial figure to compare, best_<metric> or final_<metric> (e.g. best_val_acc, final_val_mse).
+    mode: its direction, max or min. tolerance: how much worse than the baseline's mean a recipe may be, in
+    `units` (points, absolute or relative; default points for max, absolute for min).
     """
-    if metric not in METRICS:
-        raise BadInput(unknown_choice("metric", metric, METRICS), field="metric")
+    if metric.split("_", 1)[0] not in SUMMARIES or "_" not in metric:
+        raise BadInput(f"got {metric!r}: the report compares a trial summary, best_<metric> or final_<metric> "
+                       f"(e.g. best_val_acc)", field="metric")
+    if mode not in MODES:
+        raise BadInput(unknown_choice("mode", mode, MODES), field="mode")
+    units = units or ("points" if mode == "max" else "absolute")
+    if units not in UNITS:
+        raise BadInput(unknown_choice("tolerance units", units, UNITS), field="tolerance_units")
     if _finite(tolerance) is None or tolerance < 0:
-        raise BadInput(f"tolerance must be a finite number of percentage points >= 0, got {tolerance!r}",
-                       field="tolerance")
-    tol_frac = float(tolerance) / 100.0
+        raise BadInput(f"tolerance must be a finite number >= 0 (in {units}), got {tolerance!r}", field="tolerance")
     trials = [_parse(r, metric) for r in records]
     warnings: list[str] = []
     baseline = _baseline(trials, warnings)
-    configs = _configs(trials, baseline, tol_frac)
-    per_batch = _per_batch(configs)
+    scale = _Scale(mode, units, baseline["acc_mean"] if baseline is not None else None)
+    configs = _configs(trials, baseline, float(tolerance), scale)
+    per_batch = _per_batch(configs, scale)
     safe = [p["global_batch_size"] for p in per_batch if p["within_tolerance"]]
-    pareto = _pareto(configs)
+    pareto = _pareto(configs, scale)
     ok = [c for c in pareto if c["within_tolerance"]]
     recommended = dict(ok[0]) if ok else None  # the front is sorted by wall_s: first is fastest
     if not trials:
@@ -318,7 +360,9 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     why = why_section(configs, per_batch)
     return {
         "metric": metric,
+        "mode": mode,
         "tolerance": float(tolerance),
+        "tolerance_units": units,
         "baseline": baseline,
         "configs": configs,
         "per_batch": per_batch,
@@ -342,6 +386,23 @@ def _pct(acc: float | None, std: float | None = None) -> str:
     return f"{acc * 100:.2f}%" + (f" ± {std * 100:.2f}" if std is not None else "")
 
 
+def _val(report: dict, v: float | None, std: float | None = None) -> str:
+    """A metric value as the report shows it: percent for an accuracy-like metric (points), else 4 digits."""
+    if report.get("tolerance_units", "points") == "points":
+        return _pct(v, std)
+    if v is None:
+        return "-"
+    return f"{v:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+
+
+_UNIT_LABEL = {"points": "pts", "absolute": "abs", "relative": "rel"}
+
+
+def metric_label(report: dict) -> str:
+    """The per-epoch metric behind the report's summary: best_val_acc -> val_acc."""
+    return report["metric"].split("_", 1)[1]
+
+
 def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -352,25 +413,26 @@ def _recipe_cell(p: dict) -> str:
     return f"{p['rule']}, warmup {p['warmup_epochs']:g}ep, peak LR {_num(p['peak_lr'], '.4g')}"
 
 
-def _config_line(c: dict | None) -> str:
+def _config_line(c: dict | None, report: dict | None = None) -> str:
     if c is None:
         return "none"
-    return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_pct(c['acc_mean'], c['acc_std'])}, "
+    return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
             f"{_num(c['wall_s_mean'], '.1f')} s, speed-up {_num(c['speedup'], '.2f')}x")
 
 
 def format_table(report: dict) -> str:
     """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures."""
-    head = ["batch", "best recipe (rule, warmup, peak LR)", "val_acc (mean ± std)", "gap vs baseline (pts)",
-            "no-scaling val_acc", "wall-clock s", "steps", "speed-up"]
+    name, units = metric_label(report), _UNIT_LABEL[report.get("tolerance_units", "points")]
+    head = ["batch", "best recipe (rule, warmup, peak LR)", f"{name} (mean ± std)", f"gap vs baseline ({units})",
+            f"no-scaling {name}", "wall-clock s", "steps", "speed-up"]
     rows = []
     for p in report["per_batch"]:
         rows.append([
             str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
             _recipe_cell(p),
-            _pct(p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
-            _num(p["gap_points"], "+.2f"),
-            _pct(p["noscale_acc"]),
+            _val(report, p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
+            _num(p["gap_points"], "+.2f" if units == "pts" else "+.3g"),
+            _val(report, p["noscale_acc"]),
             _num(p["wall_s"], ".1f"),
             _num(p["steps"], "d"),
             "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
@@ -379,13 +441,15 @@ def format_table(report: dict) -> str:
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
     b = report["baseline"]
-    out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} pts")
+    mode = report.get("mode", "max")
+    out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} {units}"
+               + ("" if mode == "max" else " (lower is better)"))
     out.append("- baseline: none" if b is None else
                f"- baseline: B={b['global_batch_size']} {b['rule']} {b['optimizer']} base_lr={b['base_lr']:g}: "
-               f"{_pct(b['acc_mean'], b['acc_std'])} (n={b['n']}), {_num(b['wall_s_mean'], '.1f')} s, "
+               f"{_val(report, b['acc_mean'], b['acc_std'])} (n={b['n']}), {_num(b['wall_s_mean'], '.1f')} s, "
                f"{_num(b['steps'], 'd')} steps")
     out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
-    out.append(f"- recommended: {_config_line(report['recommended'])}")
+    out.append(f"- recommended: {_config_line(report['recommended'], report)}")
     fit = (report.get("critical_batch") or {}).get("fit")
     if fit:
         gns = report["critical_batch"]["grad_noise_scale_mean"]
@@ -406,8 +470,9 @@ def _is_baseline_batch(report: dict, p: dict) -> bool:
 
 def format_markdown(report: dict) -> str:
     """report.md: title, the table, the Pareto front, failures (inside the table block)."""
-    parts = ["# largebatch report", "", format_table(report), "## Pareto front (wall-clock vs accuracy)", ""]
-    parts += [f"{i}. {_config_line(c)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
+    what = "accuracy" if metric_label(report) == "val_acc" else metric_label(report)
+    parts = ["# largebatch report", "", format_table(report), f"## Pareto front (wall-clock vs {what})", ""]
+    parts += [f"{i}. {_config_line(c, report)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
     from largebatch.instruments.critical_batch import format_sections
 
     sections = format_sections(report)

@@ -24,12 +24,33 @@ def _color(rule: str) -> str:
     return _RULE_COLORS.get(rule, "tab:orange")
 
 
+def _k(report: dict) -> float:
+    """Plot scale: accuracy-like metrics (tolerance in points) in percent, others as they are."""
+    return 100.0 if report.get("tolerance_units", "points") == "points" else 1.0
+
+
+def _maxing(report: dict) -> bool:
+    return report.get("mode", "max") == "max"
+
+
+def _ylabel(report: dict) -> str:
+    return f"{report['metric']}" + (" (%)" if _k(report) == 100.0 else "") + ("" if _maxing(report) else
+                                                                              " (lower is better)")
+
+
 def _baseline_band(ax, report: dict) -> None:
     b = report["baseline"]
     if b is None:
         return
-    acc, tol = b["acc_mean"] * 100, report["tolerance"]
-    ax.axhspan(acc - tol, acc + tol, color="tab:red", alpha=0.12, lw=0, label=f"baseline ± {tol:g} pts")
+    k, tol, units = _k(report), report["tolerance"], report.get("tolerance_units", "points")
+    acc = b["acc_mean"] * k
+    slack = tol if units == "points" else (tol if units == "absolute" else tol * abs(b["acc_mean"]))
+    lo, hi = (acc - slack, acc) if _maxing(report) else (acc, acc + slack)
+    if units == "points":  # drawn both sides, as it always was for accuracy
+        lo, hi = acc - slack, acc + slack
+    label = {"points": "pts", "absolute": "", "relative": f"({tol:g} relative)"}[units]
+    ax.axhspan(lo, hi, color="tab:red", alpha=0.12, lw=0,
+               label=f"baseline ± {tol:g} pts" if units == "points" else f"tolerance {tol:g} {label}".strip())
     ax.axhline(acc, color="tab:red", lw=1, ls="--", label=f"baseline B={b['global_batch_size']}")
 
 
@@ -38,6 +59,7 @@ def plot_acc_vs_batch(report: dict, path: Path) -> Path | None:
     scored = [c for c in report["configs"] if c["acc_mean"] is not None]
     if not scored:
         return None
+    k, sign = _k(report), (1.0 if _maxing(report) else -1.0)
     fig, ax = _figure()
     _baseline_band(ax, report)
     rules = sorted({c["rule"] for c in report["configs"]})
@@ -45,26 +67,33 @@ def plot_acc_vs_batch(report: dict, path: Path) -> Path | None:
         best: dict[int, dict] = {}
         for c in scored:
             if c["rule"] == rule and (c["global_batch_size"] not in best
-                                      or c["acc_mean"] > best[c["global_batch_size"]]["acc_mean"]):
+                                      or sign * c["acc_mean"] > sign * best[c["global_batch_size"]]["acc_mean"]):
                 best[c["global_batch_size"]] = c
         xs = sorted(best)
         if xs:
-            ax.errorbar(xs, [best[x]["acc_mean"] * 100 for x in xs], yerr=[best[x]["acc_std"] * 100 for x in xs],
+            ax.errorbar(xs, [best[x]["acc_mean"] * k for x in xs], yerr=[best[x]["acc_std"] * k for x in xs],
                         marker="o", capsize=3, color=_color(rule), label=rule)
-    lows = [c["acc_mean"] * 100 for c in scored]
-    if report["baseline"] is not None:
-        lows.append(report["baseline"]["acc_mean"] * 100 - report["tolerance"])
-    bottom = min(lows) - 2.0
+    # diverged recipes are marked just beyond the worst plotted value (below for max metrics, above for min)
+    vals = [c["acc_mean"] * k for c in scored]
+    if report["baseline"] is not None and k == 100.0:
+        vals.append(report["baseline"]["acc_mean"] * 100 - report["tolerance"])
+    span = (max(vals) - min(vals)) or abs(vals[0]) or 1.0
+    pad = 2.0 if k == 100.0 else 0.1 * span
+    edge = min(vals) - pad if sign > 0 else max(vals) + pad
     div = [c for c in report["configs"] if c["n_diverged"]]
     for rule in sorted({c["rule"] for c in div}):
         xs = sorted({c["global_batch_size"] for c in div if c["rule"] == rule})
-        ax.scatter(xs, [bottom + 0.5] * len(xs), marker="x", s=60, color=_color(rule),
+        ax.scatter(xs, [edge + sign * pad / 4] * len(xs), marker="x", s=60, color=_color(rule),
                    label=f"{rule}: diverged")
-    ax.set_ylim(bottom=bottom)
+    if sign > 0:
+        ax.set_ylim(bottom=edge)
+    else:
+        ax.set_ylim(top=edge)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("global batch size (log2)")
-    ax.set_ylabel(f"{report['metric']} (%)")
-    ax.set_title("Validation accuracy vs batch size (best warmup per rule)")
+    ax.set_ylabel(_ylabel(report))
+    what = "Validation accuracy" if report["metric"].endswith("val_acc") else report["metric"]
+    ax.set_title(f"{what} vs batch size (best warmup per rule)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path)
@@ -80,47 +109,50 @@ def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
     _baseline_band(ax, report)
     for rule in sorted({c["rule"] for c in pts}):
         sub = [c for c in pts if c["rule"] == rule]
-        ax.scatter([c["wall_s_mean"] for c in sub], [c["acc_mean"] * 100 for c in sub], color=_color(rule),
+        ax.scatter([c["wall_s_mean"] for c in sub], [c["acc_mean"] * _k(report) for c in sub], color=_color(rule),
                    alpha=0.6, label=rule)
     front = report["pareto"]
     if front:
-        ax.plot([c["wall_s_mean"] for c in front], [c["acc_mean"] * 100 for c in front], drawstyle="steps-post",
+        ax.plot([c["wall_s_mean"] for c in front], [c["acc_mean"] * _k(report) for c in front], drawstyle="steps-post",
                 color="black", lw=1.5, marker="o", mfc="none", ms=10, label="Pareto front")
         for c in front:
-            ax.annotate(f"B={c['global_batch_size']}", (c["wall_s_mean"], c["acc_mean"] * 100), fontsize=7,
+            ax.annotate(f"B={c['global_batch_size']}", (c["wall_s_mean"], c["acc_mean"] * _k(report)), fontsize=7,
                         xytext=(4, -10), textcoords="offset points")
     rec = report["recommended"]
     if rec is not None:
-        ax.scatter([rec["wall_s_mean"]], [rec["acc_mean"] * 100], marker="*", s=250, color="gold",
+        ax.scatter([rec["wall_s_mean"]], [rec["acc_mean"] * _k(report)], marker="*", s=250, color="gold",
                    edgecolor="black", zorder=5, label="recommended")
     walls = [c["wall_s_mean"] for c in pts]
     if min(walls) > 0 and max(walls) / min(walls) > 10:
         ax.set_xscale("log")
     ax.set_xlabel("training wall-clock (s)")
-    ax.set_ylabel(f"{report['metric']} (%)")
-    ax.set_title("Accuracy vs wall-clock (up and left is better)")
+    ax.set_ylabel(_ylabel(report))
+    ax.set_title("Accuracy vs wall-clock (up and left is better)" if report["metric"].endswith("val_acc") else
+                 f"{report['metric']} vs wall-clock ({'up' if _maxing(report) else 'down'} and left is better)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path)
     return path
 
 
-def _curve(history: list[dict]) -> tuple[list[float], list[float]]:
+def _curve(history: list[dict], key: str = "val_acc", k: float = 100.0) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for h in history or []:
-        x, y = h.get("wall_s"), h.get("val_acc")
+        x, y = h.get("wall_s"), h.get(key)
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(x) and math.isfinite(y):
             xs.append(float(x))
-            ys.append(float(y) * 100)
+            ys.append(float(y) * k)
     return xs, ys
 
 
 def plot_learning_curves(report: dict, records: list[dict], path: Path) -> Path | None:
     """val_acc per epoch vs wall-clock: the recommended recipe (else the best non-baseline one) vs the baseline."""
     target = report["recommended"]
+    sign = 1.0 if _maxing(report) else -1.0
+    key = report["metric"].split("_", 1)[1]  # best_val_acc -> the per-epoch val_acc
     if target is None:
         scored = [c for c in report["configs"] if c["acc_mean"] is not None]
-        scored.sort(key=lambda c: (c["is_baseline"], -c["acc_mean"]))
+        scored.sort(key=lambda c: (c["is_baseline"], -sign * c["acc_mean"]))
         target = scored[0] if scored else None
     by_id = {str(r.get("trial_id")): r for r in records}
     groups = []
@@ -134,14 +166,14 @@ def plot_learning_curves(report: dict, records: list[dict], path: Path) -> Path 
     for label, ids, color in groups:
         first = True
         for tid in ids:
-            xs, ys = _curve(by_id.get(tid, {}).get("history") or [])
+            xs, ys = _curve(by_id.get(tid, {}).get("history") or [], key, _k(report))
             if xs:
                 ax.plot(xs, ys, marker=".", color=color, alpha=0.8, label=label if first else None)
                 first, drawn = False, True
     if not drawn:
         return None
     ax.set_xlabel("training wall-clock (s)")
-    ax.set_ylabel("val_acc (%)")
+    ax.set_ylabel(key + (" (%)" if _k(report) == 100.0 else ""))
     ax.set_title("Learning curves (one line per seed)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -151,9 +183,10 @@ def plot_learning_curves(report: dict, records: list[dict], path: Path) -> Path 
 
 def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
     """Draw the plots into out_dir; return the ones written (skipped plots are absent)."""
+    name = report["metric"].split("_", 1)[1]  # val_acc for best_val_acc / final_val_acc
     plots = {
-        "val_acc_vs_batch.png": lambda p: plot_acc_vs_batch(report, p),
-        "val_acc_vs_wallclock.png": lambda p: plot_acc_vs_wallclock(report, p),
+        f"{name}_vs_batch.png": lambda p: plot_acc_vs_batch(report, p),
+        f"{name}_vs_wallclock.png": lambda p: plot_acc_vs_wallclock(report, p),
         "learning_curves.png": lambda p: plot_learning_curves(report, records, p),
         "steps_to_target_vs_batch.png": lambda p: plot_steps_to_target(report, p),
         "why_noise_scale_and_sharpness.png": lambda p: plot_noise_and_sharpness(report, p),

@@ -119,7 +119,7 @@ class EpochLogger:
     def __init__(self, uri: str, run_id: str):
         self.client = _client(uri)
         self.run_id = run_id
-        hist = self.client.get_metric_history(run_id, "val_acc")
+        hist = self.client.get_metric_history(run_id, "val_loss")  # every task reports val_loss each epoch
         self.last_logged = max((m.step for m in hist), default=-1)
 
     @classmethod
@@ -188,8 +188,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     import json
     import statistics
 
-    instrument_keys = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target",
-                       "examples_to_target", "time_to_target_s")
+    from largebatch.metrics import TRIAL_FIGURES as instrument_keys
     report_keys = {"data.global_batch_size", "scaling.rule", "schedule.warmup_epochs", "optim.name", "optim.base_lr",
                    "seed"}
     client = _client(uri)
@@ -199,7 +198,9 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     for run in runs:
         p, m, tags = run.data.params, run.data.metrics, run.data.tags
         history: dict[int, dict[str, Any]] = {}
-        for key in HISTORY_KEYS + ("grad_noise_scale", "sharpness"):
+        # the task's own per-epoch metrics (val_mse, val_bpb, ...) join the fixed ones
+        keys = HISTORY_KEYS + tuple(sorted(k for k in m if k.startswith(("val_", "train_")) and k not in HISTORY_KEYS))
+        for key in keys + ("grad_noise_scale", "sharpness"):
             # the first point per step: log_final re-logs the final values at step 0, after epoch 0's own
             for point in sorted(client.get_metric_history(run.info.run_id, key), key=lambda q: (q.step, q.timestamp)):
                 history.setdefault(point.step, {"epoch": point.step}).setdefault(key, point.value)
@@ -225,6 +226,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
             "reason": tags.get("reason"),
             "best_val_acc": m.get("best_val_acc"),
             "final_val_acc": m.get("final_val_acc"),
+            **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
             "wall_s": m.get("wall_s"),
             "startup_s": m.get("startup_s"),
             "steps": int(m["steps"]) if "steps" in m else None,
@@ -239,8 +241,9 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     return records
 
 
-def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = None) -> tuple[str, str, float]:
-    """(experiment id, parent run id, report tolerance) of a study invocation; the latest when no id is given."""
+def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = None) -> tuple[str, str, dict]:
+    """(experiment id, parent run id, build_report options) of a study invocation; the latest when no id is given.
+    The options (tolerance, metric, mode, units) come from the parameters the study logged on its parent run."""
     from largebatch.errors import BadInput
 
     preflight_tracking(uri)
@@ -262,5 +265,12 @@ def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = Non
         if not runs:
             raise BadInput(f"experiment {experiment!r} has no study runs", field="--experiment")
         run = runs[0]
-    tol = _f(run.data.params.get("report.tolerance"))
-    return exp.experiment_id, run.info.run_id, 0.5 if tol is None else tol
+    p = run.data.params
+    tol = _f(p.get("report.tolerance"))
+    metric = p.get("tuner.metric") or "val_acc"
+    mode = p.get("tuner.mode") if p.get("tuner.mode") in ("max", "min") else "max"
+    units = p.get("report.tolerance_units") if p.get("report.tolerance_units") not in (None, "", "None") else None
+    from largebatch.metrics import summary_name
+
+    return exp.experiment_id, run.info.run_id, {"tolerance": 0.5 if tol is None else tol,
+                                                "metric": summary_name(metric), "mode": mode, "units": units}

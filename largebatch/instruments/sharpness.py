@@ -71,7 +71,7 @@ def _normalised(v: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def sharpness_metrics(model: torch.nn.Module, probe: tuple[torch.Tensor, torch.Tensor], lr: float, *,
-                      iters: int = 50, seed: int = 0) -> dict[str, float]:
-    """{"sharpness": λ_max, "sharpness_x_lr_over_2": λ·lr/2} on the probe batch."""
-    lam = top_hessian_eigenvalue(model, *probe, iters=iters, seed=seed)
+                      iters: int = 50, seed: int = 0, loss_fn: LossFn = F.cross_entropy) -> dict[str, float]:
+    """{"sharpness": λ_max, "sharpness_x_lr_over_2": λ·lr/2} on the probe batch, for the task's loss."""
+    lam = top_hessian_eigenvalue(model, *probe, iters=iters, seed=seed, loss_fn=loss_fn)
     return {"sharpness": lam, "sharpness_x_lr_over_2": lam * lr / 2.0}

@@ -1,6 +1,7 @@
 """The per-worker training loop. Reads top to bottom (nanoGPT style); Ray is not imported here.
 
-`train_worker(res, ctx)` runs one trial on one rank. `ctx` (a WorkerContext) supplies the rank, the device, the
+`train_worker(res, ctx)` runs one trial on one rank of the study's task (largebatch/tasks: model, data, loss,
+metrics). `ctx` (a WorkerContext) supplies the rank, the device, the
 restore checkpoint and the `report` callback: under Ray Train it wraps `ray.train.report` (train/ray_worker.py);
 in-process (bench/, unit tests) it records locally. Semantics are DESIGN §4; metric names are DESIGN §5.
 The global batch is per epoch (`res.phase_at_epoch`): constant, or grown at `schedule.batch_ramp` milestones.
@@ -21,20 +22,20 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from largebatch.config import Resolved
-from largebatch.data import TensorData, epoch_permutation, load_dataset, rank_batches
+from largebatch.data import TensorData, epoch_permutation
+from largebatch.data.feed import make_feed
 from largebatch.instruments.noise_scale import GradNoiseScale
-from largebatch.instruments.sharpness import probe_batch, sharpness_metrics
-from largebatch.models import create_model
+from largebatch.instruments.sharpness import sharpness_metrics
+from largebatch.metrics import INSTRUMENT_METRICS, best_of
 from largebatch.optim import create_optimizer, trust_ratio_summary
+from largebatch.tasks import Task, TaskData, build_data, task_of
 
 CKPT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 # The divergence check costs one scalar all-reduce (and a CPU sync): do it at most this many times per epoch.
 DIVERGENCE_CHECKS_PER_EPOCH = 50
-INSTRUMENT_METRICS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "trust_ratio_median")
 
 
 @dataclass
@@ -66,25 +67,34 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, ctx: WorkerContext,
-             precision: str = "fp32") -> tuple[float, float]:
-    """Loss and accuracy on the full split, each rank taking a contiguous shard, reduced across ranks."""
+def evaluate(model: torch.nn.Module, feed, task: Task, batch: int, ctx: WorkerContext,
+             precision: str = "fp32") -> dict[str, float]:
+    """val_loss and val_<metric> for each task metric on the full eval split, each rank taking a contiguous shard,
+    reduced across ranks. The loss is weighted by the examples of each batch; a metric is the mean of its values."""
     was_training = model.training
     model.eval()
-    n = x.shape[0]
+    n = len(feed)
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)  # loss_sum, correct, count
-    for i in range(lo, hi, batch):
-        xb, yb = x[i:min(i + batch, hi)], y[i:min(i + batch, hi)]
-        with _autocast(x.device, precision):
+    k = len(task.metrics)
+    # loss_sum, examples, then (sum, count) per metric
+    sums = torch.zeros(2 + 2 * k, dtype=torch.float64, device=ctx.device)
+    for xb, yb in feed.eval_batches(lo, hi, batch):
+        with _autocast(ctx.device, precision):
             out = model(xb)
-        sums[0] += F.cross_entropy(out.float(), yb, reduction="sum")
-        sums[1] += (out.argmax(1) == yb).sum()
-        sums[2] += yb.numel()
+        out = out.float()
+        sums[0] += task.loss(out, yb).double() * len(yb)
+        sums[1] += len(yb)
+        for j, m in enumerate(task.metrics):
+            v = m.fn(out, yb)
+            sums[2 + 2 * j] += v.double().sum()
+            sums[3 + 2 * j] += v.numel()
     _all_reduce_sum(sums, ctx.world)
-    loss, correct, count = sums.tolist()  # sync point: once per evaluation
+    s = sums.tolist()  # sync point: once per evaluation
     model.train(was_training)
-    return loss / max(count, 1), correct / max(count, 1)
+    out_metrics = {"val_loss": s[0] / max(s[1], 1)}
+    for j, m in enumerate(task.metrics):
+        out_metrics[f"val_{m.name}"] = s[2 + 2 * j] / max(s[3 + 2 * j], 1)
+    return out_metrics
 
 
 @torch.no_grad()
@@ -109,24 +119,44 @@ def _save_checkpoint(model, opt, scaler, state: dict, history: list[dict]) -> st
     return d
 
 
-def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = None) -> dict[str, Any]:
+def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData | None = None,
+                 task: Task | None = None) -> dict[str, Any]:
     """Run the trial on this rank; returns the final metrics (the same dict every rank reports last)."""
     cfg = res.cfg
     world, device = ctx.world, ctx.device
     t_setup = time.time()
 
-    # ---- data: in-memory tensors on the device, batched by index slicing (no per-sample collate)
+    # ---- the task and its data: tensors stay on the device (index_select batches), a Dataset goes through a
+    # DataLoader; either way the same global batches for any worker count and accumulation
+    task = task or task_of(cfg)
     if data is None:
-        data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.train_subset, seed=cfg.seed)
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+        data = build_data(task, cfg)
+    elif isinstance(data, TensorData):  # in-memory classification tensors (bench/, tests)
+        from largebatch.tasks.classification import from_tensors
+
+        data = from_tensors(data)
+    train_feed = make_feed(data.train, device, cfg.data.loader_workers, cfg.seed, ctx.rank)
+    eval_feed = make_feed(data.eval, device, cfg.data.loader_workers)
+    train_metrics = [m for m in task.metrics if m.train]
+    probe_feed = train_feed if getattr(train_feed, "can_gather", True) else eval_feed  # for the probes below
 
     # ---- model and optimizer (the same seed on every rank: identical initial weights)
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    model = create_model(m.name, data.input_shape, data.num_classes, hidden_sizes=tuple(m.hidden_sizes),
-                         depth=m.depth, width=m.width, dropout=m.dropout, factory=m.factory, kwargs=m.kwargs,
-                         ghost_batch_size=m.ghost_batch_size).to(device)
+    model = task.model(cfg, data).to(device)
+    auto: dict[str, int] = {}
+    if cfg.data.per_worker_batch_cap == "auto":  # the largest micro-batch that fits, agreed by all ranks
+        from largebatch.config import resolve
+        from largebatch.train.microbatch import probe_micro_batch
+
+        largest = max(p.per_worker_batch * p.grad_accum_steps for p in res.phases)
+        cap = probe_micro_batch(model, task.loss, probe_feed.gather, largest, len(probe_feed),
+                                lambda: _autocast(device, cfg.precision), cfg.data.auto_memory_mb, world)
+        data_cfg = cfg.data.model_copy(update={"per_worker_batch_cap": cap})
+        res = resolve(cfg.model_copy(update={"data": data_cfg}), world, train_size=res.train_size)
+        auto = {"auto_micro_batch_cap": cap, "micro_batch": res.micro_batch, "grad_accum_steps": res.grad_accum_steps}
+        if ctx.is_rank0:
+            print(f"[largebatch] per_worker_batch_cap auto: {cap} fits; micro-batch {res.micro_batch} x "
+                  f"{res.grad_accum_steps} accumulation steps per worker", flush=True)
     o = cfg.optim
     opt = create_optimizer(model, o.name, res.peak_lr, weight_decay=o.weight_decay, momentum=o.momentum,
                            nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
@@ -145,7 +175,10 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
     if gns is not None and ctx.is_rank0 and world == 1 and all(p.grad_accum_steps == 1 for p in res.phases):
         print("[largebatch] grad_noise_scale needs two batch sizes per step: with 1 worker and no accumulation it "
               "is left out; set data.grad_accum_steps: 2 to measure it", flush=True)
-    probe = probe_batch(x_train, y_train, ins.sharpness_probe_size, cfg.seed) if ins.sharpness else None
+    probe = None
+    if ins.sharpness:  # a fixed, seeded probe batch: the same examples for every batch size of a study seed
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        probe = probe_feed.gather(torch.randperm(len(probe_feed), generator=g)[: ins.sharpness_probe_size])
 
     # ---- resume: the checkpoint carries the schedule position; schedules are pure functions of the step
     start_epoch, step, wall_offset, history = 0, 0, 0.0, []
@@ -172,32 +205,35 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
             break
         check_every = max(1, math.ceil(phase.steps_per_epoch / DIVERGENCE_CHECKS_PER_EPOCH))
         # the same global batches whatever the worker count: a permutation seeded by (seed, epoch), cut per rank
-        perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B].to(device)
+        perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B]
+        if hasattr(train_feed, "set_epoch"):  # a Ray Data shard seeds its local shuffle per epoch
+            train_feed.set_epoch(epoch)
         t_epoch = time.time()
         net.train()
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, correct (no .item() here)
+        # loss_sum, then (sum, count) per train metric (no .item() here)
+        sums = torch.zeros(1 + 2 * len(train_metrics), dtype=torch.float64, device=device)
         steps_done = 0  # examples seen = steps_done * B over all ranks: counted here, not on the device
-        for i_step, micro in enumerate(rank_batches(perm, B, ctx.rank, world, accum)):
+        for i_step, micro in enumerate(train_feed.steps(perm, B, ctx.rank, world, accum)):
             lr = res.lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            for i, idx in enumerate(micro):
-                # index_select, not x[idx]: the same gather without advanced indexing's dispatch; bench/data_path
-                # measured batch production at 1.4-1.8% of step time this way vs 4.2-6.5% with x[idx]
-                xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+            for i, (xb, yb) in enumerate(micro):
                 # gradients are all-reduced only on the last micro-step (DDP no_sync on the others)
                 sync = contextlib.nullcontext() if (world == 1 or i == accum - 1) else net.no_sync()
                 with sync:
                     with _autocast(device, cfg.precision):
                         out = net(xb)
-                        loss = F.cross_entropy(out, yb)
+                        loss = task.loss(out, yb)
                     # mean over the micro-batch / accum, then DDP averages over ranks: the loss is normalised by B
                     scaled = loss / accum
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 if gns is not None:  # instrument: the local micro-batch |g|^2 (device tensor, no sync)
                     gns.after_backward(i, accum)
-                sums[0] += loss.detach().double() * yb.numel()
-                sums[1] += (out.detach().argmax(1) == yb).sum()
+                sums[0] += loss.detach().double() * len(yb)
+                for j, m in enumerate(train_metrics):
+                    v = m.fn(out.detach(), yb)
+                    sums[1 + 2 * j] += v.double().sum()
+                    sums[2 + 2 * j] += v.numel()
             if gns is not None:  # instrument: |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
                 gns.after_sync(B, micro_batch)
             if scaler is not None:
@@ -226,32 +262,42 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         train_s = time.time() - t_epoch
 
         _all_reduce_sum(sums, world)
-        loss_sum, correct = sums.tolist()  # sync point: once per epoch
+        tot = sums.tolist()  # sync point: once per epoch
         count = steps_done * B
         if status == "diverged":
-            val_loss, val_acc = float("nan"), float("nan")
+            val = {"val_loss": float("nan"), **{f"val_{m.name}": float("nan") for m in task.metrics}}
         else:
-            val_loss, val_acc = evaluate(model, x_test, y_test, cfg.data.eval_batch_size, ctx, cfg.precision)
+            val = evaluate(model, eval_feed, task, cfg.data.eval_batch_size, ctx, cfg.precision)
         epoch_s = time.time() - t_epoch
         wall_s = wall_offset + (time.time() - t0)
-        train_loss, train_acc = loss_sum / max(count, 1), correct / max(count, 1)
+        train_loss = tot[0] / max(count, 1)
+        train = {f"train_{m.name}": tot[1 + 2 * j] / max(tot[2 + 2 * j], 1) for j, m in enumerate(train_metrics)}
         examples = count
-        metrics = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-            "val_acc": val_acc, "gen_gap": train_acc - val_acc, "lr": lr, "global_batch_size": B,
+        metrics = {"epoch": epoch, "train_loss": train_loss}
+        metrics.update(train)
+        metrics["val_loss"] = val["val_loss"]
+        metrics.update(val)
+        if train_metrics:
+            m0 = train_metrics[0].name
+            metrics["gen_gap"] = train[f"train_{m0}"] - val[f"val_{m0}"]
+        metrics.update({
+            "lr": lr, "global_batch_size": B,
             "steps": step, "examples_seen": res.examples_at(step), "wall_s": wall_s, "epoch_s": epoch_s,
             "throughput": examples / train_s if train_s > 0 else 0.0,
-        }
+        })
         if gns is not None:  # sync point: one all-reduce of 3 scalars per epoch (every rank)
             metrics.update(gns.epoch_metrics())
         if ins.trust_ratio:  # LARS/LAMB only (None otherwise); sync point: once per epoch
             metrics.update(trust_ratio_summary(opt) or {})
+        val_acc = metrics.get("val_acc", float("nan"))
         if cfg.budget.target_val_acc is not None and not target and val_acc >= cfg.budget.target_val_acc:
             # measured at epoch ends (where val_acc is known); wall_s includes the evaluations so far
             target = {"time_to_target_s": wall_s, "steps_to_target": step,
                       "examples_to_target": res.examples_at(step)}
         history.append(metrics)
-        best = max((h["val_acc"] for h in history if math.isfinite(h["val_acc"])), default=float("nan"))
+        # best over epochs of every eval metric, in its direction (best_val_acc, best_val_loss, best_val_<m>)
+        best = {f"best_{k}": best_of((h[k] for h in history), mode) for k, mode in task.reported().items()
+                if k.startswith("val_")}
         last_epoch = epoch + 1 >= res.epochs or step >= res.total_steps
         if target and cfg.budget.stop_at_target and status == "completed":
             status, reason = "stopped_early", f"reached target val_acc {cfg.budget.target_val_acc} at step {step}"
@@ -262,14 +308,16 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TensorData | None = No
         if probe is not None and ctx.is_rank0 and status != "diverged" and (done or every and (epoch + 1) % every == 0):
             # instrument: power iteration on HVPs of the bare model, rank 0 only (the others wait at the next
             # collective); syncs once per iteration, outside the training steps
-            metrics.update(sharpness_metrics(model, probe, lr, iters=ins.sharpness_iters, seed=cfg.seed))
-        metrics = {**metrics, "best_val_acc": best, "status": status, "startup_s": startup_s, "is_final": done,
+            metrics.update(sharpness_metrics(model, probe, lr, iters=ins.sharpness_iters, seed=cfg.seed,
+                                             loss_fn=task.loss))
+        metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "is_final": done,
                    "peak_lr": res.peak_lr, **target}
         if reason:
             metrics["reason"] = reason
         if ctx.is_rank0:
-            print(f"[largebatch] epoch {epoch + 1}/{res.epochs} step {step} loss {train_loss:.4f} "
-                  f"train_acc {train_acc:.4f} val_acc {val_acc:.4f} lr {lr:.4g} {metrics['throughput']:.0f} ex/s "
+            shown = "".join(f" {k} {v:.4f}" for k, v in {**train, **val}.items() if k != "val_loss")
+            print(f"[largebatch] epoch {epoch + 1}/{res.epochs} step {step} loss {train_loss:.4f}{shown} "
+                  f"lr {lr:.4g} {metrics['throughput']:.0f} ex/s "
                   f"wall {wall_s:.1f}s{' ' + status if status != 'completed' else ''}"
                   + "".join(f" {k} {metrics[k]:.4g}" for k in INSTRUMENT_METRICS if k in metrics), flush=True)
 

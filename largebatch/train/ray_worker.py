@@ -17,7 +17,7 @@ def train_func(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     from largebatch.config import TrialConfig, resolve
-    from largebatch.data import load_dataset
+    from largebatch.tasks import build_data, task_of
     from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
     from largebatch.tracking import EpochLogger
 
@@ -28,8 +28,15 @@ def train_func(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
 
     cfg = TrialConfig.model_validate(config["trial"])
-    data = load_dataset(cfg.data.dataset, cfg.data.path, cfg.data.train_subset, seed=cfg.seed)
-    res = resolve(cfg, world, train_size=int(data.y_train.shape[0]))
+    task = task_of(cfg)
+    data = build_data(task, cfg)
+    if task.ray_data is not None:  # this rank's share of the Ray Dataset the trainer was given (tasks/raydata.py)
+        from largebatch.tasks import TaskData
+        from largebatch.tasks.raydata import RayShard
+
+        shard = RayShard(ray.train.get_dataset_shard("train"), int(task.train_size(cfg)))
+        data = TaskData(train=shard, eval=data.eval, info=data.info)
+    res = resolve(cfg, world, train_size=data.train_size)
     # MLflow: rank 0 only, the child run id travels in the config (a restarted worker logs to the same run)
     logger = EpochLogger.from_spec(config.get("tracking")) if rank == 0 else None
 
@@ -62,7 +69,7 @@ def train_func(config: dict[str, Any]) -> None:
             print(f"[largebatch] ranks on {len(set(node_ids))} node(s); {world} workers, "
                   f"per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} accum, "
                   f"peak lr {res.peak_lr:.4g}", flush=True)
-        train_worker(res, ctx, data)
+        train_worker(res, ctx, data, task)
 
 
 class _null:

@@ -35,6 +35,7 @@ def make_trainer(res: Resolved, *, run_name: str, storage_path: str, cpus_per_wo
     from largebatch.train.ray_worker import train_func
 
     return TorchTrainer(
+        **_ray_datasets(res),
         train_loop_per_worker=train_func,
         train_loop_config=trainer_config(res, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, tracking=tracking),
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=use_gpu,
@@ -49,6 +50,23 @@ def make_trainer(res: Resolved, *, run_name: str, storage_path: str, cpus_per_wo
             callbacks=list(callbacks),
         ),
     )
+
+
+def _ray_datasets(res: Resolved) -> dict[str, Any]:
+    """A task whose training data is a Ray Dataset hands it to the trainer, which shards it over the workers; built
+    lazily (a callable) on the trainer's side. Block order is preserved so a fixed dataset reads the same way."""
+    from largebatch.tasks import task_of
+
+    task = task_of(res.cfg)
+    if task.ray_data is None:
+        return {}
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    cfg = res.cfg
+    return {"datasets": {"train": lambda: task.ray_data(cfg)},
+            "dataset_config": DataConfig(datasets_to_split=["train"],
+                                         execution_options=ExecutionOptions(preserve_order=True))}
 
 
 def read_history(checkpoint) -> tuple[list[dict], dict]:

@@ -48,15 +48,19 @@ def create_scheduler(study: StudyConfig):
 
 
 def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
-    """Dataset sizes per train_subset, computed once on the driver (not in every trial)."""
-    from largebatch.data import dataset_size
+    """Training-set sizes per train_subset, computed once on the driver (not in every trial), by the task."""
+    from largebatch.tasks import task_of, train_size
 
-    d = study.base.data
     subsets = {t["data"].get("train_subset") or 0 for t in trees}
     for key, domain in study.search.items():
         if key == "data.train_subset":
             subsets |= {v or 0 for v in next(iter(domain.values()))}
-    return {s: dataset_size(d.dataset, d.path, s or None) for s in subsets}
+    n = train_size(task_of(study.base), study.base)
+    for s in subsets:
+        if s > n:
+            raise BadInput(f"got {s}, more than the {n} training examples; use at most {n}",
+                           field="data.train_subset")
+    return {s: s or n for s in subsets}
 
 
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
@@ -73,6 +77,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.raylib import init_ray, shutdown_ray
     from largebatch.report import build_report, format_table, write_report
     from largebatch.storage import preflight_storage, report_dir_for, resolve_storage, upload_dir
+    from largebatch.metrics import summary_name
     from largebatch.tracking import Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
     from largebatch.tune.space import create_searcher
     from largebatch.tune.trainable import tune_trial
@@ -158,7 +163,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         if info["started"]:
             shutdown_ray()
     records = records_from_mlflow(tracking_uri, exp_id, parent_id)
-    report = build_report(records, tolerance=study.report.tolerance)
+    report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
+                          mode=t.mode or "max", units=study.report.tolerance_units)
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,
@@ -186,6 +192,7 @@ def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyC
 
     parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
         **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
+        **{f"report.{k}": v for k, v in study.report.model_dump(mode="json").items()},  # tolerance and its units
         "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
         "report.tolerance": study.report.tolerance, "storage": redact_uri(storage_path),
         "search_keys": ",".join(study.search)},

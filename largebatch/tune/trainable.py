@@ -110,7 +110,8 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
     # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:
-        final = {"fit_s": out["fit_s"], "final_val_acc": out["history"][-1]["val_acc"]}
+        final = {"fit_s": out["fit_s"], **{f"final_{k}": v for k, v in out["history"][-1].items()
+                                           if k.startswith("val_")}}
         last_epoch = out["history"][-1]["epoch"]
     else:  # failed before its first report: whatever we have
         final = {k: v for k, v in out.items()

@@ -16,7 +16,7 @@ import pytest
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IN_PROCESS = ("loop_overhead", "data_path", "scaling")
+IN_PROCESS = ("loop_overhead", "data_path", "loader_path", "scaling")
 
 
 def _positive_finite(x) -> bool:
@@ -78,3 +78,11 @@ def test_scaling_one_worker(results):
         assert _positive_finite(row["examples_per_s_1w"]) and _positive_finite(row["vs_B16_1w"])
     assert r["rows"][0]["vs_B16_1w"] == 1.0
     assert r["knee_1w"] in [row["global_batch_size"] for row in r["rows"]]
+
+
+def test_loader_path_shares(results):
+    r = json.loads((results / "loader_path.json").read_text())
+    assert [row["global_batch_size"] for row in r["rows"]] == [256, 4096]
+    for row in r["rows"]:
+        assert all(_positive_finite(v) for v in row["seconds"].values())
+        assert all(math.isfinite(row[k]) and row[k] < 1 for k in ("share_w0", "share_w1", "share_batched_w0"))

@@ -79,6 +79,23 @@ CASES = {
     "workers-not-int": ({}, ["--workers", "two"], ["--workers", "'two'"]),
     "workers-no-value": ({}, ["--workers"], ["--workers"]),
     "unknown-flag": ({}, ["--wrokers", "2"], ["--wrokers"]),
+    # the task (largebatch/tasks): checked before any trial, user code included
+    "task-unknown": ({"base.task.name": "clasification"}, [], ["base.task.name", "'clasification'",
+                                                               "classification"]),
+    "task-does-not-import": ({"base.task.name": "no_such_pkg.tasks:make"}, [],
+                             ["base.task.name", "cannot import module 'no_such_pkg.tasks'"]),
+    "task-no-such-function": ({"base.task.name": "task_fixtures:nope"}, [], ["base.task.name", "no attribute 'nope'"]),
+    "task-missing-part": ({"base.task.name": "task_fixtures:no_loss", "tuner.metric": "val_mse"}, [],
+                          ["base.task.name", "has no loss"]),
+    "task-not-a-task": ({"base.task.name": "task_fixtures:not_a_task"}, [],
+                        ["base.task.name", "returned dict, not a largebatch.tasks.Task"]),
+    "task-items-not-tensors": ({"base.task.name": "task_fixtures:list_items", "tuner.metric": "val_loss"}, [],
+                               ["base.task.name", "pairs of torch tensors", "item 0 is (list, int)"]),
+    "task-bad-kwargs": ({"base.task.kwargs": {"nope": 1}}, [], ["base.task.kwargs", "nope"]),
+    "task-kwarg-value": ({"base.task.name": "charlm", "base.task.kwargs": {"layers": 0}, "tuner.metric": "val_bpb"},
+                         [], ["base.task.kwargs.layers", "got 0"]),
+    "metric-not-reported": ({"tuner.metric": "val_mse"}, [], ["tuner.metric", "'val_mse'", "val_acc"]),
+    "mode-against-metric": ({"tuner.mode": "min"}, [], ["tuner.mode", "val_acc", "higher"]),
 }
 
 # errors in the command line itself name the flag, not the study file
@@ -141,7 +158,8 @@ def test_validate_bad_input(case, in_tmp, capsys):
 
 
 @pytest.mark.parametrize("case", ["batch-not-divisible", "unknown-dataset", "grid-value-invalid",
-                                  "malformed-yaml", "workers-zero", "set-wrong-type", "workers-not-int"])
+                                  "malformed-yaml", "workers-zero", "set-wrong-type", "workers-not-int",
+                                  "task-does-not-import", "task-items-not-tensors", "metric-not-reported"])
 def test_train_fails_before_ray_starts(case, in_tmp, capsys):
     edits, extra, must_contain = CASES[case]
     path = _write_case(in_tmp, edits)

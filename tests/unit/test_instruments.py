@@ -231,8 +231,10 @@ def test_loop_records_steps_examples_and_time_to_target(digits):
 
 def test_loop_wires_ghost_batch_norm(digits, monkeypatch):
     built = []
-    real = loop_mod.create_model
-    monkeypatch.setattr(loop_mod, "create_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    import largebatch.tasks.classification as cls_task  # the classification task builds the model
+
+    real = cls_task.create_model
+    monkeypatch.setattr(cls_task, "create_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     final, _ = _run(digits, model={"name": "resnet", "depth": 8, "width": 4, "ghost_batch_size": 16},
                     budget={"epochs": 1})
     ghosts = [m for m in built[0].modules() if isinstance(m, GhostBatchNorm2d)]

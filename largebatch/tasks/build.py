@@ -1,0 +1,79 @@
+"""Building a task's data for one trial config: the seeded train subset, and the checks every split must pass."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from largebatch.errors import BadInput
+from largebatch.tasks.api import Split, Task, TaskData, split_len
+
+
+def _describe(x: object) -> str:
+    return f"Tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_split(split: Split, which: str, task_name: str) -> None:
+    """A split is (inputs, targets) tensors of equal length, or a non-empty map-style Dataset whose items are
+    (input tensor, target tensor) pairs. Only the first item is looked at: a Dataset is not read through here."""
+    where = f"task {task_name!r} {which} data"
+    if isinstance(split, tuple):
+        if len(split) != 2 or not all(isinstance(t, torch.Tensor) for t in split):
+            raise BadInput(f"{where} must be (inputs, targets) tensors or a torch Dataset, got a tuple of "
+                           f"{', '.join(_describe(t) for t in split)}", field="task.name")
+        if split[0].shape[0] != split[1].shape[0] or split[0].shape[0] == 0:
+            raise BadInput(f"{where}: inputs {tuple(split[0].shape)} and targets {tuple(split[1].shape)} must be "
+                           f"non-empty and of equal length", field="task.name")
+        return
+    if not isinstance(split, Dataset) or not hasattr(split, "__len__"):
+        raise BadInput(f"{where} must be (inputs, targets) tensors or a map-style torch Dataset with __len__, got "
+                       f"{type(split).__name__}", field="task.name")
+    if len(split) == 0:
+        raise BadInput(f"{where} is empty", field="task.name")
+    item = split[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, torch.Tensor) for t in item)):
+        shown = ", ".join(_describe(t) for t in item) if isinstance(item, (tuple, list)) else _describe(item)
+        raise BadInput(f"{where}: items must be (input, target) pairs of torch tensors, item 0 is ({shown}); "
+                       f"convert with torch.as_tensor in __getitem__", field="task.name")
+
+
+def subset(split: Split, k: int, seed: int) -> Split:
+    """The first k examples of a seed-permuted split (the same rule as the built-in datasets' train_subset)."""
+    keep = np.random.default_rng(seed).permutation(split_len(split))[:k]
+    if isinstance(split, tuple):
+        idx = torch.from_numpy(keep)
+        return split[0].index_select(0, idx), split[1].index_select(0, idx)
+    return Subset(split, keep.tolist())
+
+
+def build_data(task: Task, cfg) -> TaskData:
+    """task.data(cfg), cut to data.train_subset (when the task did not already) and checked."""
+    data = task.data(cfg)
+    if not isinstance(data, TaskData):
+        raise BadInput(f"task {task.name or cfg.task.name!r}: data() returned {type(data).__name__}, not a TaskData",
+                       field="task.name")
+    name = task.name or cfg.task.name
+    if task.ray_data is not None:  # the training rows come through Ray Train's dataset shards (tasks/raydata.py)
+        if cfg.data.train_subset is not None:
+            raise BadInput("a task whose training data is a Ray Dataset takes no data.train_subset; give a smaller "
+                           "dataset (e.g. ds.limit(n) in ray_data)", field="data.train_subset")
+        check_split(data.eval, "eval", name)
+        return data
+    check_split(data.train, "train", name)
+    check_split(data.eval, "eval", name)
+    k = cfg.data.train_subset
+    n = split_len(data.train)
+    if k is not None and k > n:
+        raise BadInput(f"got {k}, more than the {n} training examples of task {name!r}; use at most {n}",
+                       field="data.train_subset")
+    if k is not None and k < n:
+        data = TaskData(train=subset(data.train, k, cfg.seed), eval=data.eval, info=data.info)
+    return data
+
+
+def train_size(task: Task, cfg) -> int:
+    """Training examples before data.train_subset: the task's cheap count, else by building the data."""
+    if task.train_size is not None:
+        return int(task.train_size(cfg))
+    full = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train_subset": None})})
+    return build_data(task, full).train_size
