@@ -167,7 +167,7 @@ class StudyDisplay:
             delta = best.score - base.score
             tail += f"  ({100 * delta:+.2f} pt" if "acc" in self.score else f"  ({delta:+.4g}"
             if best.wall_s and base.wall_s:
-                tail += f", {base.wall_s / best.wall_s:.1f}x the speed"
+                tail += f", {base.wall_s / best.wall_s:.1f}x faster training"
             tail += ")"
         return head + tail
 
