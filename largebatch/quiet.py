@@ -20,6 +20,9 @@ Where each line came from, and the switch that turns it off (Ray 2.60, MLflow 3.
   (spot instances draining); the local head's one node is never preempted, so the local head runs without it
   (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0). A real cluster keeps it.
 - MLflow's "Creating initial MLflow database tables": MLFLOW_LOGGING_LEVEL=WARNING (read when mlflow is imported).
+- Tune's "The `callbacks.on_step_end` operation took 0.773 s, which may be a performance bottleneck": Tune times
+  each of its steps against TUNE_WARN_THRESHOLD_S (0.5 s); on a loaded 2-core machine any step can stall that
+  long, so the threshold is 10 s: a stall that long is still reported.
 
 Warnings and errors still show: every level above stays at WARNING, except the two duplicates named above.
 `--verbose` leaves Ray's and MLflow's defaults untouched. A variable the user set himself is never overridden.
@@ -34,7 +37,8 @@ _verbose: bool | None = None  # None: not configured yet (library use): quiet, a
 
 VERBOSE_ENV = "LARGEBATCH_VERBOSE"
 # read by the driver process itself
-DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
+              "TUNE_WARN_THRESHOLD_S": "10"}
 # read by the processes of our own local head (trial drivers, Train controllers and workers)
 LOCAL_HEAD_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
