@@ -194,7 +194,9 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                       "completed")
     tracker.end_run(parent_id)
     print(format_table(report))
-    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md  (MLflow parent run {parent_id}, {study_s:.0f} s)")
+    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md and report.html  (MLflow parent run {parent_id}, "
+          f"{study_s:.0f} s)")
+    print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
     return report
 
 

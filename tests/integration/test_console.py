@@ -95,4 +95,4 @@ def test_tune_in_a_pipe_prints_one_plain_line_per_trial(tmp_path):
     noise = [word for word in RAY_NOISE if word.lower() in (out + p.stderr).lower()]
     assert not noise, (noise, out[-2000:], p.stderr[-2000:])
     assert p.stderr.strip() == "", p.stderr[-2000:]
-    print(f"plain study: {time.time() - t0:.0f} s")
+    print("\n".join(done) + f"\nplain study: {time.time() - t0:.0f} s")

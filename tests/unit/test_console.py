@@ -134,3 +134,11 @@ def test_quiet_settings_follow_verbose(monkeypatch):
     finally:
         quiet.configure(False)
         monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
+
+
+def test_ui_links_open_the_model_training_runs_view():
+    from largebatch.ui import runs_url
+
+    assert runs_url("http://127.0.0.1:5000/", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_url("http://h:1", None) == "http://h:1/#/experiments?workflowType=machine_learning"
