@@ -142,3 +142,24 @@ def test_ui_links_open_the_model_training_runs_view():
     assert runs_url("http://127.0.0.1:5000/", "7") == \
         "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     assert runs_url("http://h:1", None) == "http://h:1/#/experiments?workflowType=machine_learning"
+
+
+def test_tune_callback_survives_the_pickling_of_tuner_restore():
+    """Tune pickles the RunConfig (callbacks included) for `Tuner.restore`: the copy feeds the active display."""
+    import copy
+    import pickle
+
+    from largebatch.tune import progress
+
+    d, out = _display()
+    ctx = {"base_tree": {}, "baseline_tree": {}, "source": "x.yaml", "workers_per_trial": 1, "train_sizes": {},
+           "seeds": [0]}
+    restored = pickle.loads(pickle.dumps(copy.deepcopy(progress.create_callback())))
+    progress.activate(d, ctx)
+    try:
+        trial = type("T", (), {"trial_id": "t1", "config": {"arm": "search", "overrides": {"optim.base_lr": 0.1}},
+                               "last_result": {"status": "completed", "best_val_acc": 0.5}, "status": "TERMINATED"})()
+        restored.on_trial_complete(0, [trial], trial)
+    finally:
+        progress.deactivate()
+    assert d.finished == 1 and "base_lr=0.1" in out.getvalue()  # the bad ctx: named from its overrides
