@@ -128,6 +128,10 @@ class StudyDisplay:
         if not quiet:
             self._say(self.finished_line(view))
 
+    def _views(self) -> list[TrialView]:
+        # a snapshot: the live display renders from its own thread while Tune's callbacks add trials
+        return list(self.trials.values())
+
     def tick(self) -> None:
         """Plain mode: the status line, when nothing was printed for status_every_s."""
         if not self.live and time.time() - self._last_line >= self.status_every_s:
@@ -147,7 +151,7 @@ class StudyDisplay:
 
     def best(self) -> tuple[Optional[TrialView], Optional[TrialView]]:
         """(best finished searched trial by the report's score, finished baseline trial)."""
-        scored = [v for v in self.trials.values() if v.outcome in ("completed", "stopped") and v.score is not None]
+        scored = [v for v in self._views() if v.outcome in ("completed", "stopped") and v.score is not None]
         baseline = next((v for v in scored if v.is_baseline), None)
         rest = [v for v in scored if not v.is_baseline]
         return (max(rest, key=lambda v: v.score) if rest else None), baseline
@@ -173,7 +177,7 @@ class StudyDisplay:
 
     def progress(self) -> float:
         """Trials done, counting the running ones by the share of their epochs they finished."""
-        running = [v for v in self.trials.values() if v.outcome is None and v.epochs]
+        running = [v for v in self._views() if v.outcome is None and v.epochs]
         return self.finished + sum(min(1.0, v.epoch / v.epochs) for v in running)
 
     def eta_s(self) -> Optional[float]:
@@ -184,7 +188,7 @@ class StudyDisplay:
         return elapsed * (self.total - done) / done
 
     def running(self) -> list[TrialView]:
-        return [v for v in self.trials.values() if v.outcome is None]
+        return [v for v in self._views() if v.outcome is None]
 
     def status_line(self) -> str:
         eta = self.eta_s()
