@@ -163,3 +163,23 @@ def test_tune_callback_survives_the_pickling_of_tuner_restore():
     finally:
         progress.deactivate()
     assert d.finished == 1 and "base_lr=0.1" in out.getvalue()  # the bad ctx: named from its overrides
+
+
+def test_train_epoch_bar_plain_and_live():
+    from largebatch.train_progress import EpochBar
+
+    out = io.StringIO()
+    bar = EpochBar("B=32 none", 4, live=False, out=out).start()
+    bar.update({"epoch": 1, "train_loss": 0.1778, "val_acc": 0.9639, "throughput": 6517.2})
+    bar.update({"epoch": 2, "train_loss": 9e3, "val_acc": 0.1, "status": "diverged", "reason": "loss 9e+03 at step 3"})
+    bar.stop()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("epoch 2/4  loss 0.1778  val_acc 96.39%  6,517 ex/s  [")
+    assert lines[1].startswith("epoch 3/4") and "diverged: loss 9e+03 at step 3" in lines[1]
+
+    out = io.StringIO()
+    bar = EpochBar("B=32 none", 4, live=True, out=out).start()
+    bar.update({"epoch": 1, "train_loss": 0.1778, "val_acc": 0.9639, "throughput": 6517.2})
+    bar.stop()
+    text = out.getvalue()
+    assert "B=32 none" in text and "2/4" in text and "val_acc 96.39%" in text and "━" in text
