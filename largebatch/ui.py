@@ -6,8 +6,9 @@ with us even if we are SIGKILLed (PR_SET_PDEATHSIG). For a tracking URI that alr
 is nothing to start: it prints that server's URL.
 
 MLflow 3.17's UI chooses between its GenAI pages and its model-training pages by a workflow switch kept in the
-browser (local storage `mlflow.workflowType`, default GenAI); the URL parameter `workflowType=machine_learning`
-sets it, so the printed link opens the runs table, not the traces overview.
+browser (local storage `mlflow.workflowType`, default GenAI; the experiment's `mlflow.experimentKind` tag is not
+consulted while that switch is on, as it is in 3.17.2). The URL parameter `workflowType=machine_learning` overrides
+it for that page, so the printed link opens the runs table, not the traces overview.
 """
 from __future__ import annotations
 
