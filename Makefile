@@ -55,7 +55,7 @@ e2e-deps:
 demo: setup
 	$(VENV)/bin/largebatch tune tune_spaces/fashion-mnist.yaml
 	@echo
-	@echo "Browse the trials:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db   (then open http://127.0.0.1:5000)"
+	@echo "Browse the trials:  $(VENV)/bin/largebatch ui   (starts the MLflow UI and prints the study's link)"
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -13,6 +13,11 @@ from typing import Any, Optional
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
 
 
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's and MLflow's own output (Tune's tables, Train's start-up, worker logs)")
+
+
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML (see tune_spaces/)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -46,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default=None, help="checkpoint storage: a path or s3://bucket/prefix (default ./runs)")
     p.add_argument("--output-json", default=None, help="write the final metrics as JSON here")
+    _verbose_arg(p)
 
     p = sub.add_parser("tune", help="run a whole study on Ray Tune and print the report")
     _study_args(p)
@@ -58,13 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue this study's newest run (same --name/--storage/--mlflow) after its driver died: "
                         "finished trials are kept, unfinished ones resume from their checkpoints")
+    _verbose_arg(p)
 
     p = sub.add_parser("report", help="rebuild a study's report from MLflow alone")
     p.add_argument("--mlflow", default=None, help="tracking URI (default as for tune)")
     p.add_argument("--experiment", required=True, help="the study's MLflow experiment name")
     p.add_argument("--run", default=None, help="parent run id (default: the latest study run)")
-    p.add_argument("--out", default=None, help="also write report.json/md and plots to this folder")
+    p.add_argument("--out", default=None, help="also write report.json/md/html and plots to this folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on a free local port, opened on the latest study's runs")
+    p.add_argument("--mlflow", default=None, help="tracking URI (default as for tune)")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
 
     p = sub.add_parser("data", help="move datasets: `data push NAME s3://bucket/prefix`")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -113,8 +124,10 @@ def _check_writable_file(path: str) -> None:
 def cmd_train(args) -> int:
     from largebatch.config import baseline_trial, load_study, parse_sets, resolve
     from largebatch.raylib import init_ray, shutdown_ray
+    from largebatch import quiet
     from largebatch.storage import preflight_storage, resolve_storage
-    from largebatch.train.trial import run_trial
+    from largebatch.train.trial import fit_outcome, make_trainer
+    from largebatch.train_progress import TrainProgress
 
     study = load_study(args.study, parse_sets(args.sets))
     cfg = baseline_trial(study, args.study) if args.baseline else study.base
@@ -134,8 +147,12 @@ def cmd_train(args) -> int:
         if info["cpus"] < workers * cpus:
             raise BadInput(f"got {workers} workers x {cpus} CPUs, but the Ray cluster has {info['cpus']} CPUs; "
                            f"use --workers {max(1, info['cpus'] // cpus)} or a larger cluster", field="--workers")
-        out = run_trial(res, run_name=f"train-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
-                        cpus_per_worker=cpus, use_gpu=study.tuner.use_gpu, max_failures=study.tuner.max_failures)
+        with TrainProgress(f"B={res.global_batch_size} {cfg.scaling.rule}", res.epochs,
+                           live=None if not quiet.is_verbose() else False) as progress:
+            trainer = make_trainer(res, run_name=f"train-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                   storage_path=storage, cpus_per_worker=cpus, use_gpu=study.tuner.use_gpu,
+                                   max_failures=study.tuner.max_failures, callbacks=[progress.callback])
+            out = fit_outcome(trainer)
     finally:
         if info["started"]:
             shutdown_ray()
@@ -183,9 +200,21 @@ def cmd_report(args) -> int:
     records = records_from_mlflow(uri, exp_id, parent_id)
     report = build_report(records, **options)
     if args.out:
+        from largebatch.report_html import write_html
+
         write_report(report, records, Path(args.out))
+        write_html(report, Path(args.out))
     print(json.dumps(report, indent=2, default=str) if args.json else format_table(report))
     return 0
+
+
+def cmd_ui(args) -> int:
+    from largebatch.tracking import resolve_tracking_uri
+    from largebatch.ui import run_ui
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise BadInput(f"got {args.port}: use a port between 1 and 65535, or leave --port out", field="--port")
+    return run_ui(resolve_tracking_uri(args.mlflow), args.port)
 
 
 def cmd_data(args) -> int:
@@ -210,20 +239,22 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "report": cmd_report, "data": cmd_data,
-            "list": cmd_list}
+COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "report": cmd_report, "ui": cmd_ui,
+            "data": cmd_data, "list": cmd_list}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from largebatch import interrupts
+    from largebatch import interrupts, quiet
     from largebatch.failures import StudyAborted, signal_name
     from largebatch.redact import redact_text
 
     previous: dict = {}
     try:
         args = build_parser().parse_args(argv)
-        if args.cmd in ("train", "tune"):  # they start Ray: SIGTERM/SIGHUP must clean up like Ctrl-C
+        if args.cmd in ("train", "tune", "ui"):  # they start servers: SIGTERM/SIGHUP must clean up like Ctrl-C
             previous = interrupts.install()
+        if args.cmd in ("train", "tune"):
+            quiet.configure(args.verbose)  # before Ray or MLflow is imported
         return COMMANDS[args.cmd](args)
     except BadInput as e:
         print(redact_text(f"largebatch: error: {e}"), file=sys.stderr)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from largebatch import interrupts
+from largebatch import interrupts, quiet
 from largebatch.errors import BadInput
 
 # Each ray.train.report waits for the controller's poll (2 s by default); short epochs need a faster poll.
@@ -222,7 +222,7 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     os.environ.update(env)
     started = False
     if not address:
-        _HEAD = LocalHead(num_cpus=num_cpus, resources=resources).start()
+        _HEAD = LocalHead(num_cpus=num_cpus, resources=resources, extra_env=quiet.local_head_env()).start()
         address, started = _HEAD.address, True
         _use_head_auth(_HEAD)
     else:
@@ -231,9 +231,10 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     try:
         # a short GCS timeout: an unreachable address is a clear error in seconds, not a 60 s retry loop
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
-        # no runtime_env here: inside `ray job submit` it would REPLACE the job's (working_dir included), and our
-        # own local head already carries TRAIN_ENV in its environment
-        ray.init(address=address, log_to_driver=True)
+        # log_to_driver and the driver's log level follow --verbose (largebatch/quiet.py). No runtime_env here:
+        # inside `ray job submit` it would REPLACE the job's (working_dir included), and our own local head
+        # already carries TRAIN_ENV in its environment
+        ray.init(address=address, **quiet.ray_init_kwargs())
         interrupts.reinstall()  # ray.init's SIGTERM handler would abort the driver without any clean-up
     except (ConnectionError, RuntimeError) as e:
         if started:

@@ -21,6 +21,12 @@ TRIAL_TAG = "largebatch.trial_id"
 TRIAL_DIR_TAG = "largebatch.trial_dir"  # the Tune trial folder's name
 KIND_TAG = "largebatch.kind"  # study | trial
 STATUS_TAG = "status"
+NOTE_TAG = "mlflow.note.content"  # the run's description: MLflow shows it on the run page (Markdown)
+NOTE_MAX = 5000
+# The experiment kind MLflow 3.17 reads (key and value as in its UI code): a model-training experiment, not GenAI.
+# Its UI also keeps a workflow switch of its own; largebatch/ui.py prints links that set it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 
 
 def default_tracking_uri(run_root: str | Path = "runs") -> str:
@@ -69,10 +75,12 @@ class Tracker:
     def experiment_id(self, name: str, artifact_location: Optional[str] = None) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # made by an older version, or by hand
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
             return exp.experiment_id
         # MLflow 3's UI opens GenAI experiments on a traces overview; ours are training runs
         return self.client.create_experiment(name, artifact_location=artifact_location,
-                                             tags={"mlflow.experimentKind": "custom_model_development"})
+                                             tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
 
     def start_run(self, experiment_id: str, name: str, *, parent_id: Optional[str] = None,
                   params: Optional[dict[str, Any]] = None, tags: Optional[dict[str, str]] = None) -> str:
@@ -103,6 +111,10 @@ class Tracker:
         tags = [RunTag(STATUS_TAG, status)] + ([RunTag("reason", redact_text(reason)[:5000])] if reason else [])
         self.client.log_batch(run_id, metrics=ms, tags=tags)
 
+    def set_note(self, run_id: str, text: str) -> None:
+        """The run's description in the MLflow UI."""
+        self.client.set_tag(run_id, NOTE_TAG, redact_text(text)[:NOTE_MAX])
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -111,6 +123,20 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, redact_text(text), name)  # study files and tracebacks may hold URIs
+
+
+def trial_note(status: str, metrics: dict[str, Any], reason: Optional[str] = None) -> str:
+    """A trial's key figures in one line, for its run description: 'best_val_acc 96.94% · training 0.5 s · ...'."""
+    parts = []
+    acc = metrics.get("best_val_acc")
+    if isinstance(acc, (int, float)) and math.isfinite(acc):
+        parts.append(f"best_val_acc {100 * acc:.2f}%")
+    for key, fmt in (("wall_s", "training {:.1f} s"), ("fit_s", "{:.1f} s with start-up"), ("steps", "{:.0f} steps")):
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            parts.append(fmt.format(v))
+    parts.append(status + (f": {reason}" if reason and status in ("diverged", "failed") else ""))
+    return " · ".join(parts)
 
 
 class EpochLogger:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from largebatch import quiet
 from largebatch.config import Resolved
 
 TERMINAL = ("completed", "diverged", "stopped_early", "failed")
@@ -29,7 +30,7 @@ def trainer_config(res: Resolved, *, cpus_per_worker: int, use_gpu: bool,
 def make_trainer(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
                  use_gpu: bool = False, max_failures: int = 2, tracking: Optional[dict] = None,
                  callbacks: Sequence[Any] = (), placement_strategy: str = "PACK"):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from largebatch.train.ray_worker import train_func
@@ -48,6 +49,7 @@ def make_trainer(res: Resolved, *, run_name: str, storage_path: str, cpus_per_wo
             checkpoint_config=CheckpointConfig(num_to_keep=res.cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level=quiet.train_log_level()),  # Train's start-up chatter
         ),
     )
 

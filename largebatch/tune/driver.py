@@ -65,21 +65,28 @@ def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
 
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
               storage: Optional[str] = None, mlflow_uri: Optional[str] = None, address: Optional[str] = None,
-              run_root: str = "runs", resume: bool = False, resume_hint: Optional[str] = None) -> dict[str, Any]:
+              run_root: str = "runs", resume: bool = False, resume_hint: Optional[str] = None,
+              live: bool = True) -> dict[str, Any]:
     """Run a study; with resume=True continue the newest run of this study (same name + storage) whose driver
     died: finished trials are kept, unfinished ones resume from their checkpoints, the MLflow parent is reused.
 
     Once the parent run exists, anything that stops the driver (a signal, Ray failing under it) closes the MLflow
-    runs as KILLED/FAILED and raises StudyAborted with `resume_hint`, the command that continues the study."""
+    runs as KILLED/FAILED and raises StudyAborted with `resume_hint`, the command that continues the study.
+
+    Progress shows live on a terminal (live=False: plain lines, as anywhere else); see largebatch/console.py."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from largebatch import quiet
+    from largebatch.console import StudyDisplay, wants_live
     from largebatch.raylib import init_ray, shutdown_ray
     from largebatch.report import build_report, format_table, write_report
+    from largebatch.report_html import write_html
     from largebatch.storage import preflight_storage, report_dir_for, resolve_storage, upload_dir
     from largebatch.metrics import summary_name
     from largebatch.tracking import Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
     from largebatch.tune.space import create_searcher
+    from largebatch.tune import progress
     from largebatch.tune.trainable import tune_trial
 
     t = study.tuner
@@ -135,7 +142,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             "storage_path": storage_path, "placement_strategy": "SPREAD" if info["nodes"] > 1 else "PACK",
         }
         # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
-        # so it takes 1 MiB of "memory", which every node has. max_concurrent_trials caps how many run at once.
+        # so it takes 1 MiB of "memory", which every node has. The ConcurrencyLimiter caps how many run at once.
         resources = {"CPU": 0, "memory": 2**20}
         trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), resources)
         if target is not None:
@@ -143,18 +150,28 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             tuner = tune.Tuner.restore(target["path"], trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
+            # the ConcurrencyLimiter alone caps concurrency (Tune warns when max_concurrent_trials repeats it);
+            # verbose=0 with the old output engine keeps Tune's tables off (largebatch/quiet.py)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_conc),
                                             scheduler=scheduler, num_samples=n_trials, metric=t.metric,
-                                            mode=t.mode, max_concurrent_trials=max_conc,
-                                            time_budget_s=t.time_budget_s),
-                run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=1,
-                                          failure_config=tune.FailureConfig(max_failures=0)),
+                                            mode=t.mode, time_budget_s=t.time_budget_s),
+                run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=quiet.tune_verbose(),
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=[progress.create_callback()]),
             )
+        display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric,
+                               live=live and wants_live() and not quiet.is_verbose())
+        progress.activate(display, ctx)
         t0 = time.time()
         try:
-            grid = tuner.fit()
+            display.start()
+            try:
+                grid = tuner.fit()
+            finally:
+                display.stop()
+                progress.deactivate()
             study_s = time.time() - t0
             _mark_unfinished(tracker, exp_id, parent_id, grid)
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
@@ -174,15 +191,31 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         local_dir = Path(tmp) if out_dir.startswith("s3://") else Path(out_dir)
         local_dir.mkdir(parents=True, exist_ok=True)
         write_report(report, records, local_dir)
+        write_html(report, local_dir)  # report/report.html: the MLflow UI's artifact view shows it as a page
         tracker.log_artifacts(parent_id, local_dir, "report")
         if out_dir.startswith("s3://"):
             upload_dir(local_dir, out_dir)
+    _describe_runs(tracker, parent_id, records, report)
     tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0},
                       "completed")
     tracker.end_run(parent_id)
     print(format_table(report))
-    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md  (MLflow parent run {parent_id}, {study_s:.0f} s)")
+    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md and report.html  (MLflow parent run {parent_id}, "
+          f"{study_s:.0f} s)")
+    print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
     return report
+
+
+def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -> None:
+    """Key figures as run descriptions, so the MLflow UI shows them without picking columns: each trial's
+    headline numbers, and the report table on the study's run."""
+    from largebatch.report import format_table
+    from largebatch.tracking import trial_note
+
+    for r in records:
+        tracker.set_note(r["run_id"], trial_note(r["status"], r, r.get("reason")))
+    tracker.set_note(parent_id, format_table(report) + "\n\nThe whole report with its plots: artifacts, "
+                                "report/report.html")
 
 
 def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.config import apply_overrides, parse_trial, resolve
-from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker
+from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
 
 
@@ -120,6 +120,7 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     tracker.log_final(run_id, final, out["status"], out.get("reason"), step=last_epoch)
     if out.get("traceback"):
         tracker.log_text(run_id, out["traceback"], "error.txt")  # the reason tag is one line; this is the rest
+    tracker.set_note(run_id, trial_note(out["status"], {**out, **final}, out.get("reason")))
     tracker.end_run(run_id, "FAILED" if out["status"] == "failed" else "FINISHED")
     _wait_for_tune_queue()
     if out["status"] == "failed":

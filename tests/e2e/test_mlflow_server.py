@@ -39,7 +39,8 @@ def test_runs_metrics_and_artifacts_land_in_server_and_bucket(study, s3_server, 
         assert len(client.get_metric_history(c.info.run_id, "val_acc")) == 2
     # MLflow proxied the parent's artifacts (report, plots) into the S3 bucket
     keys = [o["Key"] for o in s3_server.client.list_objects_v2(Bucket="lb-mlflow")["Contents"]]
-    for name in ("report/report.md", "report/report.json", "report/val_acc_vs_batch.png", "study.yaml"):
+    for name in ("report/report.md", "report/report.json", "report/report.html", "report/val_acc_vs_batch.png",
+                 "study.yaml"):
         assert any(k.endswith(name) for k in keys), (name, keys[:20])
     # and the report also sits next to the trials in the study's storage
     stored = [o["Key"] for o in s3_server.client.list_objects_v2(Bucket="lb-runs", Prefix="studies/")["Contents"]]
@@ -59,14 +60,11 @@ def test_secrets_never_reach_params_tags_or_artifacts(study, s3_server, mlflow_s
     assert not any(s in study.stdout + study.stderr for s in secrets)
 
 
-def test_mlflow_ui_shows_the_trial_runs_in_chromium(study, mlflow_server, tmp_path):
+def _chromium(tmp_path):
     chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium and driver_bin, "make e2e-deps installs Debian's chromium and chromium-driver"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
@@ -74,7 +72,15 @@ def test_mlflow_ui_shows_the_trial_runs_in_chromium(study, mlflow_server, tmp_pa
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000"):
         opts.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    return webdriver.Chrome(service=Service(driver_bin), options=opts)
+
+
+def test_mlflow_ui_shows_the_trial_runs_in_chromium(study, mlflow_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium(tmp_path)
     try:
         exp = _client(mlflow_server.url).get_experiment_by_name(EXPERIMENT)
         browser.get(f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs")
@@ -90,3 +96,47 @@ def test_mlflow_ui_shows_the_trial_runs_in_chromium(study, mlflow_server, tmp_pa
     finally:
         browser.quit()
     assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
+
+
+def test_html_report_and_run_descriptions_in_chromium(study, mlflow_server, tmp_path):
+    """The link `largebatch ui` prints opens the runs table; the study run's report.html opens in MLflow's artifact
+    view with its tables and embedded plots; a trial's run page shows its key figures as the description."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from largebatch.ui import runs_url
+
+    client = _client(mlflow_server.url)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("largebatch.kind") == "study")
+    child = next(r for r in runs if r.info.run_name == "B=128 linear warmup=0ep")
+    assert child.data.tags["mlflow.note.content"].startswith("best_val_acc ")
+    browser = _chromium(tmp_path)
+    try:
+        browser.get(runs_url(mlflow_server.url, exp.experiment_id))
+        WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'study ')]")))
+        browser.get(f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+                    f"/artifacts/report/report.html")
+        frame = WebDriverWait(browser, 60).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, "iframe.mlflow-html-iframe")))
+        browser.switch_to.frame(frame)
+        WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.TAG_NAME, "table")))
+        headers = [th.text for th in browser.find_elements(By.TAG_NAME, "th")]
+        assert "batch" in headers and "recipe" in headers, headers
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "max_safe_batch" in text and "B=128 linear warmup=0ep" in text
+        plots = browser.find_elements(By.CSS_SELECTOR, "img[src^='data:image/png;base64,']")
+        assert plots, "no embedded plot"
+        widths = [browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", p) for p in plots]
+        assert all(w and w > 100 for w in widths), widths  # the PNGs decode in the page
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(tmp_path / "report_html.png"))
+        browser.get(f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}")
+        WebDriverWait(browser, 60).until(
+            ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'best_val_acc ')]")))
+    finally:
+        browser.quit()
+    assert (tmp_path / "report_html.png").stat().st_size > 10_000

@@ -1,0 +1,118 @@
+"""Tune's callback hooks -> the study display (largebatch/console.py), on the driver.
+
+Trials are named as their MLflow child runs are (`B=1024 sqrt warmup=2ep`, trainable.trial_label), computed here
+from the trial's config, so the driver needs nothing from the trial processes but Tune's own results.
+
+Tune pickles the RunConfig, callbacks included, into the run folder (for `Tuner.restore`) and deep-copies it: the
+callback therefore carries no state of its own. It forwards to the display that is active in this process
+(`activate()`), which a restored Tuner finds the same way.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ray import tune
+
+from largebatch.console import StudyDisplay
+
+_ACTIVE: Optional["_Study"] = None
+_ERROR_TEXT_MAX = 64 * 1024  # bytes of a trial's error file read for its last line
+
+
+class _Study:
+    def __init__(self, display: StudyDisplay, ctx: dict[str, Any]):
+        self.display, self.ctx = display, ctx
+
+    def describe(self, config: dict[str, Any]) -> tuple[str, bool, int]:
+        """(readable name, is baseline, epochs) of a trial from its Tune config."""
+        from largebatch.config import apply_overrides, parse_trial, resolve
+        from largebatch.tune.trainable import trial_label
+
+        ctx = self.ctx
+        arm, seed = config.get("arm", "search"), int(config.get("seed", 0))
+        overrides = dict(config.get("overrides") or {})
+        try:
+            tree = ctx["baseline_tree"] if arm == "baseline" else ctx["base_tree"]
+            cfg = parse_trial(apply_overrides(tree, {**overrides, "seed": seed}), source=ctx["source"])
+            res = resolve(cfg, ctx["workers_per_trial"], train_size=ctx["train_sizes"].get(cfg.data.train_subset or 0),
+                          source=ctx["source"])
+            name = trial_label(res.summary(), arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"]))
+            return name, arm == "baseline", int(res.epochs)
+        except Exception:  # the trial itself reports a bad config; the display must not stop the study
+            words = " ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
+            return (f"{arm} {words}".strip(), arm == "baseline", 0)
+
+
+def activate(display: StudyDisplay, ctx: dict[str, Any]) -> None:
+    global _ACTIVE
+    _ACTIVE = _Study(display, ctx)
+
+
+def deactivate() -> None:
+    global _ACTIVE
+    _ACTIVE = None
+
+
+def failure_reason(trial) -> str:
+    """The last line of the trial's error (our trainable raises RuntimeError(reason)), read as text."""
+    try:
+        err = trial.get_error()
+        text = str(err)[-_ERROR_TEXT_MAX:] if err is not None else ""
+    except Exception:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else "the trial failed (see its error.txt in the run folder)"
+    return last.removeprefix("RuntimeError: ")[:300]
+
+
+class StudyProgress(tune.Callback):
+    """Forwards Tune's trial events to the active display (no state: see the module docstring)."""
+
+    def _start(self, trial) -> None:
+        study = _ACTIVE
+        if study is not None and trial.trial_id not in study.display.trials:
+            name, is_baseline, epochs = study.describe(trial.config)
+            study.display.trial_started(trial.trial_id, name, is_baseline, epochs)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._start(trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._start(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._start(trial)
+        if _ACTIVE is not None:
+            _ACTIVE.display.trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._start(trial)
+        if _ACTIVE is not None:
+            _ACTIVE.display.trial_finished(trial.trial_id, dict(trial.last_result or {}))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._start(trial)
+        if _ACTIVE is not None:
+            _ACTIVE.display.trial_finished(trial.trial_id, dict(trial.last_result or {}),
+                                           failed_reason=failure_reason(trial))
+
+    def on_step_begin(self, iteration, trials, **info):
+        # a resumed study: trials that finished before the driver died count as done (no line of their own)
+        study = _ACTIVE
+        if study is None:
+            return
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in study.display.trials:
+                self._start(trial)
+                study.display.trial_finished(trial.trial_id, dict(trial.last_result or {}),
+                                             failed_reason="failed before" if trial.status == "ERROR" else None,
+                                             quiet=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.display.tick()
+
+
+def create_callback():
+    """A Tune callback feeding the active display."""
+    return StudyProgress()

@@ -1,0 +1,119 @@
+"""`largebatch ui`: the MLflow UI for the tracking store, opened on the latest study's runs.
+
+It runs `mlflow server` as our child on 127.0.0.1 and a free port, waits until it answers, prints the URL of the
+latest study's runs view and stays until Ctrl-C (or SIGTERM/SIGHUP), then stops the server by PID. The server dies
+with us even if we are SIGKILLed (PR_SET_PDEATHSIG). For a tracking URI that already is a server (http[s]://) there
+is nothing to start: it prints that server's URL.
+
+MLflow 3.17's UI chooses between its GenAI pages and its model-training pages by a workflow switch kept in the
+browser (local storage `mlflow.workflowType`, default GenAI; the experiment's `mlflow.experimentKind` tag is not
+consulted while that switch is on, as it is in 3.17.2). The URL parameter `workflowType=machine_learning` overrides
+it for that page, so the printed link opens the runs table, not the traces overview.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from largebatch.errors import BadInput
+
+WORKFLOW_QUERY = "workflowType=machine_learning"
+
+
+def runs_url(base: str, experiment_id: Optional[str]) -> str:
+    """The UI page of an experiment's runs (the experiments list without one)."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?{WORKFLOW_QUERY}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW_QUERY}"
+
+
+def latest_study_experiment(uri: str) -> tuple[Optional[str], Optional[str]]:
+    """(experiment id, experiment name) of the most recently started study run in the store; (None, None) if none."""
+    from largebatch.tracking import KIND_TAG, _client
+
+    client = _client(uri)
+    exps = client.search_experiments(max_results=1000)
+    if not exps:
+        return None, None
+    runs = client.search_runs([e.experiment_id for e in exps][:100], filter_string=f"tags.`{KIND_TAG}` = 'study'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None, None
+    exp_id = runs[0].info.experiment_id
+    return exp_id, next((e.name for e in exps if e.experiment_id == exp_id), None)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"mlflow server did not answer at {url} in {timeout_s:.0f} s; see {log}")
+
+
+def start_server(uri: str, port: int, log: Path) -> subprocess.Popen:
+    from largebatch.raylib import _die_with_parent
+
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", uri]
+    # the UI's job runner is for GenAI evaluation jobs; it also wants a server-side store of its own
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> int:
+    from largebatch.raylib import free_port
+    from largebatch.redact import redact_uri
+    from largebatch.tracking import preflight_tracking
+
+    preflight_tracking(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise BadInput(f"no MLflow store at {uri}: run a study first (`largebatch tune ...`) or pass --mlflow",
+                       field="--mlflow")
+    exp_id, exp_name = latest_study_experiment(uri)
+    what = f"latest study {exp_name!r}" if exp_name else "no study yet: the experiments list"
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI ({what}):\n  {runs_url(redact_uri(uri), exp_id)}", flush=True)
+        return 0
+    port = port or free_port()
+    log = Path(tempfile.gettempdir()) / f"largebatch-mlflow-ui-{port}.log"
+    proc = start_server(uri, port, log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_healthy(base, proc, log, timeout_s)
+        print(f"MLflow UI for {redact_uri(uri)} ({what}):\n  {runs_url(base, exp_id)}\n"
+              f"Ctrl-C stops it.", flush=True)
+        while proc.poll() is None:
+            time.sleep(0.5)
+        print(f"largebatch: the MLflow server stopped by itself (exit {proc.returncode}); see {log}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping the MLflow UI", flush=True)
+        return 0
+    finally:
+        stop_server(proc)

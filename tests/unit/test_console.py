@@ -1,0 +1,185 @@
+"""The study display without Ray: plain lines, the best-so-far line, the ETA, the live rendering, quiet settings."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from largebatch import quiet
+from largebatch.console import StudyDisplay, fmt_duration, fmt_metric
+
+
+def _result(epoch, acc, **kw):
+    return {"epoch": epoch, "val_acc": acc - 0.01, "best_val_acc": acc, "throughput": 12000.0, "wall_s": 1.5,
+            "time_total_s": 15.0, "status": "completed", "is_final": True, **kw}
+
+
+def _display(**kw) -> tuple[StudyDisplay, io.StringIO]:
+    out = io.StringIO()
+    return StudyDisplay(title="demo", total=4, out=out, **kw), out
+
+
+def test_plain_lines_one_per_finished_trial():
+    d, out = _display()
+    d.trial_started("a", "baseline B=32 none warmup=0ep", is_baseline=True, epochs=4)
+    d.trial_started("b", "B=1024 sqrt warmup=2ep", epochs=4)
+    d.trial_started("c", "B=4096 linear warmup=0ep", epochs=4)
+    d.trial_result("b", _result(1, 0.5, is_final=False))
+    assert out.getvalue() == ""  # intermediate results print nothing in plain mode
+    d.trial_finished("a", _result(3, 0.9))
+    d.trial_finished("b", _result(3, 0.8786))
+    d.trial_finished("c", {"epoch": 0, "status": "diverged", "reason": "loss 401 above budget at step 4"})
+    d.trial_finished("c", {})  # a second event for the same trial is ignored
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[1].split() == ["done", "2/4", "B=1024", "sqrt", "warmup=2ep", "best_val_acc", "87.86%", "15.0", "s",
+                                "(training", "1.5", "s)"]
+    assert lines[2].startswith("diverged") and lines[2].endswith("B=4096 linear warmup=0ep: loss 401 above budget "
+                                                                 "at step 4")
+
+
+def test_failed_and_stopped_trials_say_so():
+    d, out = _display()
+    d.trial_started("a", "B=64 none warmup=0ep", epochs=4)
+    d.trial_started("b", "B=128 none warmup=0ep", epochs=4)
+    d.trial_finished("a", {}, failed_reason="node out of memory: 22.4 of 23.5 GB used")
+    d.trial_finished("b", _result(1, 0.7, is_final=False))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("failed") and "B=64 none warmup=0ep: node out of memory" in lines[0]
+    assert lines[1].startswith("stopped") and "at epoch 2/4" in lines[1]
+
+
+def test_best_so_far_against_the_baseline():
+    d, _ = _display()
+    assert "no searched trial finished yet" in d.best_line() and "baseline: not finished yet" in d.best_line()
+    d.trial_started("base", "baseline B=32 none warmup=0ep", is_baseline=True, epochs=2)
+    d.trial_started("x", "B=512 linear warmup=1ep", epochs=2)
+    d.trial_started("y", "B=1024 sqrt warmup=2ep", epochs=2)
+    d.trial_finished("base", _result(1, 0.95, wall_s=6.0))
+    d.trial_finished("x", _result(1, 0.90, wall_s=1.0))
+    d.trial_finished("y", _result(1, 0.9528, wall_s=2.0))
+    line = d.best_line()
+    assert line.startswith("best so far: B=1024 sqrt warmup=2ep  best_val_acc 95.28%")
+    assert "baseline B=32 none warmup=0ep  95.00%" in line and "+0.28 pt" in line
+    assert "3.0x faster training" in line
+
+
+def test_running_rows_show_the_tuner_metric_finished_ones_the_report_score():
+    d, _ = _display(metric="val_loss")
+    d.trial_started("a", "A", epochs=2)
+    d.trial_result("a", {"epoch": 0, "val_loss": 0.25, "best_val_acc": 0.5})
+    assert d.trials["a"].metric == 0.25
+    d.trial_started("b", "B", epochs=1)
+    d.trial_finished("b", {"epoch": 0, "val_loss": 0.3, "best_val_acc": 0.9, "status": "completed"})
+    assert d.best()[0].name == "B" and "best_val_acc 90.00%" in d.best_line()
+
+
+def test_eta_counts_running_epochs_and_status_line_is_rate_limited():
+    d, out = _display(status_every_s=30.0)
+    d.t0 = time.time() - 100  # 100 s in
+    d.trial_started("a", "A", epochs=4)
+    d.trial_started("b", "B", epochs=4)
+    d.trial_finished("a", _result(3, 0.9))
+    d.trial_result("b", _result(1, 0.8))  # 2 of 4 epochs
+    assert d.progress() == pytest.approx(1.5)
+    assert d.eta_s() == pytest.approx(100 * (4 - 1.5) / 1.5, rel=0.01)
+    d.tick()
+    assert "status" not in out.getvalue()  # a line was just printed
+    d._last_line -= 31
+    d.tick()
+    status = out.getvalue().splitlines()[-1]
+    assert status.startswith("status  [1:40] 1/4 done, running: B epoch 2/4, about 2:47 left")
+
+
+def test_live_view_renders_bar_rows_and_best_line():
+    from rich.console import Console
+
+    d, _ = _display()
+    d.trial_started("a", "baseline B=32 none warmup=0ep", is_baseline=True, epochs=4)
+    d.trial_started("b", "B=1024 sqrt warmup=2ep", epochs=4)
+    d.trial_finished("a", _result(3, 0.9))
+    d.trial_result("b", _result(1, 0.8))
+    buf = io.StringIO()
+    Console(file=buf, width=120, color_system=None).print(d._renderable())
+    text = buf.getvalue()
+    assert "1/4 trials" in text and "elapsed" in text and "ETA" in text and "━" in text
+    assert "B=1024 sqrt warmup=2ep" in text and "2/4" in text and "79.00%" in text and "12,000" in text
+    assert "best so far" in text
+
+
+@pytest.mark.parametrize("value,text", [(0.87857, "87.86%"), (None, "-"), (float("nan"), "-")])
+def test_fmt_metric(value, text):
+    assert fmt_metric("val_acc", value) == text
+
+
+def test_fmt_duration():
+    assert [fmt_duration(s) for s in (5, 125, 3723)] == ["0:05", "2:05", "1:02:03"]
+
+
+def test_quiet_settings_follow_verbose(monkeypatch):
+    for key in (*quiet.DRIVER_ENV, quiet.VERBOSE_ENV):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # a user's own choice is kept
+    try:
+        quiet.configure(False)
+        import os
+
+        assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0" and os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
+        assert quiet.ray_init_kwargs()["log_to_driver"] is False and quiet.train_log_level() == "WARNING"
+        assert quiet.local_head_env()["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0" and quiet.tune_verbose() == 0
+        quiet.configure(True)
+        assert quiet.ray_init_kwargs()["log_to_driver"] is True and quiet.train_log_level() == "INFO"
+        assert quiet.local_head_env() == {} and os.environ[quiet.VERBOSE_ENV] == "1"
+    finally:
+        quiet.configure(False)
+        monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
+
+
+def test_ui_links_open_the_model_training_runs_view():
+    from largebatch.ui import runs_url
+
+    assert runs_url("http://127.0.0.1:5000/", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_url("http://h:1", None) == "http://h:1/#/experiments?workflowType=machine_learning"
+
+
+def test_tune_callback_survives_the_pickling_of_tuner_restore():
+    """Tune pickles the RunConfig (callbacks included) for `Tuner.restore`: the copy feeds the active display."""
+    import copy
+    import pickle
+
+    from largebatch.tune import progress
+
+    d, out = _display()
+    ctx = {"base_tree": {}, "baseline_tree": {}, "source": "x.yaml", "workers_per_trial": 1, "train_sizes": {},
+           "seeds": [0]}
+    restored = pickle.loads(pickle.dumps(copy.deepcopy(progress.create_callback())))
+    progress.activate(d, ctx)
+    try:
+        trial = type("T", (), {"trial_id": "t1", "config": {"arm": "search", "overrides": {"optim.base_lr": 0.1}},
+                               "last_result": {"status": "completed", "best_val_acc": 0.5}, "status": "TERMINATED"})()
+        restored.on_trial_complete(0, [trial], trial)
+    finally:
+        progress.deactivate()
+    assert d.finished == 1 and "base_lr=0.1" in out.getvalue()  # the bad ctx: named from its overrides
+
+
+def test_train_epoch_bar_plain_and_live():
+    from largebatch.train_progress import EpochBar
+
+    out = io.StringIO()
+    bar = EpochBar("B=32 none", 4, live=False, out=out).start()
+    bar.update({"epoch": 1, "train_loss": 0.1778, "val_acc": 0.9639, "throughput": 6517.2})
+    bar.update({"epoch": 2, "train_loss": 9e3, "val_acc": 0.1, "status": "diverged", "reason": "loss 9e+03 at step 3"})
+    bar.stop()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("epoch 2/4  loss 0.1778  val_acc 96.39%  6,517 ex/s  [")
+    assert lines[1].startswith("epoch 3/4") and "diverged: loss 9e+03 at step 3" in lines[1]
+
+    out = io.StringIO()
+    bar = EpochBar("B=32 none", 4, live=True, out=out).start()
+    bar.update({"epoch": 1, "train_loss": 0.1778, "val_acc": 0.9639, "throughput": 6517.2})
+    bar.stop()
+    text = out.getvalue()
+    assert "B=32 none" in text and "2/4" in text and "val_acc 96.39%" in text and "━" in text
