@@ -96,3 +96,19 @@ def test_tune_in_a_pipe_prints_one_plain_line_per_trial(tmp_path):
     assert not noise, (noise, out[-2000:], p.stderr[-2000:])
     assert p.stderr.strip() == "", p.stderr[-2000:]
     print("\n".join(done) + f"\nplain study: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_verbose_brings_rays_own_output_back(tmp_path):
+    """`-v`: Ray's defaults, worker echoes and Train's start-up included (the quiet run hides exactly these)."""
+    t0 = time.time()
+    p = subprocess.run([str(VENV_BIN / "largebatch"), "train", str(SMOKE), "-v", "--set", "budget.epochs=1",
+                        "--storage", str(tmp_path / "runs")], cwd=tmp_path, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=900)
+    both = p.stdout + p.stderr
+    assert p.returncode == 0, both[-3000:]
+    assert "status=completed" in p.stdout and "epoch 1/1" in p.stdout  # our own lines as without -v
+    assert "Started training worker group" in both  # Train's start-up (ray.train at INFO)
+    assert "(RayTrainWorker pid=" in both  # worker output echoed to the driver (log_to_driver)
+    assert "Connected to Ray cluster" in both  # the driver's ray logger at INFO
+    print(f"verbose train: {time.time() - t0:.0f} s")
