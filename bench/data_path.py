@@ -1,4 +1,4 @@
-"""Data path (DESIGN §9): the share of the loop's step time spent producing batches, at B=32 and B=2048.
+"""Data path (docs/design.md §9): the share of the loop's step time spent producing batches, at B=32 and B=2048.
 
 "Producing batches" is everything the loop does to get a batch: `rank_batches` cutting the epoch permutation into
 this rank's index tensors, and the two gathers `x_train[idx], y_train[idx]`. It is timed alone over a whole

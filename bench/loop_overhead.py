@@ -1,4 +1,4 @@
-"""Loop overhead (DESIGN §9): steady-state examples/s of our per-worker loop vs a minimal hand-written loop.
+"""Loop overhead (docs/design.md §9): steady-state examples/s of our per-worker loop vs a minimal hand-written loop.
 
 Both run in this process on the same model (create_model, same seed), data (Fashion-MNIST in memory), global
 batch, optimizer hyperparameters and BLAS threads. Throughput has one definition for both: the examples of an

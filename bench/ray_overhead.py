@@ -1,4 +1,4 @@
-"""Ray overhead (DESIGN §9 "trial overhead"): the same trial through Ray Train (`run_trial`) at 1 and 2 workers
+"""Ray overhead (docs/design.md §9 "trial overhead"): the same trial through Ray Train (`run_trial`) at 1 and 2 workers
 vs in-process, with RAY_TRAIN_HEALTH_CHECK_INTERVAL_S at largebatch's 0.25 s and Ray's 2 s default.
 
 Each variant runs in its own child process with a new local Ray (the variable must be set before Ray starts):

@@ -1,4 +1,4 @@
-"""Search efficiency (DESIGN §9): an ASHA study vs the exhaustive grid (FIFO) on the same space.
+"""Search efficiency (docs/design.md §9): an ASHA study vs the exhaustive grid (FIFO) on the same space.
 
 The space is tune_spaces/fashion-mnist.yaml's (3 batches x 3 rules x 2 warmups + the baseline), reduced to
 20000 training examples and 4 epochs so both studies finish in about 10 minutes. Both run through `run_study`

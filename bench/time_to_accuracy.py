@@ -1,10 +1,10 @@
-"""Time-to-accuracy (DESIGN §9): the study's recommended config vs the small-batch baseline, full Fashion-MNIST,
+"""Time-to-accuracy (docs/design.md §9): the study's recommended config vs the small-batch baseline, full Fashion-MNIST,
 2 workers through Ray Train, 10 epochs (the study's examples budget).
 
 The target is the baseline's final val_acc minus 0.5 points. Each trial's time to it is the `wall_s` (first step
 -> end of that epoch, from the trial history) of the first epoch whose val_acc reaches it; start-up is added for
 the "as the user waits" figure. The recommended config is the demo report's (runs/ray/fashion-mnist-*/report/
-report.json, the newest) when one exists, else DESIGN §1's B=1024, linear rule, 2-epoch warmup. It runs before
+report.json, the newest) when one exists, else docs/design.md §1's B=1024, linear rule, 2-epoch warmup. It runs before
 and after the baseline (medians), so a burst of load on the shared machine does not decide the speed-up alone.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def recommended_overrides() -> tuple[dict[str, Any], str]:
             return ({"data.global_batch_size": int(rec["global_batch_size"]), "scaling.rule": rec["rule"],
                      "schedule.warmup_epochs": float(rec["warmup_epochs"]), "optim.name": rec["optimizer"],
                      "optim.base_lr": float(rec["base_lr"])}, str(path.relative_to(common.REPO_ROOT)))
-    return dict(FALLBACK), "DESIGN §1 (no demo report found)"
+    return dict(FALLBACK), "docs/design.md §1 (no demo report found)"
 
 
 def time_to(history: list[dict], target: float) -> Optional[float]:

@@ -4,7 +4,7 @@ A study YAML has blocks `base:` (a TrialConfig), `search:` (dotted keys -> domai
 (dotted overrides of base) and `report:`. Dicts exist only at the YAML and Ray boundaries; everything else reads
 attributes. Unknown keys, wrong types and impossible values are `BadInput` naming the file and dotted path.
 
-Units are batch-size invariant (STYLE.md): LR is "per base_batch_size examples"; warmup and milestones are in
+Units are batch-size invariant: LR is "per base_batch_size examples"; warmup and milestones are in
 epochs or examples. `resolve(num_workers)` turns them into steps for one concrete global batch.
 """
 from __future__ import annotations
@@ -332,7 +332,7 @@ class Resolved(_Strict):
 
     cfg: TrialConfig
     num_workers: int
-    global_batch_size: int  # = per_worker_batch * num_workers * grad_accum_steps (DESIGN §4)
+    global_batch_size: int  # = per_worker_batch * num_workers * grad_accum_steps (docs/design.md §4)
     per_worker_batch: int  # examples in one forward pass of one worker (one micro-step)
     micro_batch: int  # the same number as per_worker_batch, under the name the loop's micro-steps use
     grad_accum_steps: int
@@ -702,7 +702,7 @@ def search_values(domain: dict[str, Any]) -> list[Any]:
 
 def check_search_resolves(study: StudyConfig, num_workers: int, source: str = "<study>") -> None:
     """Resolve base with every grid/choice value, so a batch that does not divide over the workers or exceeds the
-    dataset is an error before any trial starts (DESIGN §10), not a failed trial mid-study."""
+    dataset is an error before any trial starts (docs/design.md §10), not a failed trial mid-study."""
     base = study.base.model_dump()
     for key, domain in study.search.items():
         for v in search_values(domain):

@@ -1,6 +1,6 @@
 """The study report: generalization gap per batch size, max safe batch, Pareto front, recommendation.
 
-Input is the list of trial records the tune driver collects (plain dicts, one per trial; DESIGN §5). Output is a
+Input is the list of trial records the tune driver collects (plain dicts, one per trial; docs/design.md §5). Output is a
 JSON-able dict, a Markdown table for the terminal, and PNG plots. Everything here is pure except
 `write_report`, so the same report can be rebuilt from MLflow later.
 

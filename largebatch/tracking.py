@@ -1,4 +1,4 @@
-"""MLflow: one experiment per study, one parent run per invocation, one child run per trial (DESIGN §2.4).
+"""MLflow: one experiment per study, one parent run per invocation, one child run per trial (docs/design.md §2.4).
 
 Only this module imports mlflow. We use `MlflowClient` with explicit run ids (no fluent global state), so concurrent
 trials and restarted workers log to the right run. Per-epoch metrics are logged by rank 0 only (`EpochLogger`), after

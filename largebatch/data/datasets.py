@@ -1,4 +1,4 @@
-"""Datasets that exist offline (DESIGN.md section 7), loaded whole into memory as tensors.
+"""Datasets that exist offline (docs/design.md §7), loaded whole into memory as tensors.
 
 Each DATASETS entry is a DatasetSpec: `load(path)` returns the raw numpy splits and `count(path)` the number of
 training examples, read cheaply (a file header, one array) so batch sizes can be validated before training.

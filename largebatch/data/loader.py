@@ -2,7 +2,7 @@
 
 The global batch of step s is perm[s*B:(s+1)*B] whatever the worker count; rank r takes the contiguous slice
 [r*pw:(r+1)*pw] of it (pw = B // world) and cuts that into `accum` micro-batches. So 1 worker x accum 2 and
-2 workers x accum 1 see exactly the same examples in each optimizer step (DESIGN.md section 4).
+2 workers x accum 1 see exactly the same examples in each optimizer step (docs/design.md §4).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 `train_worker(res, ctx)` runs one trial on one rank of the study's task (largebatch/tasks: model, data, loss,
 metrics). `ctx` (a WorkerContext) supplies the rank, the device, the
 restore checkpoint and the `report` callback: under Ray Train it wraps `ray.train.report` (train/ray_worker.py);
-in-process (bench/, unit tests) it records locally. Semantics are DESIGN §4; metric names are DESIGN §5.
+in-process (bench/, unit tests) it records locally. Semantics are docs/design.md §4; metric names are docs/design.md §5.
 The global batch is per epoch (`res.phase_at_epoch`): constant, or grown at `schedule.batch_ramp` milestones.
 Instruments (largebatch/instruments, `cfg.instruments`) hook in at four marked places; off, each costs one
 `is None` test.

@@ -16,7 +16,7 @@ from largebatch.config import flatten
 
 
 def trial_label(summary: dict[str, Any], arm: str, overrides: dict[str, Any], seed: int, n_seeds: int) -> str:
-    """Readable child-run name, e.g. 'B=1024 linear warmup=2ep' (DESIGN §2.4)."""
+    """Readable child-run name, e.g. 'B=1024 linear warmup=2ep' (docs/design.md §2.4)."""
     w = summary["warmup_epochs"]
     parts = [f"B={summary['global_batch_size']}", summary["rule"], f"warmup={w:g}ep"]
     for key, value in overrides.items():
@@ -31,7 +31,7 @@ def trial_label(summary: dict[str, Any], arm: str, overrides: dict[str, Any], se
 
 
 def _wait_for_tune_queue(timeout_s: float = 30.0) -> None:
-    """Workaround for a Tune-over-Train-V2 hang (DESIGN §8): the size-1 queue between TuneReportCallback and the
+    """Workaround for a Tune-over-Train-V2 hang (docs/design.md §8): the size-1 queue between TuneReportCallback and the
     trial session can race the end-of-run marker. Wait until it is drained, then give Tune a second."""
     try:
         from ray.train._internal.session import get_session

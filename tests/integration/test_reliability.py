@@ -1,4 +1,4 @@
-"""Reliability on a real local Ray (DESIGN §10): a worker killed mid-trial resumes from its checkpoint; a study
+"""Reliability on a real local Ray (docs/design.md §10): a worker killed mid-trial resumes from its checkpoint; a study
 whose driver died resumes with `largebatch tune --resume`. The kill/resume tests take minutes: they are marked slow (`pytest -m slow`)."""
 from __future__ import annotations
 

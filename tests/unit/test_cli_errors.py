@@ -1,4 +1,4 @@
-"""Bad input at the CLI (DESIGN §10): one line on stderr naming the field or file, exit 2, no traceback, and
+"""Bad input at the CLI (docs/design.md §10): one line on stderr naming the field or file, exit 2, no traceback, and
 nothing started or written: no Ray, no runs/ folder, no mlflow.db."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Strict config and resolve() (DESIGN §4, §10): every study file validates; derived values are exact; every
+"""Strict config and resolve() (docs/design.md §4, §10): every study file validates; derived values are exact; every
 bad input is a BadInput that names the field and the value."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Report: gap table, max safe batch, Pareto front, recommendation, files.
 
-The synthetic study reproduces DESIGN §1 (Fashion-MNIST, MLP, SGD momentum): baseline B=16 89.8% in 94 s;
+The synthetic study reproduces docs/design.md §1 (Fashion-MNIST, MLP, SGD momentum): baseline B=16 89.8% in 94 s;
 B=1024 unscaled 83.7% in 11 s; B=1024 linear without warmup diverges; B=1024 linear with 2-epoch warmup 88.6%.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_config_rows_aggregate_seeds_and_exclude_diverged():
     assert lin2["acc_mean"] == pytest.approx(0.886)
     assert lin2["acc_std"] == pytest.approx(statistics.stdev([0.885, 0.887]))
     assert lin2["wall_s_mean"] == pytest.approx(11.0)
-    assert lin2["gap_points"] == pytest.approx(1.2)  # DESIGN §1: 89.8% vs 88.6%
+    assert lin2["gap_points"] == pytest.approx(1.2)  # docs/design.md §1: 89.8% vs 88.6%
     assert lin2["speedup"] == pytest.approx(94.0 / 11.0)
     assert lin2["peak_lr"] == pytest.approx(0.64)
     assert lin2["trial_ids"] == sorted(lin2["trial_ids"]) and len(lin2["trial_ids"]) == 2

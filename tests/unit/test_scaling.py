@@ -1,4 +1,4 @@
-"""LR scaling rules (DESIGN §4): every RULES entry, by formula, at B0, and monotone in B."""
+"""LR scaling rules (docs/design.md §4): every RULES entry, by formula, at B0, and monotone in B."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ ALPHA = 0.75
 
 
 def expected(rule: str, batch: int, base_batch: int = B0, base_lr: float = BASE_LR, alpha: float = ALPHA) -> float:
-    """The formulas of DESIGN §4, written out independently of the code under test."""
+    """The formulas of docs/design.md §4, written out independently of the code under test."""
     ratio = batch / base_batch
     return {
         "none": base_lr,

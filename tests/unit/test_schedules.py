@@ -1,4 +1,4 @@
-"""Warmup x decay (DESIGN §4): pure functions of the step, parametrized over every WARMUPS x DECAYS pair."""
+"""Warmup x decay (docs/design.md §4): pure functions of the step, parametrized over every WARMUPS x DECAYS pair."""
 from __future__ import annotations
 
 import math
