@@ -184,7 +184,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
     start_epoch, step, wall_offset, history = 0, 0, 0.0, []
     target: dict[str, Any] = {}
     if ctx.restore_dir:
-        ck = torch.load(os.path.join(ctx.restore_dir, CKPT_FILE), map_location=device, weights_only=False)
+        # weights_only: tensors and plain containers only, never arbitrary pickles (storage is untrusted input)
+        ck = torch.load(os.path.join(ctx.restore_dir, CKPT_FILE), map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if scaler is not None and ck.get("scaler"):

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import math
 import shutil
+import pickle
+from pathlib import Path
 
 import pytest
+import torch
 
 from largebatch.config import TrialConfig, resolve
 from largebatch.data import load_dataset
@@ -94,3 +97,30 @@ def test_resume_from_checkpoint_continues_at_the_right_epoch(digits):
     for d in full.ckpts + first.ckpts + resumed.ckpts:
         if d:
             shutil.rmtree(d, ignore_errors=True)
+
+
+class _Payload:
+    """What a tampered checkpoint could carry: unpickling it would run code (here: create a file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_is_never_unpickled(digits, tmp_path):
+    from largebatch.train.loop import CKPT_FILE
+
+    res = resolve(_cfg(budget__epochs=2), 1, train_size=len(digits.y_train))
+    first = Recorder()
+    train_worker(res, WorkerContext(report=first), digits)
+    ckpt = Path(first.ckpts[-1]) / CKPT_FILE
+    state = torch.load(ckpt, weights_only=True)  # what we save loads without pickle
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "history": [_Payload(str(marker))]}, ckpt)
+    with pytest.raises(pickle.UnpicklingError):
+        train_worker(res, WorkerContext(report=Recorder(), restore_dir=str(ckpt.parent)), digits)
+    assert not marker.exists()
+    for d in first.ckpts:
+        shutil.rmtree(d, ignore_errors=True)
