@@ -220,3 +220,14 @@ def test_parquet_rows_counts_from_the_footers(tmp_path):
     for i, n in enumerate((7, 5)):
         pq.write_table(pa.table({"x": list(range(n))}), tmp_path / f"p{i}.parquet")
     assert parquet_rows(str(tmp_path)) == 12
+
+
+def test_the_fortunes_corpus_is_the_fortunes_package_whatever_else_is_installed(tmp_path, monkeypatch):
+    from largebatch.tasks import charlm
+
+    for name in ("wisdom", "zippy", "fortunes", "bofh-excuses"):  # the last two come from other packages
+        (tmp_path / name).write_text(name)
+    (tmp_path / "wisdom.dat").write_bytes(b"index")
+    monkeypatch.setenv(charlm.FORTUNES_ENV, str(tmp_path))
+    assert [f.name for f in charlm.corpus_files(None)] == ["wisdom", "zippy"]
+    assert len(charlm.corpus_files(str(tmp_path))) == 4  # a folder given as data.path is read whole
