@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -20,9 +21,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from largebatch.errors import BadInput, did_you_mean
 
 
+MAX_EPOCHS = 100_000  # bounds what resolve() and a trial may be asked to plan
+
+
 class _Strict(BaseModel):
-    # strict: no "16" -> 16 coercion; forbid: unknown keys are errors; frozen: nobody mutates a config downstream
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: no "16" -> 16 coercion; forbid: unknown keys are errors; frozen: nobody mutates a config downstream;
+    # no inf/nan: a non-finite LR or epoch count is never a setting
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """YAML as people write numbers: PyYAML's YAML 1.1 rules read `1e-3` and `1.5e3` as strings (they want a dot
+    and a signed exponent); here they are floats, as in YAML 1.2 and every other tool."""
+
+
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml_text(text: str) -> Any:
+    """The one YAML reader for studies and --set values, so both read `1e-3` the same way."""
+    return yaml.load(text, Loader=_StudyLoader)  # a SafeLoader: no Python objects
 
 
 # ---------------------------------------------------------------- the trial config (`base:`)
@@ -30,7 +50,7 @@ class DataConfig(_Strict):
     dataset: str = "fashion-mnist"
     path: Optional[str] = None  # local folder / .npz file / s3:// prefix; None = the dataset's default location
     train_subset: Optional[int] = Field(None, gt=0)  # first N of a seeded permutation, for quick runs
-    global_batch_size: int = Field(16, gt=0)  # examples per optimizer step, over all workers and micro-steps
+    global_batch_size: int = Field(16, gt=0, le=2**24)  # examples per optimizer step, over all workers and micro-steps
     # memory cap on one forward pass; forces accumulation. "auto": each worker finds the largest micro-batch that fits
     # before training (on a GPU: halve until no out-of-memory error; on a CPU: within auto_memory_mb of activations)
     per_worker_batch_cap: Union[Annotated[int, Field(gt=0)], Literal["auto"], None] = None
@@ -74,7 +94,7 @@ class BatchRampConfig(_Strict):
     milestones[i]. The LR follows the scaling rule for each phase's batch (rule none: the LR is held, Smith's recipe);
     the examples budget (epochs) is unchanged, so later phases take fewer steps."""
 
-    milestones: list[Annotated[int, Field(gt=0)]] = []  # whole epochs at which the global batch grows
+    milestones: list[Annotated[int, Field(gt=0, le=MAX_EPOCHS)]] = Field([], max_length=100)  # whole epochs at which the global batch grows
     factors: list[Annotated[float, Field(gt=0.0)]] = []  # batch multiplier per milestone (1 = no change)
     grow: Literal["batch", "accum"] = "batch"  # batch: the micro-batch grows (the cap forces accumulation);
     #                                            accum: the micro-batch stays, accumulation multiplies (flat memory)
@@ -82,19 +102,19 @@ class BatchRampConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     warmup: str = "linear"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS)
     warmup_examples: Optional[int] = Field(None, ge=0)  # alternative to warmup_epochs
     warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)
     decay: str = "constant"
-    milestones: list[float] = []  # epochs, for decay: step
+    milestones: list[Annotated[float, Field(gt=0.0, le=MAX_EPOCHS)]] = Field([], max_length=100)  # epochs, for decay: step
     gamma: float = Field(0.1, gt=0.0)
     min_lr_factor: float = Field(0.0, ge=0.0, le=1.0)
     batch_ramp: BatchRampConfig = BatchRampConfig()
 
 
 class BudgetConfig(_Strict):
-    epochs: float = Field(10.0, gt=0.0)  # the examples budget: epochs x train size, whatever the batch
-    max_steps: Optional[int] = Field(None, gt=0)  # optional steps budget (cuts the examples budget short)
+    epochs: float = Field(10.0, gt=0.0, le=MAX_EPOCHS)  # the examples budget: epochs x train size, whatever the batch
+    max_steps: Optional[int] = Field(None, gt=0, le=10**9)  # optional steps budget (cuts the examples budget short)
     target_val_acc: Optional[float] = Field(None, gt=0.0, le=1.0)
     stop_at_target: bool = False
     divergence_loss: float = Field(100.0, gt=0.0)  # a train loss above this marks the trial diverged
@@ -537,7 +557,7 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
 def parse_value(text: str) -> Any:
     """`--set key=value` values are YAML scalars/lists: 0.1 -> float, [1,2] -> list, linear -> str."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError:
         return text
 
@@ -563,7 +583,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise BadInput(f"no such file; give the path of a study YAML (see tune_spaces/)", source=str(path))
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -96,6 +96,22 @@ CASES = {
                          [], ["base.task.kwargs.layers", "got 0"]),
     "metric-not-reported": ({"tuner.metric": "val_mse"}, [], ["tuner.metric", "'val_mse'", "val_acc"]),
     "mode-against-metric": ({"tuner.mode": "min"}, [], ["tuner.mode", "val_acc", "higher"]),
+    # every number is bounded and finite, read as YAML reads it
+    "inf-lr": ({"base.optim.base_lr": float("inf")}, [], ["base.optim.base_lr", "finite"]),
+    "nan-momentum": ({"base.optim.momentum": float("nan")}, [], ["base.optim.momentum", "finite"]),
+    "set-inf-lr": ({}, ["--set", "optim.base_lr=.inf"], ["base.optim.base_lr", "finite"]),
+    "epochs-huge": ({"base.budget.epochs": 1e9}, [], ["base.budget.epochs", "100000"]),
+    "set-epochs-huge": ({}, ["--set", "budget.epochs=1e9"], ["base.budget.epochs", "100000"]),
+    "batch-huge": ({"base.data.global_batch_size": 2**40}, [], ["base.data.global_batch_size"]),
+    "warmup-huge": ({"base.schedule.warmup_epochs": 1e12}, [], ["base.schedule.warmup_epochs"]),
+    "milestone-nan": ({"base.schedule.decay": "step", "base.schedule.milestones": [float("nan")]}, [],
+                      ["base.schedule.milestones", "finite"]),
+    "too-many-milestones": ({"base.schedule.decay": "step", "base.schedule.milestones": list(range(1, 200))}, [],
+                            ["base.schedule.milestones"]),
+    "max-steps-huge": ({"base.budget.max_steps": 10**12}, [], ["base.budget.max_steps"]),
+    "grid-inf": ({"search.optim.base_lr": {"grid": [0.1, float("inf")]}}, [], ["search.optim.base_lr", "finite"]),
+    "loguniform-nan": ({"search.optim.base_lr": {"loguniform": [1e-4, float("nan")]}}, [],
+                       ["search.optim.base_lr"]),
 }
 
 # errors in the command line itself name the flag, not the study file
@@ -141,8 +157,20 @@ def assert_one_line_error(rc: int, err: str, must_contain, cwd: Path) -> str:
     return line
 
 
-def test_there_are_at_least_20_cases():
-    assert len(CASES) >= 20
+def test_there_are_at_least_60_cases():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("written", ["1e-3", "1.0e-3", "0.001", "1E-3"])
+def test_numbers_read_the_same_in_a_file_and_in_set(written, in_tmp, capsys):
+    from largebatch.config import load_study, parse_sets
+
+    text = SMOKE.read_text().replace("base_lr: 0.05", f"base_lr: {written}")
+    assert f"base_lr: {written}" in text
+    path = in_tmp / "study.yaml"
+    path.write_text(text)
+    assert load_study(path).base.optim.base_lr == 0.001
+    assert load_study(SMOKE, parse_sets([f"optim.base_lr={written}"])).base.optim.base_lr == 0.001
 
 
 @pytest.mark.parametrize("case", list(CASES))
