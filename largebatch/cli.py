@@ -184,6 +184,13 @@ def cmd_tune(args) -> int:
     from largebatch.config import load_study, parse_sets
     from largebatch.tune.driver import run_study
 
+    if args.name is not None:
+        from largebatch.config import check_study_name
+
+        try:
+            check_study_name(args.name)
+        except ValueError as e:
+            raise BadInput(f"got {args.name!r}: {e}", field="--name") from None
     study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
     run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
               storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume,

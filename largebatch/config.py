@@ -204,9 +204,21 @@ class StudyConfig(_Strict):
     @classmethod
     def _name_ok(cls, name: str) -> str:
         # a field validator, so the error names `name` (a model validator's error has no field path)
-        if not name.strip():
-            raise ValueError("name must not be empty")
-        return name
+        return check_study_name(name)
+
+
+# A study name becomes a folder name, an MLflow experiment name and part of MLflow filter strings: letters,
+# digits and . _ - only (no quotes, slashes or spaces), checked once here for every use.
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_study_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("name must not be empty")
+    if not STUDY_NAME.match(name):
+        raise ValueError(f"study names are 1-100 letters, digits, '.', '_' or '-', starting with a letter or "
+                         f"digit; e.g. {re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-._')[:100] or 'my-study'!r}")
+    return name
 
 
 # ---------------------------------------------------------------- dotted keys and errors

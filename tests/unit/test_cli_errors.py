@@ -96,6 +96,8 @@ CASES = {
                          [], ["base.task.kwargs.layers", "got 0"]),
     "metric-not-reported": ({"tuner.metric": "val_mse"}, [], ["tuner.metric", "'val_mse'", "val_acc"]),
     "mode-against-metric": ({"tuner.mode": "min"}, [], ["tuner.mode", "val_acc", "higher"]),
+    "name-with-quote": ({"name": "x' or '1'='1"}, [], ["name", "letters, digits"]),
+    "name-with-slash": ({"name": "../../etc"}, [], ["name", "letters, digits"]),
     # every number is bounded and finite, read as YAML reads it
     "inf-lr": ({"base.optim.base_lr": float("inf")}, [], ["base.optim.base_lr", "finite"]),
     "nan-momentum": ({"base.optim.momentum": float("nan")}, [], ["base.optim.momentum", "finite"]),
@@ -217,6 +219,13 @@ def test_train_preflight_before_ray(flag, value, must_contain, in_tmp, capsys):
     _, err = capsys.readouterr()
     assert_one_line_error(rc, err, must_contain, in_tmp)
     assert time.monotonic() - t0 < 10, "something heavy (Ray?) started before the preflight"
+
+
+@pytest.mark.parametrize("name", ["my study", "x'y", "a/b", ".hidden", "x" * 101])
+def test_tune_name_is_checked_before_anything_starts(name, in_tmp, capsys):
+    rc = main(["tune", str(SMOKE), "--name", name])
+    _, err = capsys.readouterr()
+    assert_one_line_error(rc, err, ["--name", "letters, digits"], in_tmp)
 
 
 @pytest.mark.parametrize("argv, must_contain", [
