@@ -7,6 +7,7 @@ training set's per-channel mean and std (axis 1 is the channel, or the feature f
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,9 @@ def _open_npz(p: Path):
         raise BadInput(f"cannot read as .npz ({e})", source=str(p)) from None
 
 
+MAX_CLASSES = 100_000  # the output layer is num_classes wide: a stray label of 10**9 must not allocate it
+
+
 def _labels(y: np.ndarray, key: str, p: Path) -> np.ndarray:
     if y.ndim != 1:
         raise BadInput(f"{key} must be 1-D integer class labels, got shape {y.shape}", source=str(p))
@@ -162,6 +166,9 @@ def _labels(y: np.ndarray, key: str, p: Path) -> np.ndarray:
             raise BadInput(f"{key} must hold integer class labels, got dtype {y.dtype}", source=str(p))
     if len(y) and y.min() < 0:
         raise BadInput(f"{key} has negative labels (min {y.min()}); classes must be 0..K-1", source=str(p))
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise BadInput(f"{key} has label {y.max()}, over the {MAX_CLASSES} classes allowed; labels must be the class "
+                       f"indices 0..K-1", source=str(p))
     return y.astype(np.int64)
 
 
@@ -175,6 +182,25 @@ def _images(x: np.ndarray, key: str, p: Path) -> np.ndarray:
     return x
 
 
+def _check_npz_member(z, key: str, p: Path) -> None:
+    """Read a member's .npy header only: object arrays (pickles) and arrays whose decoded size is beyond the limit
+    (a zip bomb, a forged shape) are refused before a byte of data is inflated."""
+    from largebatch.data.idx import check_data_size
+
+    try:
+        with z.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+    except (OSError, ValueError, KeyError) as e:
+        raise BadInput(f"cannot read {key} ({e})", source=str(p)) from None
+    if dtype.hasobject:
+        raise BadInput(f"{key} is an object array (a pickle); save numeric arrays (np.savez with numbers only)",
+                       source=str(p))
+    check_data_size(math.prod(shape) * dtype.itemsize, p, f"{key} {tuple(shape)} {dtype}")
+
+
 def _load_npz(path: str | None) -> RawSplits:
     p = npz_file(path)
     with _open_npz(p) as z:
@@ -182,6 +208,8 @@ def _load_npz(path: str | None) -> RawSplits:
         if missing:
             raise BadInput(f"missing key {', '.join(missing)}; the file has: {', '.join(z.files) or 'nothing'}",
                            source=str(p))
+        for k in NPZ_KEYS:
+            _check_npz_member(z, k, p)
         a = {k: z[k] for k in NPZ_KEYS}
     x_tr, x_te = _images(a["x_train"], "x_train", p), _images(a["x_test"], "x_test", p)
     y_tr, y_te = _labels(a["y_train"], "y_train", p), _labels(a["y_test"], "y_test", p)

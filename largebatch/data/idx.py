@@ -6,6 +6,7 @@ data follows, big-endian, row-major. Files may be gzip-compressed (detected by m
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 
 from largebatch.errors import BadInput
 
+MAX_DATA_BYTES = 16 * 2**30  # one decoded array; more than this machine class holds is an error, not an OOM kill
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -37,6 +39,13 @@ def _read_header(f: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(_DTYPES[magic[2]]), struct.unpack(f">{ndim}I", raw)
 
 
+def check_data_size(nbytes: int, path: Path, what: str) -> None:
+    """Refuse, before reading, an array larger than MAX_DATA_BYTES (a forged header, a compressed bomb)."""
+    if nbytes > MAX_DATA_BYTES:
+        raise BadInput(f"{what}: {nbytes / 2**30:.1f} GiB decoded, over the {MAX_DATA_BYTES // 2**30} GiB limit for "
+                       f"one array; split the data or use a map-style Dataset task (docs/tasks.md)", source=str(path))
+
+
 def read_idx_shape(path: str | Path) -> tuple[int, ...]:
     """The array shape from the header alone (reads a few bytes; used to count examples cheaply)."""
     path = Path(path)
@@ -53,7 +62,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with _open(path) as f:
             dtype, shape = _read_header(f, path)
-            want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            want = math.prod(shape) * dtype.itemsize  # Python ints: a forged header cannot overflow this
+            check_data_size(want, path, f"its header says {shape}")
+            if not isinstance(f, gzip.GzipFile) and want > path.stat().st_size:
+                raise BadInput(f"IDX header {shape} claims {want} data bytes but the file has {path.stat().st_size}; "
+                               f"the file is truncated or corrupt, re-download or reinstall it", source=str(path))
             data = f.read(want + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise BadInput(f"cannot read IDX file ({e}); re-download or reinstall it", source=str(path)) from None
