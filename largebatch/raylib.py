@@ -63,6 +63,18 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM a child we started (a server, a `ray start --block` node), SIGKILL it if it does not go in time."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def write_private_token(folder: Path) -> Path:
     """A fresh random token in `folder`/auth_token, created 0600 (never readable by others, not even briefly)."""
     path = folder / "auth_token"
@@ -127,13 +139,8 @@ class LocalHead:
         raise RuntimeError(f"ray start --head did not come up in {timeout_s:.0f} s; see {self.log}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s)
         if self.secret_dir is not None:
             shutil.rmtree(self.secret_dir, ignore_errors=True)
             self.secret_dir = None

@@ -76,18 +76,8 @@ def start_server(uri: str, port: int, log: Path) -> subprocess.Popen:
                             preexec_fn=_die_with_parent)
 
 
-def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> int:
-    from largebatch.raylib import free_port
+    from largebatch.raylib import free_port, stop_process
     from largebatch.redact import redact_uri
     from largebatch.tracking import preflight_tracking
 
@@ -116,4 +106,4 @@ def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> in
         print("\nstopping the MLflow UI", flush=True)
         return 0
     finally:
-        stop_server(proc)
+        stop_process(proc, 20.0)

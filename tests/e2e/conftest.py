@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from largebatch.raylib import write_private_token
+from largebatch.raylib import stop_process, write_private_token
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -46,14 +46,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None, 
     raise RuntimeError(f"{url} did not answer in {timeout_s} s")
 
 
-def stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+stop = stop_process  # SIGTERM, then SIGKILL after the timeout: the servers these tests start, by PID
 
 
 class Servers:

@@ -2,8 +2,6 @@
 (largebatch/tasks/raydata.py, examples/parquet_task.py), on a real local Ray."""
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +49,6 @@ def parquet(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def examples_importable():
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([old] if old else []))
-    sys.path.insert(0, str(REPO_ROOT))
-    yield
-    sys.path.remove(str(REPO_ROOT))
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
 
 
 def test_two_ddp_workers_train_from_a_parquet_folder(examples_importable, local_ray, parquet, tmp_path):

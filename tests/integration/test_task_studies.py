@@ -14,20 +14,6 @@ from largebatch.cli import main
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def examples_importable():
-    """The user's module is found through PYTHONPATH, on the driver and (inherited by the Ray head) the workers."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([old] if old else []))
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT))
-    yield
-    sys.path.remove(str(REPO_ROOT))
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
 
 
 @pytest.fixture(scope="module")
