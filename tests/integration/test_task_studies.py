@@ -4,7 +4,6 @@ built-in charlm smoke study. MLflow children, the report, its plots: all in the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
