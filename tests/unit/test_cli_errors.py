@@ -98,7 +98,16 @@ CASES = {
     "mode-against-metric": ({"tuner.mode": "min"}, [], ["tuner.mode", "val_acc", "higher"]),
     "name-with-quote": ({"name": "x' or '1'='1"}, [], ["name", "letters, digits"]),
     "name-with-slash": ({"name": "../../etc"}, [], ["name", "letters, digits"]),
+    "name-too-long": ({"name": "x" * 101}, [], ["name", "letters, digits"]),
+    "name-with-space": ({"name": "my study"}, [], ["name", "'my-study'"]),
     # every number is bounded and finite, read as YAML reads it
+    "set-nan-lr": ({}, ["--set", "optim.base_lr=.nan"], ["base.optim.base_lr", "finite"]),
+    "negative-epochs": ({"base.budget.epochs": -1}, [], ["base.budget.epochs", "-1"]),
+    "milestone-negative": ({"base.schedule.decay": "step", "base.schedule.milestones": [-1.0]}, [],
+                           ["base.schedule.milestones"]),
+    "warmup-start-zero": ({"base.schedule.warmup_start_factor": 0.0}, [], ["base.schedule.warmup_start_factor"]),
+    "momentum-one": ({"base.optim.momentum": 1.0}, [], ["base.optim.momentum", "1.0"]),
+    "dropout-one": ({"base.model.dropout": 1.0}, [], ["base.model.dropout", "1.0"]),
     "inf-lr": ({"base.optim.base_lr": float("inf")}, [], ["base.optim.base_lr", "finite"]),
     "nan-momentum": ({"base.optim.momentum": float("nan")}, [], ["base.optim.momentum", "finite"]),
     "set-inf-lr": ({}, ["--set", "optim.base_lr=.inf"], ["base.optim.base_lr", "finite"]),
@@ -159,8 +168,8 @@ def assert_one_line_error(rc: int, err: str, must_contain, cwd: Path) -> str:
     return line
 
 
-def test_there_are_at_least_60_cases():
-    assert len(CASES) >= 60
+def test_there_are_at_least_70_cases():
+    assert len(CASES) >= 70
 
 
 @pytest.mark.parametrize("written", ["1e-3", "1.0e-3", "0.001", "1E-3"])
