@@ -61,7 +61,8 @@ class StudyDisplay:
     title: str
     total: int
     metric: str = "val_acc"  # shown per running trial (the study's tuner.metric)
-    score: str = "best_val_acc"  # finished trials and the best so far, as the report ranks them (higher is better)
+    score: str = "best_val_acc"  # finished trials and the best so far, as the report ranks them
+    mode: str = "max"  # the score's direction (the task's metric: val_bpb and val_mse are lower-is-better)
     live: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     status_every_s: float = STATUS_EVERY_S
@@ -154,7 +155,8 @@ class StudyDisplay:
         scored = [v for v in self._views() if v.outcome in ("completed", "stopped") and v.score is not None]
         baseline = next((v for v in scored if v.is_baseline), None)
         rest = [v for v in scored if not v.is_baseline]
-        return (max(rest, key=lambda v: v.score) if rest else None), baseline
+        pick = max if self.mode == "max" else min
+        return (pick(rest, key=lambda v: v.score) if rest else None), baseline
 
     def best_line(self) -> str:
         best, base = self.best()

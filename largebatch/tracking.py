@@ -126,11 +126,13 @@ class Tracker:
 
 
 def trial_note(status: str, metrics: dict[str, Any], reason: Optional[str] = None) -> str:
-    """A trial's key figures in one line, for its run description: 'best_val_acc 96.94% · training 0.5 s · ...'."""
+    """A trial's key figures in one line, for its run description: 'best_val_acc 96.94% · training 0.5 s · ...'.
+    Every best_<metric> the task reported leads (val_bpb for charlm, val_mse for a regression, ...)."""
     parts = []
-    acc = metrics.get("best_val_acc")
-    if isinstance(acc, (int, float)) and math.isfinite(acc):
-        parts.append(f"best_val_acc {100 * acc:.2f}%")
+    for key in sorted(k for k in metrics if k.startswith("best_val_")):
+        v = metrics[key]
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            parts.append(f"{key} {100 * v:.2f}%" if key.endswith("_acc") else f"{key} {v:.4g}")
     for key, fmt in (("wall_s", "training {:.1f} s"), ("fit_s", "{:.1f} s with start-up"), ("steps", "{:.0f} steps")):
         v = metrics.get(key)
         if isinstance(v, (int, float)) and math.isfinite(v):

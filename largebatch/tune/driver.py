@@ -161,7 +161,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                                           failure_config=tune.FailureConfig(max_failures=0),
                                           callbacks=[progress.create_callback()]),
             )
-        display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric,
+        display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric, score=summary_name(t.metric),
+                               mode=t.mode or "max",
                                live=live and wants_live() and not quiet.is_verbose())
         progress.activate(display, ctx)
         t0 = time.time()

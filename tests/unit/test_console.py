@@ -65,6 +65,20 @@ def test_best_so_far_against_the_baseline():
     assert "3.0x faster training" in line
 
 
+def test_a_lower_is_better_metric_picks_the_lowest():
+    d, out = _display(metric="val_bpb", score="best_val_bpb", mode="min")
+    d.trial_started("base", "baseline B=32 none warmup=0ep", is_baseline=True, epochs=2)
+    d.trial_started("x", "B=256 none warmup=0ep", epochs=2)
+    d.trial_started("y", "B=256 linear warmup=0.5ep", epochs=2)
+    d.trial_finished("base", {"epoch": 1, "best_val_bpb": 2.655, "wall_s": 8.0, "status": "completed"})
+    d.trial_finished("x", {"epoch": 1, "best_val_bpb": 3.246, "wall_s": 4.0, "status": "completed"})
+    d.trial_finished("y", {"epoch": 1, "best_val_bpb": 2.756, "wall_s": 5.0, "status": "completed"})
+    line = d.best_line()
+    assert line.startswith("best so far: B=256 linear warmup=0.5ep  best_val_bpb 2.756"), line
+    assert "(+0.101" in line
+    assert "best_val_bpb 3.246" in out.getvalue()
+
+
 def test_running_rows_show_the_tuner_metric_finished_ones_the_report_score():
     d, _ = _display(metric="val_loss")
     d.trial_started("a", "A", epochs=2)
@@ -183,3 +197,11 @@ def test_train_epoch_bar_plain_and_live():
     bar.stop()
     text = out.getvalue()
     assert "B=32 none" in text and "2/4" in text and "val_acc 96.39%" in text and "━" in text
+
+
+def test_run_description_leads_with_the_tasks_own_metric():
+    from largebatch.tracking import trial_note
+
+    note = trial_note("completed", {"best_val_bpb": 2.7561, "best_val_loss": 1.91, "wall_s": 5.0, "steps": 256})
+    assert note.startswith("best_val_bpb 2.756 · best_val_loss 1.91 · training 5.0 s"), note
+    assert trial_note("completed", {"best_val_acc": 0.9694}).startswith("best_val_acc 96.94%")
