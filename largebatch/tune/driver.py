@@ -303,7 +303,7 @@ def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
     from largebatch.tracking import TRIAL_DIR_TAG, TRIAL_TAG
 
     # a trial killed before its first report has no trial_id among its metrics: its folder name still matches
-    by_trial = {(r.metrics or {}).get("trial_id"): r for r in grid}
+    by_trial = {(r.metrics or {}).get("trial_id"): r for r in grid if (r.metrics or {}).get("trial_id")}
     by_dir = {Path(r.path).name: r for r in grid if getattr(r, "path", None)}
     for run in _open_children(tracker, exp_id, parent_id):
         tags = run.data.tags

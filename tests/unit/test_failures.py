@@ -60,7 +60,9 @@ def test_exception_chain_stops_on_cycles():
     ("postgresql://lb:s3cr3t@db:5432/mlflow", "postgresql://lb:***@db:5432/mlflow"),
     ("http://token123@mlflow:5000", "http://***@mlflow:5000"),
     ("s3://bucket/p?endpoint_override=http://127.0.0.1:9000&secret_key=abc", "s3://bucket/p?endpoint_override=http://127.0.0.1:9000&secret_key=***"),
+    ("postgresql://lb:p@ss@db:5432/m", "postgresql://lb:***@db:5432/m"),
     ("sqlite:///runs/mlflow.db", "sqlite:///runs/mlflow.db"),
+    ("see http://tok@h/x and mail ops@example.com", "see http://***@h/x and mail ops@example.com"),
     ("runs/ray", "runs/ray"),
 ])
 def test_redact_uri(uri, expected):
