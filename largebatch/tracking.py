@@ -21,6 +21,7 @@ TRIAL_TAG = "largebatch.trial_id"
 TRIAL_DIR_TAG = "largebatch.trial_dir"  # the Tune trial folder's name
 KIND_TAG = "largebatch.kind"  # study | trial
 STATUS_TAG = "status"
+FINAL_STATUSES = ("completed", "diverged", "failed", "stopped_early")  # a trial's status tag once it has ended
 NOTE_TAG = "mlflow.note.content"  # the run's description: MLflow shows it on the run page (Markdown)
 NOTE_MAX = 5000
 # The experiment kind MLflow 3.17 reads (key and value as in its UI code): a model-training experiment, not GenAI.

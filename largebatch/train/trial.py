@@ -12,7 +12,6 @@ from typing import Any, Optional, Sequence
 from largebatch import quiet
 from largebatch.config import Resolved
 
-TERMINAL = ("completed", "diverged", "stopped_early", "failed")
 
 
 def trainer_config(res: Resolved, *, cpus_per_worker: int, use_gpu: bool,

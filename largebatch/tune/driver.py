@@ -285,13 +285,16 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
     return {"run_name": run_name, "path": path, "parent_id": runs[0].info.run_id}
 
 
+def _child_runs(tracker, exp_id: str, parent_id: str) -> list:
+    return tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                      max_results=5000)
+
+
 def _open_children(tracker, exp_id: str, parent_id: str) -> list:
     """The study's child runs whose status tag still says running."""
     from largebatch.tracking import STATUS_TAG
 
-    runs = tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                      max_results=5000)
-    return [r for r in runs if r.data.tags.get(STATUS_TAG) == "running"]
+    return [r for r in _child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
 
 
 def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
@@ -326,7 +329,7 @@ def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException
     """The driver cannot go on: close the open MLflow runs (never leave them RUNNING) and say how to continue."""
     from largebatch import interrupts
     from largebatch.failures import StudyAborted, describe, signal_name
-    from largebatch.tracking import STATUS_TAG
+    from largebatch.tracking import FINAL_STATUSES, STATUS_TAG
 
     if isinstance(e, KeyboardInterrupt):
         import signal
@@ -337,12 +340,10 @@ def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException
         what, status, code = describe(e), "FAILED", 1
     finished, note = "?", ""
     try:
-        from largebatch.tune.trainable import FINAL_STATUSES
-
-        for run in _open_children(tracker, exp_id, parent_id):
-            tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
-        runs = tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                          max_results=5000)
+        runs = _child_runs(tracker, exp_id, parent_id)
+        for run in runs:
+            if run.data.tags.get(STATUS_TAG) == "running":
+                tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
         finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
         tracker.client.set_tag(parent_id, "reason", what[:5000])
         tracker.end_run(parent_id, status)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.config import apply_overrides, parse_trial, resolve
-from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
+from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
 
 
@@ -45,7 +45,6 @@ def _wait_for_tune_queue(timeout_s: float = 30.0) -> None:
     time.sleep(1.0)
 
 
-FINAL_STATUSES = ("completed", "diverged", "failed", "stopped_early")
 
 
 def _already_finished(tracker: Tracker, run_id: str) -> bool:
