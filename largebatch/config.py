@@ -174,6 +174,9 @@ class TunerConfig(_Strict):
     use_gpu: bool = False
     seeds: list[int] = Field([0], min_length=1)
     max_failures: int = Field(2, ge=0)  # Train FailureConfig: worker restarts from the last checkpoint
+    # a 1-worker trial has no data parallelism: run it in Tune's trial process (no Train controller or worker
+    # group to start); false: every trial goes through Ray Train's TorchTrainer (docs/design.md §8)
+    in_process: bool = True
     time_budget_s: Optional[float] = Field(None, gt=0)
 
 

@@ -23,6 +23,10 @@ Where each line came from, and the switch that turns it off (Ray 2.60, MLflow 3.
 - Tune's "The `callbacks.on_step_end` operation took 0.773 s, which may be a performance bottleneck": Tune times
   each of its steps against TUNE_WARN_THRESHOLD_S (0.5 s); on a loaded 2-core machine any step can stall that
   long, so the threshold is 10 s: a stall that long is still reported.
+- Tune's "Experiment state snapshotting has been triggered multiple times": Tune snapshots the study's state when a
+  trial has saved `num_to_keep` checkpoints since the last snapshot, and short in-process trials checkpoint often;
+  the snapshot is cheap on local disk, the advice is not for the user (TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_
+  SYNC_THRESHOLD_S=0).
 
 Warnings and errors still show: every level above stays at WARNING, except the two duplicates named above.
 `--verbose` leaves Ray's and MLflow's defaults untouched. A variable the user set himself is never overridden.
@@ -38,7 +42,7 @@ _verbose: bool | None = None  # None: not configured yet (library use): quiet, a
 VERBOSE_ENV = "LARGEBATCH_VERBOSE"
 # read by the driver process itself
 DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
-              "TUNE_WARN_THRESHOLD_S": "10"}
+              "TUNE_WARN_THRESHOLD_S": "10", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # read by the processes of our own local head (trial drivers, Train controllers and workers)
 LOCAL_HEAD_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 

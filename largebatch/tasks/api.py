@@ -61,7 +61,7 @@ class Task:
     the mean over the global batch); metrics: the evaluation metrics; train_size(cfg): optional, the number of
     training examples without loading them (else the data is built to count them); ray_data(cfg): optional, the
     training data as a Ray Data dataset with columns x and y (largebatch/tasks/raydata.py), read through Ray Train's
-    dataset shards instead of data(cfg).train (which may then be None); it needs train_size."""
+    dataset shards instead of data(cfg).train (which may then be None); it needs train_size. cache_data: see below."""
 
     data: Callable[["TrialConfig"], TaskData]
     model: Callable[["TrialConfig", TaskData], nn.Module]
@@ -70,6 +70,9 @@ class Task:
     train_size: Optional[Callable[["TrialConfig"], int]] = None
     name: str = ""
     ray_data: Optional[Callable[["TrialConfig"], Any]] = None
+    # data(cfg) reads only task.*, data.dataset/path/train_subset and seed, so a process that runs several trials
+    # builds it once (tasks/build.py cached_data); False for a task whose data depends on other fields
+    cache_data: bool = True
 
     def reported(self) -> dict[str, str]:
         """{metric name: direction} of every quality metric this task reports (train_loss, val_loss, val_<m>...)."""

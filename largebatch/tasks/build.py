@@ -1,6 +1,11 @@
 """Building a task's data for one trial config: the seeded train subset, and the checks every split must pass."""
 from __future__ import annotations
 
+import json
+import os
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
@@ -77,3 +82,63 @@ def train_size(task: Task, cfg) -> int:
         return int(task.train_size(cfg))
     full = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train_subset": None})})
     return build_data(task, full).train_size
+
+
+# ---- one decoded copy per process: a process that runs several trials (an in-process Tune trial actor, reused
+# across trials) builds each dataset once. Bounded in bytes of tensors held; least recently used goes first.
+CACHE_ENV = "LARGEBATCH_DATA_CACHE_MB"
+DEFAULT_CACHE_MB = 2048
+_cache: "OrderedDict[str, tuple[TaskData, int]]" = OrderedDict()
+_cache_lock = threading.Lock()
+cache_stats = {"hits": 0, "misses": 0}
+
+
+def cache_key(task: Task, cfg) -> str:
+    """What data(cfg) may read for a cacheable task: the task, its kwargs, the dataset, path, subset and seed."""
+    return json.dumps({"task": cfg.task.model_dump(mode="json"), "dataset": cfg.data.dataset, "path": cfg.data.path,
+                       "subset": cfg.data.train_subset, "seed": cfg.seed,
+                       "impl": f"{getattr(task.data, '__module__', '')}.{getattr(task.data, '__qualname__', '')}"},
+                      sort_keys=True, default=str)
+
+
+def _nbytes(data: TaskData) -> int:
+    """Bytes held by the tensor splits (a Dataset is counted as 0: it reads its items lazily)."""
+    return sum(int(t.element_size() * t.nelement()) for split in (data.train, data.eval) if isinstance(split, tuple)
+               for t in split)
+
+
+def cache_limit_bytes() -> int:
+    raw = os.environ.get(CACHE_ENV, str(DEFAULT_CACHE_MB))
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise BadInput(f"got {raw!r}: set it to a number of MiB (0 turns the cache off)", field=CACHE_ENV) from None
+    return max(0, int(mb * 2**20))
+
+
+def cached_data(task: Task, cfg) -> TaskData:
+    """build_data(task, cfg), kept for the next trial in this process when the task allows it and it fits."""
+    limit = cache_limit_bytes()
+    if not task.cache_data or limit == 0 or task.ray_data is not None:
+        return build_data(task, cfg)
+    key = cache_key(task, cfg)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            cache_stats["hits"] += 1
+            return _cache[key][0]
+    data = build_data(task, cfg)
+    size = _nbytes(data)
+    with _cache_lock:
+        cache_stats["misses"] += 1
+        if size <= limit:
+            _cache[key] = (data, size)
+            while sum(n for _, n in _cache.values()) > limit:
+                _cache.popitem(last=False)
+    return data
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+        cache_stats.update(hits=0, misses=0)

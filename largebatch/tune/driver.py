@@ -63,6 +63,15 @@ def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
     return {s: s or n for s in subsets}
 
 
+def runs_in_process(study: StudyConfig) -> bool:
+    """1-worker trials of a task fed from memory or a Dataset run in Tune's trial process (train/inprocess.py);
+    a Ray Data task needs Train's dataset shards, so it keeps TorchTrainer."""
+    from largebatch.tasks import task_of
+
+    t = study.tuner
+    return t.in_process and t.workers_per_trial == 1 and task_of(study.base).ray_data is None
+
+
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
               storage: Optional[str] = None, mlflow_uri: Optional[str] = None, address: Optional[str] = None,
               run_root: str = "runs", resume: bool = False, resume_hint: Optional[str] = None,
@@ -105,6 +114,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     target = find_resumable(storage_path, exp_name, tracking_uri) if resume else None
 
     per_trial = t.workers_per_trial * t.cpus_per_worker
+    in_process = runs_in_process(study)
     info = init_ray(address)
     try:
         if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
@@ -140,10 +150,14 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             "max_failures": t.max_failures, "train_sizes": train_sizes, "tracking_uri": tracking_uri,
             "experiment_id": exp_id, "parent_run_id": parent_id, "run_name": run_name,
             "storage_path": storage_path, "placement_strategy": "SPREAD" if info["nodes"] > 1 else "PACK",
+            "in_process": in_process,
         }
-        # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
-        # so it takes 1 MiB of "memory", which every node has. The ConcurrencyLimiter caps how many run at once.
-        resources = {"CPU": 0, "memory": 2**20}
+        if in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
+            resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        else:
+            # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
+            # so it takes 1 MiB of "memory", which every node has. The ConcurrencyLimiter caps how many run at once.
+            resources = {"CPU": 0, "memory": 2**20}
         trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), resources)
         if target is not None:
             # the searcher (and its position), scheduler and trial list come back from the run folder
@@ -155,10 +169,16 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_conc),
+                                            reuse_actors=in_process,  # one process, its data cache, many trials
                                             scheduler=scheduler, num_samples=n_trials, metric=t.metric,
                                             mode=t.mode, time_budget_s=t.time_budget_s),
                 run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=quiet.tune_verbose(),
-                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          # in-process trials: Tune restarts a killed trial from its checkpoint
+                                          # (TorchTrainer trials: Ray Train restarts their workers itself)
+                                          failure_config=tune.FailureConfig(
+                                              max_failures=t.max_failures if in_process else 0),
+                                          checkpoint_config=tune.CheckpointConfig(
+                                              num_to_keep=study.base.checkpoint.num_to_keep),
                                           callbacks=[progress.create_callback()]),
             )
         display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric, score=summary_name(t.metric),

@@ -63,21 +63,59 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
     return True
 
 
-def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+def trial_train_size(cfg, ctx: dict[str, Any]) -> int:
+    """Training examples this trial runs on. The driver counted them for the base task and data (per train_subset);
+    a trial that searches the task, dataset or path counts its own, so what is logged is what the worker runs."""
+    from largebatch.tasks import task_of, train_size
 
-    from largebatch.train.trial import fit_outcome, make_trainer
+    base = ctx["base_tree"]
+    same = (cfg.task.model_dump(mode="json") == base["task"] and cfg.data.dataset == base["data"]["dataset"]
+            and cfg.data.path == base["data"]["path"])
+    subset = cfg.data.train_subset or 0
+    if same and subset in ctx["train_sizes"]:
+        return ctx["train_sizes"][subset]
+    n = train_size(task_of(cfg), cfg)
+    return min(subset, n) if subset else n
 
-    tctx = tune.get_context()
-    trial_id = tctx.get_trial_id()
+
+def resolve_trial(config: dict[str, Any], ctx: dict[str, Any]):
+    """The Tune sample (arm, seed, overrides) -> (cfg, Resolved, arm, seed, overrides), resolved once here."""
     arm, seed = config["arm"], int(config["seed"])
     overrides = dict(config["overrides"] or {})
     base_tree = ctx["baseline_tree"] if arm == "baseline" else ctx["base_tree"]
     cfg = parse_trial(apply_overrides(base_tree, {**overrides, "seed": seed}), source=ctx["source"],
                       prefix="baseline." if arm == "baseline" else "search.")
-    res = resolve(cfg, ctx["workers_per_trial"], train_size=ctx["train_sizes"].get(cfg.data.train_subset or 0),
-                  source=ctx["source"])
+    res = resolve(cfg, ctx["workers_per_trial"], train_size=trial_train_size(cfg, ctx), source=ctx["source"])
+    return cfg, res, arm, seed, overrides
+
+
+def _fit_with_ray_train(res, ctx: dict[str, Any], trial_id: str, tracking: dict) -> dict[str, Any]:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from largebatch.train.trial import fit_outcome, make_trainer
+
+    trainer = make_trainer(
+        res, run_name=f"{ctx['run_name']}-{trial_id}", storage_path=ctx["storage_path"],
+        cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], max_failures=ctx["max_failures"],
+        tracking=tracking, callbacks=[TuneReportCallback()],
+        placement_strategy=ctx.get("placement_strategy", "PACK"))
+    t_fit = time.time()
+    try:
+        return fit_outcome(trainer)
+    except Exception as e:  # Ray itself failed under the trial (its controller or workers killed, e.g. OOM)
+        from largebatch.failures import describe, format_failure
+
+        return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": [],
+                "fit_s": time.time() - t_fit}
+
+
+def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+    from ray import tune
+
+    t_submit = time.time()
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    cfg, res, arm, seed, overrides = resolve_trial(config, ctx)
     summary = res.summary()
     name = trial_label(summary, arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"]))
 
@@ -93,19 +131,14 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                                          TRIAL_DIR_TAG: Path(tctx.get_trial_dir()).name,
                                          "arm": arm, "is_baseline": str(arm == "baseline")})
 
-    trainer = make_trainer(
-        res, run_name=f"{ctx['run_name']}-{trial_id}", storage_path=ctx["storage_path"],
-        cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], max_failures=ctx["max_failures"],
-        tracking={"uri": ctx["tracking_uri"], "run_id": run_id}, callbacks=[TuneReportCallback()],
-        placement_strategy=ctx.get("placement_strategy", "PACK"))
-    t_fit = time.time()
-    try:
-        out = fit_outcome(trainer)
-    except Exception as e:  # Ray itself failed under the trial (its controller or workers killed, e.g. OOM)
-        from largebatch.failures import describe, format_failure
+    tracking = {"uri": ctx["tracking_uri"], "run_id": run_id}
+    if ctx.get("in_process"):  # 1 worker: no Train controller or worker group (train/inprocess.py)
+        from largebatch.train.inprocess import run_in_process
 
-        out = {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": [],
-               "fit_s": time.time() - t_fit}
+        out = run_in_process(res, cpus=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], tracking=tracking,
+                             t_submit=t_submit)
+    else:
+        out = _fit_with_ray_train(res, ctx, trial_id, tracking)
     # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
     # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:
@@ -121,7 +154,8 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         tracker.log_text(run_id, out["traceback"], "error.txt")  # the reason tag is one line; this is the rest
     tracker.set_note(run_id, trial_note(out["status"], {**out, **final}, out.get("reason")))
     tracker.end_run(run_id, "FAILED" if out["status"] == "failed" else "FINISHED")
-    _wait_for_tune_queue()
+    if not ctx.get("in_process"):  # the race is between TuneReportCallback and the trial session
+        _wait_for_tune_queue()
     if out["status"] == "failed":
         # Tune records the error; the study goes on (failed trials are data in the report)
         raise RuntimeError(out.get("reason") or "trial failed")

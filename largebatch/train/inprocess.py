@@ -1,0 +1,90 @@
+"""A 1-worker trial run in the Tune trial's own process (docs/design.md §8).
+
+A trial with one worker has no data parallelism, so Ray Train's controller and worker group (several seconds of
+start-up per trial) buy it nothing. Here the same loop (`train_worker`) runs in the trial's process with the same
+metrics, checkpoints and MLflow logging as under TorchTrainer (train/ray_worker.py); the data is built once per
+process (tasks/build.py `cached_data`), and Tune reuses the process across trials.
+
+Failures: a killed process is restarted by Tune (tuner.max_failures) from the trial's last checkpoint, and the
+epochs already logged are not logged again; an exception raised by the loop fails the trial at once (it would
+raise again on a retry).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from largebatch.config import Resolved
+
+
+def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optional[dict],
+                   t_submit: float) -> dict[str, Any]:
+    """Train the trial here, reporting every epoch to Tune; returns the outcome in the shape of
+    train/trial.py `outcome` (final metrics, status, history, fit_s). Never raises for a failing trial."""
+    from ray import tune
+
+    from largebatch.failures import describe, format_failure
+    from largebatch.tasks import cached_data, task_of
+    from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
+    from largebatch.tracking import EpochLogger
+
+    # the same thread count as a Train worker with this CPU share: equal threads give equal float results
+    torch.set_num_threads(max(1, int(cpus)))
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray shows the trial its own GPU as 0
+    history: list[dict] = []
+    t_fit = time.time()
+    logger: Optional[EpochLogger] = None
+
+    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+        if logger is not None:
+            logger.log_epoch(metrics)
+        if ckpt_dir:
+            history[:] = json.loads(Path(ckpt_dir, HISTORY_FILE).read_text())["history"]
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+        if ckpt_dir:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # Tune has persisted its copy
+
+    try:
+        cfg = res.cfg
+        task = task_of(cfg)
+        data = cached_data(task, cfg)
+        if data.train_size != res.train_size:
+            raise RuntimeError(f"the driver resolved this trial for {res.train_size} training examples, the data "
+                               f"has {data.train_size}")
+        logger = EpochLogger.from_spec(tracking)
+        restore = tune.get_checkpoint()
+        with (restore.as_directory() if restore is not None else _Null()) as restore_dir:
+            if restore_dir:
+                history[:] = json.loads(Path(restore_dir, HISTORY_FILE).read_text())["history"]
+                if logger is not None:  # epochs checkpointed but not yet in MLflow (killed between the two)
+                    logger.backfill(history)
+            if logger is not None:
+                import ray
+
+                logger.set_tags({"node_ids": ray.get_runtime_context().get_node_id(), "num_nodes": 1,
+                                 "trial_runner": "in_process"})
+            print(f"[largebatch] in-process trial: 1 worker, batch {res.per_worker_batch} x {res.grad_accum_steps} "
+                  f"accum, peak lr {res.peak_lr:.4g}", flush=True)
+            ctx = WorkerContext(rank=0, world=1, device=device, restore_dir=restore_dir, report=report,
+                                t_submit=t_submit)
+            final = dict(train_worker(res, ctx, data, task))
+    except Exception as e:
+        return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": history,
+                "fit_s": time.time() - t_fit}
+    final.setdefault("status", "completed" if history else "failed")
+    final["fit_s"] = time.time() - t_fit
+    final["history"] = history
+    return final
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
