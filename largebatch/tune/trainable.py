@@ -75,7 +75,12 @@ def trial_train_size(cfg, ctx: dict[str, Any]) -> int:
     if same and subset in ctx["train_sizes"]:
         return ctx["train_sizes"][subset]
     n = train_size(task_of(cfg), cfg)
-    return min(subset, n) if subset else n
+    if subset > n:
+        from largebatch.errors import BadInput
+
+        raise BadInput(f"got {subset}, more than the {n} training examples of this trial's data; use at most {n}",
+                       field="data.train_subset")
+    return subset or n
 
 
 def resolve_trial(config: dict[str, Any], ctx: dict[str, Any]):

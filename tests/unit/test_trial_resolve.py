@@ -1,0 +1,60 @@
+"""A trial is resolved once, for the data it runs on: a study that searches the data path (or dataset, or task)
+logs the steps and warmup of each trial's own data, not of the base dataset's."""
+from __future__ import annotations
+
+import numpy as np
+import yaml
+
+from largebatch.config import load_study
+from largebatch.tune.driver import _train_sizes
+from largebatch.tune.trainable import resolve_trial
+
+
+def _npz(path, n: int) -> str:
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.random((n, 4), dtype=np.float32), y_train=rng.integers(0, 3, n),
+             x_test=rng.random((20, 4), dtype=np.float32), y_test=rng.integers(0, 3, 20))
+    return str(path)
+
+
+def _ctx(tmp_path, search: dict):
+    small, large = _npz(tmp_path / "small.npz", 100), _npz(tmp_path / "large.npz", 300)
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "paths",
+        "base": {"data": {"dataset": "npz", "path": small, "global_batch_size": 10},
+                 "optim": {"base_batch_size": 10}, "schedule": {"warmup_epochs": 1}, "budget": {"epochs": 2}},
+        "search": search(small, large)}))
+    study = load_study(study_file)
+    base = study.base.model_dump(mode="json")
+    return {"base_tree": base, "baseline_tree": base, "source": str(study_file), "workers_per_trial": 1,
+            "train_sizes": _train_sizes(study, [base])}, small, large
+
+
+def test_a_trial_that_searches_the_data_path_is_resolved_for_its_own_data(tmp_path):
+    ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]}})
+    assert ctx["train_sizes"] == {0: 100}  # the driver counts the base data only
+    for path, n in ((small, 100), (large, 300)):
+        _, res, *_ = resolve_trial({"arm": "search", "seed": 0, "overrides": {"data.path": path}}, ctx)
+        assert res.train_size == n
+        s = res.summary()
+        assert s["steps_per_epoch"] == n // 10 and s["warmup_steps"] == n // 10 and s["total_steps"] == 2 * n // 10
+
+
+def test_a_searched_subset_of_other_data_is_capped_by_that_data(tmp_path):
+    ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]},
+                                                     "data.train_subset": {"grid": [50, 200]}})
+    _, res, *_ = resolve_trial({"arm": "search", "seed": 0,
+                                "overrides": {"data.path": large, "data.train_subset": 200}}, ctx)
+    assert res.train_size == 200
+
+
+def test_a_subset_beyond_the_trials_own_data_is_a_clear_error(tmp_path):
+    import pytest
+
+    from largebatch.errors import BadInput
+
+    ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]},
+                                                     "data.train_subset": {"grid": [50, 200]}})
+    with pytest.raises(BadInput, match="more than the 100 training examples"):
+        resolve_trial({"arm": "search", "seed": 0, "overrides": {"data.path": small, "data.train_subset": 200}}, ctx)
