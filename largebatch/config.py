@@ -121,7 +121,11 @@ class BudgetConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    every_epochs: int = Field(1, gt=0)
+    # a checkpoint when every_epochs epochs or every_s seconds of training have passed since the last one (either
+    # may be null), and always after the last epoch: what a restarted trial loses is bounded in time, and a short
+    # epoch does not pay a save and an upload each time
+    every_epochs: Optional[int] = Field(None, gt=0)
+    every_s: Optional[float] = Field(60.0, gt=0, allow_inf_nan=False)
     num_to_keep: int = Field(2, gt=0)
 
 

@@ -34,8 +34,9 @@ from largebatch.tasks import Task, TaskData, build_data, task_of
 
 CKPT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
-# The divergence check costs one scalar all-reduce (and a CPU sync): do it at most this many times per epoch.
-DIVERGENCE_CHECKS_PER_EPOCH = 50
+# The divergence check costs one scalar all-reduce (and a CPU sync): every this many optimizer steps and at the end of
+# each epoch, so a diverged trial stops within this many steps whatever the batch size.
+DIVERGENCE_CHECK_STEPS = 16
 
 
 @dataclass
@@ -119,6 +120,11 @@ def _save_checkpoint(model, opt, scaler, state: dict, history: list[dict]) -> st
     return d
 
 
+def checkpoint_due(c, epoch: int, since_last_s: float) -> bool:
+    """After epoch `epoch` (0-based): has the checkpoint cadence come round? (The last epoch always saves.)"""
+    return bool((c.every_epochs and (epoch + 1) % c.every_epochs == 0) or (c.every_s and since_last_s >= c.every_s))
+
+
 def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData | None = None,
                  task: Task | None = None) -> dict[str, Any]:
     """Run the trial on this rank; returns the final metrics (the same dict every rank reports last)."""
@@ -194,7 +200,10 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         history, target = ck.get("history", []), ck.get("target", {})
 
     status, reason, metrics = "completed", None, {}
-    t0 = time.time()
+    lr = float("nan")  # the LR last written to the optimizer
+    no_context = contextlib.nullcontext()  # reusable: no context object made per step
+    amp = _autocast(device, cfg.precision)
+    t0 = t_ckpt = time.time()
     startup_s = (t0 - ctx.t_submit) if ctx.t_submit else (t0 - t_setup)
 
     for epoch in range(start_epoch, res.epochs):
@@ -204,37 +213,40 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         steps_now = min(phase.steps_per_epoch, res.total_steps - step)
         if steps_now <= 0:
             break
-        check_every = max(1, math.ceil(phase.steps_per_epoch / DIVERGENCE_CHECKS_PER_EPOCH))
+        lrs = [res.lr_at(s) for s in range(step, step + steps_now)]  # this epoch's LR per step, off the hot path
         # the same global batches whatever the worker count: a permutation seeded by (seed, epoch), cut per rank
         perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: steps_now * B]
         if hasattr(train_feed, "set_epoch"):  # a Ray Data shard seeds its local shuffle per epoch
             train_feed.set_epoch(epoch)
         t_epoch = time.time()
         net.train()
-        # loss_sum, then (sum, count) per train metric (no .item() here)
-        sums = torch.zeros(1 + 2 * len(train_metrics), dtype=torch.float64, device=device)
+        # loss_sum, then the sum per train metric, on the device (no .item() here); the counts are host integers
+        sums = torch.zeros(1 + len(train_metrics), dtype=torch.float64, device=device)
+        counts = [0] * len(train_metrics)
         steps_done = 0  # examples seen = steps_done * B over all ranks: counted here, not on the device
         for i_step, micro in enumerate(train_feed.steps(perm, B, ctx.rank, world, accum)):
-            lr = res.lr_at(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            if lrs[i_step] != lr:
+                lr = lrs[i_step]
+                for g in opt.param_groups:
+                    g["lr"] = lr
             for i, (xb, yb) in enumerate(micro):
                 # gradients are all-reduced only on the last micro-step (DDP no_sync on the others)
-                sync = contextlib.nullcontext() if (world == 1 or i == accum - 1) else net.no_sync()
-                with sync:
-                    with _autocast(device, cfg.precision):
+                with (no_context if world == 1 or i == accum - 1 else net.no_sync()):
+                    with amp:
                         out = net(xb)
                         loss = task.loss(out, yb)
                     # mean over the micro-batch / accum, then DDP averages over ranks: the loss is normalised by B
-                    scaled = loss / accum
+                    scaled = loss if accum == 1 else loss / accum
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 if gns is not None:  # instrument: the local micro-batch |g|^2 (device tensor, no sync)
                     gns.after_backward(i, accum)
-                sums[0] += loss.detach().double() * len(yb)
-                for j, m in enumerate(train_metrics):
-                    v = m.fn(out.detach(), yb)
-                    sums[1 + 2 * j] += v.double().sum()
-                    sums[2 + 2 * j] += v.numel()
+                if train_metrics:  # one fused add per micro-step
+                    values = [m.fn(out.detach(), yb) for m in train_metrics]
+                    for j, v in enumerate(values):
+                        counts[j] += v.numel()
+                    sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
+                else:
+                    sums += loss.detach().double() * len(yb)
             if gns is not None:  # instrument: |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
                 gns.after_sync(B, micro_batch)
             if scaler is not None:
@@ -249,7 +261,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
             opt.zero_grad(set_to_none=True)
             step += 1
             steps_done += 1
-            if (i_step + 1) % check_every == 0 or i_step + 1 == steps_now:
+            if step % DIVERGENCE_CHECK_STEPS == 0 or i_step + 1 == steps_now:
                 # divergence check: a CPU sync point (+1 scalar all-reduce), all ranks decide together
                 chk = _all_reduce_sum(torch.stack([sums[0], loss.detach().double()]), world)
                 running, last = chk.tolist()
@@ -262,8 +274,9 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                     break
         train_s = time.time() - t_epoch
 
-        _all_reduce_sum(sums, world)
-        tot = sums.tolist()  # sync point: once per epoch
+        # sums and the metric counts of every rank in one all-reduce
+        tot = _all_reduce_sum(torch.cat([sums, sums.new_tensor(counts)]), world).tolist()  # sync point: once per epoch
+        n_sums = len(sums)
         count = steps_done * B
         if status == "diverged":
             val = {"val_loss": float("nan"), **{f"val_{m.name}": float("nan") for m in task.metrics}}
@@ -272,7 +285,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         epoch_s = time.time() - t_epoch
         wall_s = wall_offset + (time.time() - t0)
         train_loss = tot[0] / max(count, 1)
-        train = {f"train_{m.name}": tot[1 + 2 * j] / max(tot[2 + 2 * j], 1) for j, m in enumerate(train_metrics)}
+        train = {f"train_{m.name}": tot[1 + j] / max(tot[n_sums + j], 1) for j, m in enumerate(train_metrics)}
         examples = count
         metrics = {"epoch": epoch, "train_loss": train_loss}
         metrics.update(train)
@@ -323,9 +336,10 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                   + "".join(f" {k} {metrics[k]:.4g}" for k in INSTRUMENT_METRICS if k in metrics), flush=True)
 
         ckpt_dir = None
-        if ctx.is_rank0 and (done or (epoch + 1) % cfg.checkpoint.every_epochs == 0):
+        if ctx.is_rank0 and (done or checkpoint_due(cfg.checkpoint, epoch, time.time() - t_ckpt)):
             state = {"epoch": epoch, "step": step, "wall_s": wall_s, "target": target}
             ckpt_dir = _save_checkpoint(model, opt, scaler, state, history)
+            t_ckpt = time.time()
         ctx.report(metrics, ckpt_dir)
         if done:
             break

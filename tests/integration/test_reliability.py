@@ -23,7 +23,8 @@ KILL_STUDY = {
     "name": "it-worker-kill",
     "base": {"data": {"dataset": "fashion-mnist", "global_batch_size": 16, "train_subset": 6000},
              "model": {"name": "mlp", "hidden_sizes": [256, 256]},
-             "optim": {"name": "sgd", "base_lr": 0.02, "base_batch_size": 16}, "budget": {"epochs": 5}},
+             "optim": {"name": "sgd", "base_lr": 0.02, "base_batch_size": 16}, "budget": {"epochs": 5},
+             "checkpoint": {"every_epochs": 1}},
     "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_failures": 2},
 }
 

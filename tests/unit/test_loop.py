@@ -124,3 +124,31 @@ def test_a_checkpoint_is_never_unpickled(digits, tmp_path):
     assert not marker.exists()
     for d in first.ckpts:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("every_epochs,every_s,saved", [
+    (None, None, [3]),            # only the last epoch
+    (2, None, [1, 3]),            # every 2nd epoch, and the last
+    (None, 1e-9, [0, 1, 2, 3]),   # every epoch: the time cadence has always come round
+    (None, 3600.0, [3]),          # a short trial saves once, at the end
+])
+def test_checkpoint_cadence_in_epochs_or_seconds_and_always_at_the_end(digits, every_epochs, every_s, saved):
+    res = resolve(_cfg(budget__epochs=4, checkpoint__every_epochs=every_epochs, checkpoint__every_s=every_s), 1,
+                  train_size=len(digits.y_train))
+    rec = Recorder()
+    train_worker(res, WorkerContext(report=rec), digits)
+    assert [i for i, d in enumerate(rec.ckpts) if d] == saved
+    for d in rec.ckpts:
+        if d:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_divergence_is_caught_within_a_fixed_number_of_steps(digits):
+    from largebatch.train.loop import DIVERGENCE_CHECK_STEPS
+
+    # B=8: 180+ steps per epoch; the LR blows the loss up within the first steps
+    res = resolve(_cfg(data__global_batch_size=8, optim__base_batch_size=8, optim__base_lr=1e6), 1,
+                  train_size=len(digits.y_train))
+    assert res.steps_per_epoch > 10 * DIVERGENCE_CHECK_STEPS
+    final = train_worker(res, WorkerContext(report=Recorder()), digits)
+    assert final["status"] == "diverged" and final["steps"] <= DIVERGENCE_CHECK_STEPS, final["reason"]
