@@ -258,6 +258,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
             **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
             "wall_s": m.get("wall_s"),
             "startup_s": m.get("startup_s"),
+            "fit_s": m.get("fit_s"),
             "steps": int(m["steps"]) if "steps" in m else None,
             **{k: m.get(k) for k in instrument_keys},
             "grad_noise_scale_mean": statistics.fmean(gns) if gns else None,

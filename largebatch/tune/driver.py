@@ -37,14 +37,29 @@ def create_scheduler(study: StudyConfig):
     if t.scheduler == "fifo":
         return FIFOScheduler()
     if t.scheduler == "asha":
-        max_t = max(int(study.base.budget.epochs), t.grace_period_epochs)
+        grace = asha_grace_epochs(study)
+        max_t = max(int(study.base.budget.epochs), grace)
         # stop_last_trials=False: a trial reaching max_t ends by itself, so it logs its final status and fit_s
         # (with the default, Tune kills it at its last epoch and it would be recorded stopped_early)
-        return ASHAScheduler(time_attr="training_iteration", grace_period=t.grace_period_epochs, max_t=max_t,
+        # one report per epoch: a rung is a number of passes over the data, the same examples for every batch size
+        return ASHAScheduler(time_attr="training_iteration", grace_period=grace, max_t=max_t,
                              reduction_factor=t.reduction_factor, stop_last_trials=False)
     from largebatch.errors import unknown_choice
 
     raise BadInput(unknown_choice("scheduler", t.scheduler, ["fifo", "asha"]), field="tuner.scheduler")
+
+
+def asha_grace_epochs(study: StudyConfig) -> int:
+    """ASHA's first rung, in epochs: tuner.grace_period_epochs, raised so that it never falls inside a trial's
+    warmup. A large batch still warming up is behind by construction; cut there, the search would be biased against
+    exactly the recipes it is meant to find."""
+    import math
+
+    warmups = [study.base.schedule.warmup_epochs, float((study.baseline or {}).get("schedule.warmup_epochs") or 0)]
+    domain = study.search.get("schedule.warmup_epochs")
+    if domain:  # grid/choice: the values; uniform/loguniform: [low, high]
+        warmups += [float(v) for v in next(iter(domain.values())) if isinstance(v, (int, float))]
+    return max(study.tuner.grace_period_epochs, math.ceil(max(warmups)))
 
 
 def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
@@ -98,6 +113,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tracking import Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
     from largebatch.tune.space import create_searcher
     from largebatch.tune import progress
+    from largebatch.tune.costs import costs_line, study_costs
     from largebatch.tune.trainable import tune_trial
 
     t = study.tuner
@@ -209,6 +225,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,
                        "n_trials": n_trials}
+    report["study"].update(study_costs(records, study_s, max_conc))
     out_dir = report_dir_for(storage_path, run_name, run_root)
     with tempfile.TemporaryDirectory() as tmp:
         local_dir = Path(tmp) if out_dir.startswith("s3://") else Path(out_dir)
@@ -225,6 +242,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     print(format_table(report))
     print(f"[largebatch] report: {redact_uri(out_dir)}/report.md and report.html  (MLflow parent run {parent_id}, "
           f"{study_s:.0f} s)")
+    print(costs_line(report["study"], study_s))
     print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
     return report
 

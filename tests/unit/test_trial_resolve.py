@@ -58,3 +58,18 @@ def test_a_subset_beyond_the_trials_own_data_is_a_clear_error(tmp_path):
                                                      "data.train_subset": {"grid": [50, 200]}})
     with pytest.raises(BadInput, match="more than the 100 training examples"):
         resolve_trial({"arm": "search", "seed": 0, "overrides": {"data.path": small, "data.train_subset": 200}}, ctx)
+
+
+def test_asha_first_rung_never_falls_inside_a_warmup(tmp_path):
+    from largebatch.tune.driver import asha_grace_epochs, create_scheduler
+
+    study_file = tmp_path / "asha.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "asha", "base": {"data": {"dataset": "digits"}, "budget": {"epochs": 8}},
+        "search": {"schedule.warmup_epochs": {"grid": [0, 1, 2.5]}},
+        "tuner": {"scheduler": "asha", "grace_period_epochs": 1}}))
+    study = load_study(study_file)
+    assert asha_grace_epochs(study) == 3  # the 2.5-epoch warmup ends inside epoch 3
+    assert min(m for m, _ in create_scheduler(study)._brackets[0]._rungs) == 3  # its first milestone
+    no_warmup = study.model_copy(update={"search": {}})
+    assert asha_grace_epochs(no_warmup) == 1

@@ -1,0 +1,17 @@
+from largebatch.tune.costs import costs_line, study_costs
+
+
+def test_study_costs_split_training_from_trial_time():
+    records = [{"wall_s": 6.0, "fit_s": 8.0, "startup_s": 1.5}, {"wall_s": 2.0, "fit_s": 4.0, "startup_s": 2.0},
+               {"wall_s": None, "fit_s": None, "startup_s": None}]  # a trial that failed before reporting
+    c = study_costs(records, study_s=10.0, slots=2)
+    assert c["training_s"] == 8.0 and c["trial_s"] == 12.0 and c["startup_s"] == 3.5
+    assert abs(c["training_share"] - 8 / 12) < 1e-12
+    assert c["study_over_ideal"] == 10.0 / 4.0  # 8 s of training over 2 slots would take 4 s
+    line = costs_line(c, 10.0)
+    assert "training 8 s (67%)" in line and "= 2.50" in line
+
+
+def test_study_costs_without_trials_do_not_divide_by_zero():
+    c = study_costs([], study_s=3.0, slots=2)
+    assert c["training_share"] == 0.0 and c["study_over_ideal"] == 0.0
