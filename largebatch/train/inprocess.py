@@ -11,6 +11,7 @@ raise again on a retry).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -58,7 +59,7 @@ def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optiona
                                f"has {data.train_size}")
         logger = EpochLogger.from_spec(tracking)
         restore = tune.get_checkpoint()
-        with (restore.as_directory() if restore is not None else _Null()) as restore_dir:
+        with (restore.as_directory() if restore is not None else contextlib.nullcontext()) as restore_dir:
             if restore_dir:
                 history[:] = json.loads(Path(restore_dir, HISTORY_FILE).read_text())["history"]
                 if logger is not None:  # epochs checkpointed but not yet in MLflow (killed between the two)
@@ -80,11 +81,3 @@ def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optiona
     final["fit_s"] = time.time() - t_fit
     final["history"] = history
     return final
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
