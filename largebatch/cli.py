@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
+from largebatch.vocab import OUTCOME_STATUSES
 
 
 def _verbose_arg(p: argparse.ArgumentParser) -> None:
@@ -163,7 +164,7 @@ def cmd_train(args) -> int:
         print(f"[largebatch] {out['status']}: {out['reason']}", file=sys.stderr)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({**out, "resolved": res.summary()}, indent=2, default=str))
-    return 0 if out["status"] in ("completed", "diverged", "stopped_early") else 1
+    return 0 if out["status"] in OUTCOME_STATUSES else 1
 
 
 def resume_command(args) -> str:

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from largebatch.errors import BadInput, unknown_choice
-from largebatch.metrics import MODES, SUMMARIES, TRIAL_FIGURES
+from largebatch.vocab import (
+    MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
+)
 
 UNITS = ("points", "absolute", "relative")
-# Statuses whose metric is a result. stopped_early (e.g. ASHA) counts: it is what the trial reached.
+# Statuses whose metric is a result (vocab.py). stopped_early (e.g. ASHA) counts: it is what the trial reached.
 # diverged / failed / running carry no accuracy.
-SCORED = ("completed", "stopped_early")
-STATUSES = ("completed", "diverged", "stopped_early", "failed", "running")
+SCORED = SCORED_STATUSES
 _EPS = 1e-12  # float slack for "within tolerance" comparisons
 _REQUIRED = ("trial_id", "global_batch_size", "rule", "warmup_epochs", "optimizer", "base_lr", "status")
 # optional per-trial figures, averaged per recipe (None where no trial has them); grad_noise_scale is the trial's
@@ -149,7 +150,7 @@ def _std(xs: list[float]) -> float | None:
 def _recipe_status(trials: list[_Trial]) -> str:
     statuses = {t.status for t in trials}
     if not any(t.acc is not None for t in trials):
-        for s in ("diverged", "failed", "running", "stopped_early", "completed"):
+        for s in UNSCORED_PRECEDENCE:
             if s in statuses:
                 return s
     return statuses.pop() if len(statuses) == 1 else "partial"
@@ -352,7 +353,7 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     failures = [
         {"trial_id": t.trial_id, "name": t.name, "status": t.status, "reason": t.reason}
         for t in sorted(trials, key=lambda t: t.trial_id)
-        if t.status in ("diverged", "failed")
+        if t.status in PROBLEM_STATUSES
     ]
     from largebatch.instruments.critical_batch import critical_batch_section, why_section
 
