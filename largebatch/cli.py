@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("uri")
     dp.add_argument("--path", default=None, help="local folder/file (default: the dataset's default location)")
 
-    p = sub.add_parser("list", help="list the registered rules, schedules, optimizers, models and datasets")
+    p = sub.add_parser("list", help="list the registered tasks, rules, schedules, optimizers, models, datasets, "
+                                    "searchers and schedulers")
     return ap
 
 
@@ -240,9 +241,12 @@ def cmd_list(args) -> int:
     from largebatch.scaling import RULES
     from largebatch.schedules import DECAYS, WARMUPS
     from largebatch.tasks import TASKS
+    from largebatch.tune.schedulers import SCHEDULERS
+    from largebatch.tune.searchers import SEARCHERS
 
     for title, reg in [("tasks", TASKS), ("scaling rules", RULES), ("warmups", WARMUPS), ("decays", DECAYS),
-                       ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS)]:
+                       ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS),
+                       ("searchers", SEARCHERS), ("schedulers", SCHEDULERS)]:
         print(f"{title}:\n{reg.describe()}")
     return 0
 

@@ -31,20 +31,15 @@ def _git_commit() -> str:
 
 
 def create_scheduler(study: StudyConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """The study's trial scheduler (tune/schedulers.py; the name was checked at load time)."""
+    from largebatch.tune.schedulers import SCHEDULERS
 
     t = study.tuner
-    if t.scheduler == "fifo":
-        return FIFOScheduler()
-    if t.scheduler == "asha":
-        max_t = max(int(study.base.budget.epochs), t.grace_period_epochs)
-        # stop_last_trials=False: a trial reaching max_t ends by itself, so it logs its final status and fit_s
-        # (with the default, Tune kills it at its last epoch and it would be recorded stopped_early)
-        return ASHAScheduler(time_attr="training_iteration", grace_period=t.grace_period_epochs, max_t=max_t,
-                             reduction_factor=t.reduction_factor, stop_last_trials=False)
-    from largebatch.errors import unknown_choice
+    if t.scheduler not in SCHEDULERS:
+        from largebatch.errors import unknown_choice
 
-    raise BadInput(unknown_choice("scheduler", t.scheduler, ["fifo", "asha"]), field="tuner.scheduler")
+        raise BadInput(unknown_choice("scheduler", t.scheduler, SCHEDULERS.names()), field="tuner.scheduler")
+    return SCHEDULERS.get(t.scheduler)(study)
 
 
 def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
