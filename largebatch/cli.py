@@ -227,7 +227,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from largebatch.storage import push_dataset
+    from largebatch.data.export import push_dataset
 
     keys = push_dataset(args.dataset, args.uri, args.path)
     print(f"uploaded {len(keys)} file(s) to {args.uri}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
