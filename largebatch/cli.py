@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
+from largebatch.vocab import OUTCOME_STATUSES
 
 
 def _verbose_arg(p: argparse.ArgumentParser) -> None:
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("uri")
     dp.add_argument("--path", default=None, help="local folder/file (default: the dataset's default location)")
 
-    p = sub.add_parser("list", help="list the registered rules, schedules, optimizers, models and datasets")
+    p = sub.add_parser("list", help="list the registered tasks, rules, schedules, optimizers, models, datasets, "
+                                    "searchers and schedulers")
     return ap
 
 
@@ -163,7 +165,7 @@ def cmd_train(args) -> int:
         print(f"[largebatch] {out['status']}: {out['reason']}", file=sys.stderr)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps({**out, "resolved": res.summary()}, indent=2, default=str))
-    return 0 if out["status"] in ("completed", "diverged", "stopped_early") else 1
+    return 0 if out["status"] in OUTCOME_STATUSES else 1
 
 
 def resume_command(args) -> str:
@@ -225,7 +227,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from largebatch.storage import push_dataset
+    from largebatch.data.export import push_dataset
 
     keys = push_dataset(args.dataset, args.uri, args.path)
     print(f"uploaded {len(keys)} file(s) to {args.uri}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
@@ -239,9 +241,12 @@ def cmd_list(args) -> int:
     from largebatch.scaling import RULES
     from largebatch.schedules import DECAYS, WARMUPS
     from largebatch.tasks import TASKS
+    from largebatch.tune.schedulers import SCHEDULERS
+    from largebatch.tune.searchers import SEARCHERS
 
     for title, reg in [("tasks", TASKS), ("scaling rules", RULES), ("warmups", WARMUPS), ("decays", DECAYS),
-                       ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS)]:
+                       ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS),
+                       ("searchers", SEARCHERS), ("schedulers", SCHEDULERS)]:
         print(f"{title}:\n{reg.describe()}")
     return 0
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
+from largebatch.vocab import PROBLEM_STATUSES
+
 STATUS_EVERY_S = 30.0  # plain mode: a status line at most this often
 
 
@@ -141,7 +143,7 @@ class StudyDisplay:
     # ---------------------------------------------------------------- text
     def finished_line(self, v: TrialView) -> str:
         count = f"{self.finished}/{self.total}"
-        if v.outcome in ("diverged", "failed"):
+        if v.outcome in PROBLEM_STATUSES:
             return f"{v.outcome:<9} {count:>7}  {v.name}: {v.reason}"
         took = f"{v.total_s:.1f} s" if v.total_s is not None else ""
         if v.wall_s is not None:

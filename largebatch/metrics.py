@@ -1,4 +1,4 @@
-"""Metric names and their directions: the one vocabulary the loop, the tuner check and the report share.
+"""Metric names and their directions: the helpers over the vocabulary (the names are in vocab.py).
 
 Torch-free (the config loader reads it). A task reports `train_loss` and `val_loss` always, `val_<name>` for each
 of its metrics and `train_<name>` for those also measured on training micro-batches; `best_<metric>` is the best
@@ -9,20 +9,12 @@ from __future__ import annotations
 import math
 from typing import Iterable, Literal
 
-Mode = Literal["max", "min"]
-MODES: tuple[str, ...] = ("max", "min")
+# the names themselves live in vocab.py (one vocabulary); re-exported here for the modules that import them from here
+from largebatch.vocab import (  # noqa: F401
+    INSTRUMENT_METRICS, LOOP_METRICS, LOSS_METRICS, MODES, SUMMARIES, TRIAL_FIGURES,
+)
 
-# reported for every task by the training loop
-LOSS_METRICS: dict[str, str] = {"train_loss": "min", "val_loss": "min"}
-# the loop's bookkeeping, reported every epoch whatever the task (not a quality: no direction)
-LOOP_METRICS = ("epoch", "lr", "global_batch_size", "steps", "examples_seen", "wall_s", "epoch_s", "throughput")
-# instruments, when switched on (largebatch/instruments)
-INSTRUMENT_METRICS = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "trust_ratio_median")
-# per-trial instrument and target figures the report averages per recipe (records carry their last values)
-TRIAL_FIGURES = ("grad_noise_scale", "sharpness", "sharpness_x_lr_over_2", "steps_to_target", "examples_to_target",
-                 "time_to_target_s")
-# the report's summary of a trial: best over epochs, or the last epoch's value
-SUMMARIES = ("best", "final")
+Mode = Literal["max", "min"]
 
 
 def reported_metrics(metrics: Iterable[tuple[str, str, bool]]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from largebatch.redact import redact_text
+from largebatch.vocab import FINAL_STATUSES, PROBLEM_STATUSES  # noqa: F401  (FINAL_STATUSES: re-exported)
 
 PARAM_MAX = 500  # MLflow caps a param value at 500 characters
 _SECRET = re.compile(r"(secret|token|password|passwd|credential|access_key|session_key|api_key)", re.I)
@@ -21,7 +22,6 @@ TRIAL_TAG = "largebatch.trial_id"
 TRIAL_DIR_TAG = "largebatch.trial_dir"  # the Tune trial folder's name
 KIND_TAG = "largebatch.kind"  # study | trial
 STATUS_TAG = "status"
-FINAL_STATUSES = ("completed", "diverged", "failed", "stopped_early")  # a trial's status tag once it has ended
 NOTE_TAG = "mlflow.note.content"  # the run's description: MLflow shows it on the run page (Markdown)
 NOTE_MAX = 5000
 # The experiment kind MLflow 3.17 reads (key and value as in its UI code): a model-training experiment, not GenAI.
@@ -138,7 +138,7 @@ def trial_note(status: str, metrics: dict[str, Any], reason: Optional[str] = Non
         v = metrics.get(key)
         if isinstance(v, (int, float)) and math.isfinite(v):
             parts.append(fmt.format(v))
-    parts.append(status + (f": {reason}" if reason and status in ("diverged", "failed") else ""))
+    parts.append(status + (f": {reason}" if reason and status in PROBLEM_STATUSES else ""))
     return " · ".join(parts)
 
 
@@ -217,7 +217,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     import json
     import statistics
 
-    from largebatch.metrics import TRIAL_FIGURES as instrument_keys
+    from largebatch.vocab import TRIAL_FIGURES as instrument_keys
     report_keys = {"data.global_batch_size", "scaling.rule", "schedule.warmup_epochs", "optim.name", "optim.base_lr",
                    "seed"}
     client = _client(uri)

@@ -7,7 +7,8 @@ pure function usable without largebatch, plus a thin hook in train/loop.py that 
 | sharpness: true               | sharpness, sharpness_x_lr_over_2 (at the end, | sharpness.py (arXiv 1609.04836) |
 |   sharpness_every_epochs: K   |   and every K epochs)                         |                                |
 | trust_ratio: true (default)   | trust_ratio_min/median/max (LARS/LAMB only)   | largebatch.optim.trust_ratio_summary |
-The critical-batch fit and the report's "Why" sections are in critical_batch.py (pure, over report rows).
+The critical-batch fit is in critical_batch.py (pure); the report's "Critical batch" and "Why" sections that use it
+are in largebatch/report/sections.py.
 
 Submodules import torch/numpy; this package imports nothing eagerly, so the report can use critical_batch.py
 without loading torch.

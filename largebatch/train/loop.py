@@ -28,7 +28,8 @@ from largebatch.data import TensorData, epoch_permutation
 from largebatch.data.feed import make_feed
 from largebatch.instruments.noise_scale import GradNoiseScale
 from largebatch.instruments.sharpness import sharpness_metrics
-from largebatch.metrics import INSTRUMENT_METRICS, best_of
+from largebatch.metrics import best_of
+from largebatch.vocab import INSTRUMENT_METRICS
 from largebatch.optim import create_optimizer, trust_ratio_summary
 from largebatch.tasks import Task, TaskData, build_data, task_of
 

@@ -31,35 +31,15 @@ def _git_commit() -> str:
 
 
 def create_scheduler(study: StudyConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """The study's trial scheduler (tune/schedulers.py; the name was checked at load time)."""
+    from largebatch.tune.schedulers import SCHEDULERS
 
     t = study.tuner
-    if t.scheduler == "fifo":
-        return FIFOScheduler()
-    if t.scheduler == "asha":
-        grace = asha_grace_epochs(study)
-        max_t = max(int(study.base.budget.epochs), grace)
-        # stop_last_trials=False: a trial reaching max_t ends by itself, so it logs its final status and fit_s
-        # (with the default, Tune kills it at its last epoch and it would be recorded stopped_early)
-        # one report per epoch: a rung is a number of passes over the data, the same examples for every batch size
-        return ASHAScheduler(time_attr="training_iteration", grace_period=grace, max_t=max_t,
-                             reduction_factor=t.reduction_factor, stop_last_trials=False)
-    from largebatch.errors import unknown_choice
+    if t.scheduler not in SCHEDULERS:
+        from largebatch.errors import unknown_choice
 
-    raise BadInput(unknown_choice("scheduler", t.scheduler, ["fifo", "asha"]), field="tuner.scheduler")
-
-
-def asha_grace_epochs(study: StudyConfig) -> int:
-    """ASHA's first rung, in epochs: tuner.grace_period_epochs, raised so that it never falls inside a trial's
-    warmup. A large batch still warming up is behind by construction; cut there, the search would be biased against
-    exactly the recipes it is meant to find."""
-    import math
-
-    warmups = [study.base.schedule.warmup_epochs, float((study.baseline or {}).get("schedule.warmup_epochs") or 0)]
-    domain = study.search.get("schedule.warmup_epochs")
-    if domain:  # grid/choice: the values; uniform/loguniform: [low, high]
-        warmups += [float(v) for v in next(iter(domain.values())) if isinstance(v, (int, float))]
-    return max(study.tuner.grace_period_epochs, math.ceil(max(warmups)))
+        raise BadInput(unknown_choice("scheduler", t.scheduler, SCHEDULERS.names()), field="tuner.scheduler")
+    return SCHEDULERS.get(t.scheduler)(study)
 
 
 def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:

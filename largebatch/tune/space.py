@@ -2,63 +2,17 @@
 
 Every searcher suggests {"arm", "overrides", "seed"}. `WithBaseline` puts the baseline (one trial per seed) first,
 whatever the searcher, so the reference is always run and never sampled away. Grid and random searchers are plain
-lists (deterministic, resumable); optuna is Ray Tune's OptunaSearch over the same domains.
+lists (deterministic, resumable); optuna is Ray Tune's OptunaSearch over the same domains. The searchers are
+registered in tune/searchers.py (Ray-free, so `largebatch list` and the study loader read the names without Ray);
+this module holds the Ray Tune Searcher classes (it imports Ray).
 """
 from __future__ import annotations
 
-import itertools
-import random
 from typing import Any, Optional
 
 from largebatch.config import StudyConfig
 from largebatch.errors import BadInput
-from largebatch.registry import Registry
-
-
-def tune_domain(kind: str, values: list):
-    from ray import tune
-
-    if kind in ("grid", "choice"):
-        return tune.choice(values)
-    if kind == "uniform":
-        return tune.uniform(*values)
-    if kind == "loguniform":
-        return tune.loguniform(*values)
-    return tune.randint(int(values[0]), int(values[1]))
-
-
-def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
-    """The cartesian product of the grid/choice entries, in YAML order."""
-    keys, lists = [], []
-    for key, domain in study.search.items():
-        kind, values = next(iter(domain.items()))
-        if kind not in ("grid", "choice"):
-            raise BadInput(f"searcher 'grid' takes grid/choice entries only, got {kind}; use searcher random or "
-                           f"optuna for continuous ranges", field=f"search.{key}")
-        keys.append(key)
-        lists.append(values)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*lists)] if keys else [{}]
-
-
-def random_points(study: StudyConfig, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    import math
-
-    rng = random.Random(seed)
-    points = []
-    for _ in range(n):
-        p = {}
-        for key, domain in study.search.items():
-            kind, v = next(iter(domain.items()))
-            if kind in ("grid", "choice"):
-                p[key] = rng.choice(v)
-            elif kind == "uniform":
-                p[key] = rng.uniform(*v)
-            elif kind == "loguniform":
-                p[key] = math.exp(rng.uniform(math.log(v[0]), math.log(v[1])))
-            else:
-                p[key] = rng.randrange(int(v[0]), int(v[1]))
-        points.append(p)
-    return points
+from largebatch.tune.searchers import SEARCHERS
 
 
 def _searcher_base():
@@ -198,34 +152,6 @@ class WithBaseline(_searcher_base()):
 
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
-
-
-SEARCHERS: Registry = Registry("searcher")
-
-
-@SEARCHERS.register("grid", "every combination of the grid/choice entries, tuner.num_samples times")
-def _grid(study: StudyConfig):
-    points = grid_points(study) * study.tuner.num_samples
-    return ListSearcher(points, study.tuner.metric, study.tuner.mode), len(points)
-
-
-@SEARCHERS.register("random", "tuner.num_samples independent draws from the domains (seeded, reproducible)")
-def _random(study: StudyConfig):
-    points = random_points(study, study.tuner.num_samples, seed=study.base.seed)
-    return ListSearcher(points, study.tuner.metric, study.tuner.mode), len(points)
-
-
-@SEARCHERS.register("optuna", "Ray Tune's OptunaSearch (TPE) over the domains, tuner.num_samples suggestions")
-def _optuna(study: StudyConfig):
-    from ray.tune.search.optuna import OptunaSearch
-
-    space = {k: tune_domain(*next(iter(d.items()))) for k, d in study.search.items()}
-    import optuna
-
-    inner = OptunaSearch(space=None, metric=study.tuner.metric, mode=study.tuner.mode,
-                         sampler=optuna.samplers.TPESampler(seed=study.base.seed))
-    inner.set_search_properties(study.tuner.metric, study.tuner.mode, space)
-    return inner, study.tuner.num_samples
 
 
 def create_searcher(study: StudyConfig, baseline: Optional[dict[str, Any]]):

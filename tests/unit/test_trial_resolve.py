@@ -61,7 +61,8 @@ def test_a_subset_beyond_the_trials_own_data_is_a_clear_error(tmp_path):
 
 
 def test_asha_first_rung_never_falls_inside_a_warmup(tmp_path):
-    from largebatch.tune.driver import asha_grace_epochs, create_scheduler
+    from largebatch.tune.driver import create_scheduler
+    from largebatch.tune.schedulers import asha_grace_epochs
 
     study_file = tmp_path / "asha.yaml"
     study_file.write_text(yaml.safe_dump({

@@ -15,28 +15,29 @@ Wall-clock is training time, start-up excluded.
 The gap itself is Keskar et al. 2016 (arXiv 1609.04836); the recipes that close it are Goyal et al. 2017
 (arXiv 1706.02677, linear rule + warmup) and Hoffer et al. 2017 (arXiv 1705.08741, sqrt rule).
 
-With `budget.target_val_acc` and the instruments on, two more sections (largebatch/instruments/critical_batch.py):
+With `budget.target_val_acc` and the instruments on, two more sections (report/sections.py, the fit in
+largebatch/instruments/critical_batch.py):
 "Critical batch" fits McCandlish's S(B) = S_min + E_min/B to steps-to-target and sets B_crit = E_min/S_min beside the
 measured gradient noise scale; "Why" lists the noise scale per batch size and the sharpness per batch size and rule.
 A record's `variant` (e.g. "decay=step factors=[5, 5]", other searched keys) keeps such recipes apart.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from largebatch.errors import BadInput, unknown_choice
-from largebatch.metrics import MODES, SUMMARIES, TRIAL_FIGURES
+from largebatch.report.sections import critical_batch_section, why_section
+from largebatch.vocab import (
+    MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
+)
 
 UNITS = ("points", "absolute", "relative")
-# Statuses whose metric is a result. stopped_early (e.g. ASHA) counts: it is what the trial reached.
+# Statuses whose metric is a result (vocab.py). stopped_early (e.g. ASHA) counts: it is what the trial reached.
 # diverged / failed / running carry no accuracy.
-SCORED = ("completed", "stopped_early")
-STATUSES = ("completed", "diverged", "stopped_early", "failed", "running")
+SCORED = SCORED_STATUSES
 _EPS = 1e-12  # float slack for "within tolerance" comparisons
 _REQUIRED = ("trial_id", "global_batch_size", "rule", "warmup_epochs", "optimizer", "base_lr", "status")
 # optional per-trial figures, averaged per recipe (None where no trial has them); grad_noise_scale is the trial's
@@ -149,7 +150,7 @@ def _std(xs: list[float]) -> float | None:
 def _recipe_status(trials: list[_Trial]) -> str:
     statuses = {t.status for t in trials}
     if not any(t.acc is not None for t in trials):
-        for s in ("diverged", "failed", "running", "stopped_early", "completed"):
+        for s in UNSCORED_PRECEDENCE:
             if s in statuses:
                 return s
     return statuses.pop() if len(statuses) == 1 else "partial"
@@ -352,10 +353,8 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     failures = [
         {"trial_id": t.trial_id, "name": t.name, "status": t.status, "reason": t.reason}
         for t in sorted(trials, key=lambda t: t.trial_id)
-        if t.status in ("diverged", "failed")
+        if t.status in PROBLEM_STATUSES
     ]
-    from largebatch.instruments.critical_batch import critical_batch_section, why_section
-
     critical = critical_batch_section(configs, warnings)
     why = why_section(configs, per_batch)
     return {
@@ -375,117 +374,3 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         "why": why,
         "warnings": warnings,
     }
-
-
-# ---------------------------------------------------------------------------------------------- rendering
-
-
-def _pct(acc: float | None, std: float | None = None) -> str:
-    if acc is None:
-        return "-"
-    return f"{acc * 100:.2f}%" + (f" ± {std * 100:.2f}" if std is not None else "")
-
-
-def _val(report: dict, v: float | None, std: float | None = None) -> str:
-    """A metric value as the report shows it: percent for an accuracy-like metric (points), else 4 digits."""
-    if report.get("tolerance_units", "points") == "points":
-        return _pct(v, std)
-    if v is None:
-        return "-"
-    return f"{v:.4g}" + (f" ± {std:.2g}" if std is not None else "")
-
-
-_UNIT_LABEL = {"points": "pts", "absolute": "abs", "relative": "rel"}
-
-
-def metric_label(report: dict) -> str:
-    """The per-epoch metric behind the report's summary: best_val_acc -> val_acc."""
-    return report["metric"].split("_", 1)[1]
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _recipe_cell(p: dict) -> str:
-    if p["rule"] is None:
-        return f"all {p['n_diverged']} diverged" if p["n_diverged"] else "no result"
-    return f"{p['rule']}, warmup {p['warmup_epochs']:g}ep, peak LR {_num(p['peak_lr'], '.4g')}"
-
-
-def _config_line(c: dict | None, report: dict | None = None) -> str:
-    if c is None:
-        return "none"
-    return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
-            f"{_num(c['wall_s_mean'], '.1f')} s, speed-up {_num(c['speedup'], '.2f')}x")
-
-
-def format_table(report: dict) -> str:
-    """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures."""
-    name, units = metric_label(report), _UNIT_LABEL[report.get("tolerance_units", "points")]
-    head = ["batch", "best recipe (rule, warmup, peak LR)", f"{name} (mean ± std)", f"gap vs baseline ({units})",
-            f"no-scaling {name}", "wall-clock s", "steps", "speed-up"]
-    rows = []
-    for p in report["per_batch"]:
-        rows.append([
-            str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
-            _recipe_cell(p),
-            _val(report, p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
-            _num(p["gap_points"], "+.2f" if units == "pts" else "+.3g"),
-            _val(report, p["noscale_acc"]),
-            _num(p["wall_s"], ".1f"),
-            _num(p["steps"], "d"),
-            "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
-        ])
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
-    b = report["baseline"]
-    mode = report.get("mode", "max")
-    out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} {units}"
-               + ("" if mode == "max" else " (lower is better)"))
-    out.append("- baseline: none" if b is None else
-               f"- baseline: B={b['global_batch_size']} {b['rule']} {b['optimizer']} base_lr={b['base_lr']:g}: "
-               f"{_val(report, b['acc_mean'], b['acc_std'])} (n={b['n']}), {_num(b['wall_s_mean'], '.1f')} s, "
-               f"{_num(b['steps'], 'd')} steps")
-    out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
-    out.append(f"- recommended: {_config_line(report['recommended'], report)}")
-    fit = (report.get("critical_batch") or {}).get("fit")
-    if fit:
-        gns = report["critical_batch"]["grad_noise_scale_mean"]
-        out.append(f"- critical batch: B_crit = {fit['B_crit']:.4g} (S_min {fit['S_min']:.4g} steps, E_min "
-                   f"{fit['E_min']:.4g} examples); measured grad_noise_scale {_num(gns, '.4g')}")
-    out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
-    out.append(f"- failures: {len(report['failures'])}")
-    out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
-            for f in report["failures"]]
-    out += [f"- warning: {w}" for w in report["warnings"]]
-    return "\n".join(out) + "\n"
-
-
-def _is_baseline_batch(report: dict, p: dict) -> bool:
-    b = report["baseline"]
-    return b is not None and b["global_batch_size"] == p["global_batch_size"]
-
-
-def format_markdown(report: dict) -> str:
-    """report.md: title, the table, the Pareto front, failures (inside the table block)."""
-    what = "accuracy" if metric_label(report) == "val_acc" else metric_label(report)
-    parts = ["# largebatch report", "", format_table(report), f"## Pareto front (wall-clock vs {what})", ""]
-    parts += [f"{i}. {_config_line(c, report)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
-    from largebatch.instruments.critical_batch import format_sections
-
-    sections = format_sections(report)
-    return "\n".join(parts) + "\n" + ("\n" + sections if sections else "")
-
-
-def write_report(report: dict, records: list[dict], out_dir: str | Path) -> list[Path]:
-    """Write report.json, report.md and the PNG plots that have data. Returns the paths written."""
-    from largebatch.report_plots import write_plots  # matplotlib is imported only when plots are drawn
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "report.json", out / "report.md"]
-    paths[0].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    paths[1].write_text(format_markdown(report))
-    return paths + write_plots(report, records, out)

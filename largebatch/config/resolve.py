@@ -1,0 +1,232 @@
+"""`resolve()`: the ONE place derived values are computed (docs/design.md §4).
+
+Units are batch-size invariant: LR is "per base_batch_size examples"; warmup and milestones are in epochs or
+examples. `resolve(cfg, num_workers)` turns them into steps for one concrete global batch, per batch-ramp phase.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+from largebatch.config.schema import TrialConfig, _Strict
+from largebatch.errors import BadInput
+
+
+class Phase(_Strict):
+    """A stretch of constant global batch: the whole run, or one step of `schedule.batch_ramp` (Smith et al.)."""
+
+    start_epoch: int
+    start_step: int  # the phase's first optimizer step
+    global_batch_size: int
+    per_worker_batch: int  # the micro-batch: examples in one forward pass of one worker
+    grad_accum_steps: int
+    steps_per_epoch: int
+    peak_lr: float  # base_lr scaled by the rule for this phase's batch
+
+
+class Resolved(_Strict):
+    """A trial config plus everything derived from it for one worker count. Read-only downstream.
+    The batch fields are the first phase's; `phases` has one entry per batch-ramp phase (one without a ramp)."""
+
+    cfg: TrialConfig
+    num_workers: int
+    global_batch_size: int  # = per_worker_batch * num_workers * grad_accum_steps (docs/design.md §4)
+    per_worker_batch: int  # examples in one forward pass of one worker (one micro-step)
+    micro_batch: int  # the same number as per_worker_batch, under the name the loop's micro-steps use
+    grad_accum_steps: int
+    train_size: int  # examples in the (possibly subset) train split
+    steps_per_epoch: int  # train_size // global_batch_size (drop_last: every step sees exactly B examples)
+    examples_per_epoch: int
+    epochs: int  # whole epochs run (ceil of budget.epochs, cut by max_steps)
+    total_steps: int
+    peak_lr: float  # base_lr scaled by the rule; the schedule multiplies it
+    warmup_steps: int
+    milestone_steps: tuple[int, ...]
+    phases: tuple[Phase, ...]
+
+    def phase_at_epoch(self, epoch: int) -> Phase:
+        return next(p for p in reversed(self.phases) if p.start_epoch <= epoch)
+
+    def phase_at_step(self, step: int) -> Phase:
+        return next(p for p in reversed(self.phases) if p.start_step <= step)
+
+    def examples_at(self, step: int) -> int:
+        """Examples shown by the first `step` optimizer steps (step x B without a ramp)."""
+        ends = [p.start_step for p in self.phases[1:]] + [step]
+        return sum(max(0, min(step, end) - p.start_step) * p.global_batch_size for p, end in zip(self.phases, ends))
+
+    def lr_at(self, step: int) -> float:
+        from largebatch.schedules import lr_factor
+
+        s = self.cfg.schedule
+        return self.phase_at_step(step).peak_lr * lr_factor(
+            step, self.total_steps, warmup=s.warmup, warmup_steps=self.warmup_steps,
+            start_factor=s.warmup_start_factor, decay=s.decay, min_factor=s.min_lr_factor,
+            milestones=self.milestone_steps, gamma=s.gamma,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The derived values a person checks before launching (and the ones logged as params)."""
+        out = {
+            "global_batch_size": self.global_batch_size,
+            "num_workers": self.num_workers,
+            "per_worker_batch": self.per_worker_batch,
+            "micro_batch": self.micro_batch,
+            "grad_accum_steps": self.grad_accum_steps,
+            "train_size": self.train_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "total_steps": self.total_steps,
+            "rule": self.cfg.scaling.rule,
+            "base_lr": self.cfg.optim.base_lr,
+            "base_batch_size": self.cfg.optim.base_batch_size,
+            "peak_lr": self.peak_lr,
+            "warmup_epochs": self.warmup_steps / self.steps_per_epoch,
+            "warmup_steps": self.warmup_steps,
+        }
+        if len(self.phases) > 1:  # e.g. "256 x4 accum1 @0ep -> 1024 x4 accum1 @3ep"
+            out["batch_ramp"] = " -> ".join(f"{p.global_batch_size} ({p.per_worker_batch}x{p.grad_accum_steps} "
+                                            f"accum, lr {p.peak_lr:.4g}) @{p.start_epoch}ep" for p in self.phases)
+        return out
+
+
+def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None,
+            source: str = "<config>", prefix: str = "base.") -> Resolved:
+    """Derive per-worker batch, accumulation, peak LR and step counts, for every batch-ramp phase. Anything
+    impossible is BadInput."""
+    from largebatch.scaling import scaled_lr
+
+    d, s, b, ramp = cfg.data, cfg.schedule, cfg.budget, cfg.schedule.batch_ramp
+    B = d.global_batch_size
+
+    def bad(field: str, msg: str) -> BadInput:
+        return BadInput(msg, source=source, field=prefix + field)
+
+    if num_workers < 1:
+        raise BadInput(f"got {num_workers} workers; use 1 or more", source=source, field="workers")
+
+    # ---- the phases: (start epoch, global batch); a factor of 1 starts no phase. Batches must be whole numbers.
+    starts, batches = [0], [B]
+    for m, f in zip(ramp.milestones, ramp.factors):
+        nxt = batches[-1] * f
+        if abs(nxt - round(nxt)) > 1e-9:
+            raise bad("schedule.batch_ramp.factors", f"factor {f:g} at epoch {m} makes a batch of {nxt:g} "
+                                                     f"examples; pick factors that keep the batch whole")
+        if round(nxt) != batches[-1]:
+            starts.append(m)
+            batches.append(int(round(nxt)))
+
+    # "auto" is settled on the workers (train/microbatch.py), which resolve again with the number they found
+    cap = d.per_worker_batch_cap if isinstance(d.per_worker_batch_cap, int) else None
+    if d.per_worker_batch_cap == "auto" and d.grad_accum_steps is not None:
+        raise bad("data.per_worker_batch_cap", "got 'auto' with data.grad_accum_steps set; give one of the two")
+
+    def split(Bk: int, k: int) -> tuple[int, int]:
+        """(micro-batch, accumulation steps) for phase k's global batch Bk."""
+        where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}, B={Bk}): "
+        fld = (lambda name: name) if k == 0 else (lambda name: "schedule.batch_ramp.factors")
+        if Bk % num_workers:
+            raise bad(fld("data.global_batch_size"), f"{where}got {Bk}, which does not divide over {num_workers} "
+                                                     f"workers; use a multiple of {num_workers}")
+        per_worker = Bk // num_workers  # examples per worker per optimizer step, over all its micro-steps
+        if k > 0 and ramp.grow == "accum":  # the first phase's micro-batch, more micro-steps
+            if per_worker % micro0:
+                raise bad(fld(""), f"{where}the {per_worker} examples per worker do not divide into micro-batches of "
+                                   f"{micro0}; pick factors that keep the batch a multiple of {micro0 * num_workers}")
+            return micro0, per_worker // micro0
+        if d.grad_accum_steps is not None:
+            accum = d.grad_accum_steps
+            if per_worker % accum:
+                raise bad(fld("data.grad_accum_steps"),
+                          f"{where}got {accum}: the {per_worker} examples per worker per step (= {Bk} / "
+                          f"{num_workers} workers) do not divide into {accum} micro-batches; use a divisor of "
+                          f"{per_worker}")
+        else:
+            accum = 1
+            if cap is not None:
+                # the fewest micro-steps whose micro-batch fits under the cap and divides the per-worker batch
+                accum = next((a for a in range(1, per_worker + 1)
+                              if per_worker % a == 0 and per_worker // a <= cap), per_worker)
+        micro = per_worker // accum
+        if cap is not None and micro > cap:
+            raise bad(fld("data.per_worker_batch_cap"),
+                      f"{where}got {cap}, below the micro-batch {micro} forced by "
+                      f"grad_accum_steps={accum}; raise the cap or the accumulation")
+        return micro, accum
+
+    micro0, accum0 = split(B, 0)  # split() reads micro0 for the later phases of an `accum` ramp
+    splits = [(micro0, accum0)] + [split(Bk, k) for k, Bk in enumerate(batches[1:], 1)]
+
+    if train_size is None:
+        from largebatch.tasks import task_of, train_size as task_train_size
+
+        train_size = task_train_size(task_of(cfg), cfg)
+        if d.train_subset is not None:
+            # checked here, not in the data layer, so the message names the study file and the dotted field
+            what = repr(d.dataset) if cfg.task.name == "classification" else f"task {cfg.task.name!r}"
+            if d.train_subset > train_size:
+                raise bad("data.train_subset", f"got {d.train_subset}, more than the {train_size} training "
+                                               f"examples of {what}; use at most {train_size}")
+            train_size = d.train_subset
+    for k, Bk in enumerate(batches):
+        if train_size < Bk:
+            field = "data.global_batch_size" if k == 0 else "schedule.batch_ramp.factors"
+            where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}): "
+            raise bad(field, f"{where}got {Bk}, larger than the {train_size} training examples; "
+                             f"use at most {train_size}")
+
+    # ---- steps: epoch e runs train_size // B_e steps (B_e = its phase's batch); the examples budget is epochs
+    n_epochs = math.ceil(b.epochs)
+    spe = [train_size // batches[bisect.bisect_right(starts, e) - 1] for e in range(n_epochs)]
+
+    def steps_at(x: float) -> int:
+        """Optimizer steps in the first x epochs (x may be fractional, or past the budget for decay milestones)."""
+        whole = int(x)
+        full = sum(spe[:whole]) + max(0, whole - n_epochs) * spe[-1]
+        return full + round((x - whole) * spe[min(whole, n_epochs - 1)])
+
+    total = steps_at(b.epochs)
+    epochs = n_epochs
+    if b.max_steps is not None:
+        total = min(total, b.max_steps)
+        epochs = min(epochs, next(e + 1 for e in range(n_epochs) if sum(spe[:e + 1]) >= total))
+    total = max(total, 1)
+
+    if s.warmup == "none":
+        warmup_steps = 0
+    elif s.warmup_examples is not None:
+        warmup_steps, left = 0, s.warmup_examples  # walk the epochs: each step shows its phase's batch
+        for e in range(n_epochs):
+            Be = batches[bisect.bisect_right(starts, e) - 1]
+            if left <= spe[e] * Be:
+                warmup_steps += math.ceil(left / Be)
+                break
+            warmup_steps, left = warmup_steps + spe[e], left - spe[e] * Be
+        else:
+            warmup_steps += math.ceil(left / batches[-1])
+    else:
+        warmup_steps = steps_at(s.warmup_epochs)
+    if warmup_steps > total:
+        field = "schedule.warmup_examples" if s.warmup_examples is not None else "schedule.warmup_epochs"
+        raise bad(field, f"warmup of {warmup_steps} steps is longer than the {total} training steps; "
+                         f"shorten the warmup or raise budget.epochs")
+    milestones = tuple(steps_at(m) for m in s.milestones)
+    if list(milestones) != sorted(milestones):
+        raise bad("schedule.milestones", f"got {list(s.milestones)}; milestones must be increasing")
+
+    try:
+        lrs = [scaled_lr(cfg.scaling.rule, cfg.optim.base_lr, Bk, cfg.optim.base_batch_size, cfg.scaling.alpha)
+               for Bk in batches]
+    except KeyError as e:
+        raise bad("scaling.rule", str(e.args[0])) from None
+    phases = tuple(Phase(start_epoch=starts[k], start_step=steps_at(starts[k]), global_batch_size=Bk,
+                         per_worker_batch=splits[k][0], grad_accum_steps=splits[k][1],
+                         steps_per_epoch=train_size // Bk, peak_lr=lrs[k]) for k, Bk in enumerate(batches))
+
+    return Resolved(
+        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro0, micro_batch=micro0,
+        grad_accum_steps=accum0, train_size=train_size, steps_per_epoch=spe[0], examples_per_epoch=spe[0] * B,
+        epochs=epochs, total_steps=total, peak_lr=lrs[0], warmup_steps=warmup_steps, milestone_steps=milestones,
+        phases=phases,
+    )

@@ -1,0 +1,131 @@
+"""Search domains: one `search:` entry (`{grid: [..]}`, `{choice: [..]}`, `{uniform: [lo, hi]}`,
+`{loguniform: [lo, hi]}`, `{randint: [lo, hi]}`) as a SearchDomain, the one place that knows the kinds.
+
+Its values() feed the grid searcher and the load-time resolve check, sample() the random searcher, to_tune() Ray
+Tune's search space (optuna). The study keeps the entries as the YAML wrote them (dicts): they are logged as is.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from largebatch.config.resolve import resolve
+from largebatch.config.schema import StudyConfig, TrialConfig
+from largebatch.config.tree import flatten, get_dotted, parse_trial, set_dotted
+from largebatch.errors import BadInput, did_you_mean
+
+SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+LISTED_KINDS = ("grid", "choice")  # the values are listed; the others are ranges [low, high]
+
+
+@dataclass(frozen=True)
+class SearchDomain:
+    kind: str
+    args: list  # the listed values (grid, choice) or [low, high] (uniform, loguniform, randint)
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> "SearchDomain":
+        """The domain of an entry already checked by parse() (load_study did)."""
+        kind, args = next(iter(entry.items()))
+        return cls(kind, args)
+
+    @classmethod
+    def parse(cls, entry: dict[str, Any], source: str = "<study>", field: str = "search") -> "SearchDomain":
+        """Check an entry's shape: one known kind; a non-empty list; ranges [low, high] with low < high."""
+        if len(entry) != 1 or next(iter(entry)) not in SEARCH_KINDS:
+            raise BadInput(f"got {entry!r}; a search entry is one of {{grid: [..]}}, {{choice: [..]}}, "
+                           f"{{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}}, {{randint: [lo, hi]}}",
+                           source=source, field=field)
+        kind, values = next(iter(entry.items()))
+        if not isinstance(values, list) or not values:
+            raise BadInput(f"{kind} needs a non-empty list, got {values!r}", source=source, field=field)
+        if kind not in LISTED_KINDS:
+            if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+                raise BadInput(f"{kind} needs [low, high] with low < high, got {values!r}", source=source,
+                               field=field)
+            if kind == "loguniform" and values[0] <= 0:
+                raise BadInput(f"loguniform needs low > 0, got {values[0]}", source=source, field=field)
+        return cls(kind, values)
+
+    @property
+    def listed(self) -> bool:
+        return self.kind in LISTED_KINDS
+
+    def values(self) -> list[Any]:
+        """The values a grid/choice entry can take; [] for sampled ranges (checked by their bounds at load time)."""
+        return list(self.args) if self.listed else []
+
+    def probes(self) -> list[Any]:
+        """The values checked against the trial config at load time: every listed value; a range's bounds as the
+        type it draws (uniform/loguniform draw floats, so an int setting such as a batch size fails at load)."""
+        if self.listed:
+            return list(self.args)
+        if self.kind == "randint":
+            return [int(self.args[0])]
+        return [float(self.args[0]), float(self.args[1])]
+
+    def sample(self, rng: random.Random) -> Any:
+        """One draw (the random searcher): seeded by `rng`, one rng call per draw."""
+        v = self.args
+        if self.listed:
+            return rng.choice(v)
+        if self.kind == "uniform":
+            return rng.uniform(*v)
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(v[0]), math.log(v[1])))
+        return rng.randrange(int(v[0]), int(v[1]))
+
+    def to_tune(self):
+        """The Ray Tune domain (imports ray: call it on the driver only)."""
+        from ray import tune
+
+        if self.listed:
+            return tune.choice(self.args)
+        if self.kind == "uniform":
+            return tune.uniform(*self.args)
+        if self.kind == "loguniform":
+            return tune.loguniform(*self.args)
+        return tune.randint(int(self.args[0]), int(self.args[1]))
+
+
+_MISSING = object()
+
+
+def check_search_key(study: StudyConfig, key: str, entry: dict[str, Any], source: str) -> SearchDomain:
+    """The entry is a valid domain, `key` a trial setting, and every value it can take makes a valid trial config."""
+    field = f"search.{key}"
+    domain = SearchDomain.parse(entry, source, field)
+    base = study.base.model_dump()
+    if get_dotted(base, key, _MISSING) is _MISSING:
+        top = key.split(".")[0]
+        valid = list(TrialConfig.model_fields)
+        hint = did_you_mean(key, flatten(base).keys()) or did_you_mean(top, valid)
+        raise BadInput(f"no such trial setting{hint}; search keys are dotted paths into base, e.g. "
+                       f"data.global_batch_size", source=source, field=field)
+    for v in domain.probes():  # every grid/choice value must make a valid trial config
+        try:
+            parse_trial(set_dotted(base, key, v), source="", prefix="")
+        except BadInput as e:
+            raise BadInput(f"{domain.kind} value {v!r}: {e}", source=source, field=field) from None
+    return domain
+
+
+def search_values(entry: dict[str, Any]) -> list[Any]:
+    """The values a grid/choice entry can take; [] for sampled ranges (checked by their bounds at load time)."""
+    return SearchDomain.of(entry).values()
+
+
+def check_search_resolves(study: StudyConfig, num_workers: int, source: str = "<study>") -> None:
+    """Resolve base with every grid/choice value, so a batch that does not divide over the workers or exceeds the
+    dataset is an error before any trial starts (docs/design.md §10), not a failed trial mid-study."""
+    base = study.base.model_dump()
+    for key, entry in study.search.items():
+        domain = SearchDomain.of(entry)
+        for v in domain.values():
+            cfg = TrialConfig.model_validate(set_dotted(base, key, v))  # load_study already parsed it
+            try:
+                resolve(cfg, num_workers, source="", prefix="")
+            except BadInput as e:
+                raise BadInput(f"{domain.kind} value {v!r}: {e}", source=source, field=f"search.{key}") from None

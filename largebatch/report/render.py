@@ -1,0 +1,115 @@
+"""The report rendered: the terminal table, Markdown (report.md) and the files `write_report` leaves (report.json,
+report.md, plots). Reads the dict build_report returns; the section text is report/sections.py's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from largebatch.report.sections import format_sections
+def _pct(acc: float | None, std: float | None = None) -> str:
+    if acc is None:
+        return "-"
+    return f"{acc * 100:.2f}%" + (f" ± {std * 100:.2f}" if std is not None else "")
+
+
+def _val(report: dict, v: float | None, std: float | None = None) -> str:
+    """A metric value as the report shows it: percent for an accuracy-like metric (points), else 4 digits."""
+    if report.get("tolerance_units", "points") == "points":
+        return _pct(v, std)
+    if v is None:
+        return "-"
+    return f"{v:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+
+
+_UNIT_LABEL = {"points": "pts", "absolute": "abs", "relative": "rel"}
+
+
+def metric_label(report: dict) -> str:
+    """The per-epoch metric behind the report's summary: best_val_acc -> val_acc."""
+    return report["metric"].split("_", 1)[1]
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _recipe_cell(p: dict) -> str:
+    if p["rule"] is None:
+        return f"all {p['n_diverged']} diverged" if p["n_diverged"] else "no result"
+    return f"{p['rule']}, warmup {p['warmup_epochs']:g}ep, peak LR {_num(p['peak_lr'], '.4g')}"
+
+
+def _config_line(c: dict | None, report: dict | None = None) -> str:
+    if c is None:
+        return "none"
+    return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
+            f"{_num(c['wall_s_mean'], '.1f')} s, speed-up {_num(c['speedup'], '.2f')}x")
+
+
+def format_table(report: dict) -> str:
+    """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures."""
+    name, units = metric_label(report), _UNIT_LABEL[report.get("tolerance_units", "points")]
+    head = ["batch", "best recipe (rule, warmup, peak LR)", f"{name} (mean ± std)", f"gap vs baseline ({units})",
+            f"no-scaling {name}", "wall-clock s", "steps", "speed-up"]
+    rows = []
+    for p in report["per_batch"]:
+        rows.append([
+            str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
+            _recipe_cell(p),
+            _val(report, p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
+            _num(p["gap_points"], "+.2f" if units == "pts" else "+.3g"),
+            _val(report, p["noscale_acc"]),
+            _num(p["wall_s"], ".1f"),
+            _num(p["steps"], "d"),
+            "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
+        ])
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
+    b = report["baseline"]
+    mode = report.get("mode", "max")
+    out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} {units}"
+               + ("" if mode == "max" else " (lower is better)"))
+    out.append("- baseline: none" if b is None else
+               f"- baseline: B={b['global_batch_size']} {b['rule']} {b['optimizer']} base_lr={b['base_lr']:g}: "
+               f"{_val(report, b['acc_mean'], b['acc_std'])} (n={b['n']}), {_num(b['wall_s_mean'], '.1f')} s, "
+               f"{_num(b['steps'], 'd')} steps")
+    out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
+    out.append(f"- recommended: {_config_line(report['recommended'], report)}")
+    fit = (report.get("critical_batch") or {}).get("fit")
+    if fit:
+        gns = report["critical_batch"]["grad_noise_scale_mean"]
+        out.append(f"- critical batch: B_crit = {fit['B_crit']:.4g} (S_min {fit['S_min']:.4g} steps, E_min "
+                   f"{fit['E_min']:.4g} examples); measured grad_noise_scale {_num(gns, '.4g')}")
+    out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    out.append(f"- failures: {len(report['failures'])}")
+    out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
+            for f in report["failures"]]
+    out += [f"- warning: {w}" for w in report["warnings"]]
+    return "\n".join(out) + "\n"
+
+
+def _is_baseline_batch(report: dict, p: dict) -> bool:
+    b = report["baseline"]
+    return b is not None and b["global_batch_size"] == p["global_batch_size"]
+
+
+def format_markdown(report: dict) -> str:
+    """report.md: title, the table, the Pareto front, failures (inside the table block)."""
+    what = "accuracy" if metric_label(report) == "val_acc" else metric_label(report)
+    parts = ["# largebatch report", "", format_table(report), f"## Pareto front (wall-clock vs {what})", ""]
+    parts += [f"{i}. {_config_line(c, report)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
+    sections = format_sections(report)
+    return "\n".join(parts) + "\n" + ("\n" + sections if sections else "")
+
+
+def write_report(report: dict, records: list[dict], out_dir: str | Path) -> list[Path]:
+    """Write report.json, report.md and the PNG plots that have data. Returns the paths written."""
+    from largebatch.report_plots import write_plots  # matplotlib is imported only when plots are drawn
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md"]
+    paths[0].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    paths[1].write_text(format_markdown(report))
+    return paths + write_plots(report, records, out)
