@@ -20,11 +20,10 @@ from typing import Any, Optional
 
 import torch
 
-from largebatch.config import Resolved
+from largebatch.train.spec import TrialSpec
 
 
-def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optional[dict],
-                   t_submit: float) -> dict[str, Any]:
+def run_in_process(spec: TrialSpec) -> dict[str, Any]:
     """Train the trial here, reporting every epoch to Tune; returns the outcome in the shape of
     train/trial.py `outcome` (final metrics, status, history, fit_s). Never raises for a failing trial."""
     from ray import tune
@@ -35,8 +34,8 @@ def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optiona
     from largebatch.tracking import EpochLogger
 
     # the same thread count as a Train worker with this CPU share: equal threads give equal float results
-    torch.set_num_threads(max(1, int(cpus)))
-    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray shows the trial its own GPU as 0
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    device = torch.device("cuda", 0) if spec.use_gpu else torch.device("cpu")  # Ray shows the trial its own GPU as 0
     history: list[dict] = []
     t_fit = time.time()
     logger: Optional[EpochLogger] = None
@@ -51,13 +50,11 @@ def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optiona
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # Tune has persisted its copy
 
     try:
-        cfg = res.cfg
+        cfg = spec.cfg
         task = task_of(cfg)
         data = cached_data(task, cfg)
-        if data.train_size != res.train_size:
-            raise RuntimeError(f"the driver resolved this trial for {res.train_size} training examples, the data "
-                               f"has {data.train_size}")
-        logger = EpochLogger.from_spec(tracking)
+        res = spec.check(1, data.train_size)
+        logger = EpochLogger.from_spec(spec.tracking)
         restore = tune.get_checkpoint()
         with (restore.as_directory() if restore is not None else contextlib.nullcontext()) as restore_dir:
             if restore_dir:
@@ -72,7 +69,7 @@ def run_in_process(res: Resolved, *, cpus: int, use_gpu: bool, tracking: Optiona
             print(f"[largebatch] in-process trial: 1 worker, batch {res.per_worker_batch} x {res.grad_accum_steps} "
                   f"accum, peak lr {res.peak_lr:.4g}", flush=True)
             ctx = WorkerContext(rank=0, world=1, device=device, restore_dir=restore_dir, report=report,
-                                t_submit=t_submit)
+                                t_submit=spec.t_submit)
             final = dict(train_worker(res, ctx, data, task))
     except Exception as e:
         return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": history,

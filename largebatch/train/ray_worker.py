@@ -1,6 +1,7 @@
 """The Ray Train entry point (`train_loop_per_worker`): turns Ray's context into a WorkerContext.
 
-Everything crossing the Ray boundary is a plain dict (`TrialSpec.to_dict()`); the worker re-validates it.
+The trial arrives resolved (`TrialSpec`, train/spec.py); the worker checks it against its worker group and the data it
+loaded, and trains.
 """
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ from typing import Any, Optional
 
 import torch
 
+from largebatch.train.spec import TrialSpec
+
 
 def train_func(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from largebatch.config import TrialConfig, resolve
     from largebatch.tasks import build_data, task_of
     from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
     from largebatch.tracking import EpochLogger
 
+    spec: TrialSpec = config["spec"]
     # 2 workers on 2 cores must not each start 2 BLAS threads: use this worker's CPU share
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     ctx_ray = ray.train.get_context()
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
-    device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
+    device = ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu")
 
-    cfg = TrialConfig.model_validate(config["trial"])
+    cfg = spec.cfg
     task = task_of(cfg)
     data = build_data(task, cfg)
     if task.ray_data is not None:  # this rank's share of the Ray Dataset the trainer was given (tasks/raydata.py)
@@ -36,9 +39,9 @@ def train_func(config: dict[str, Any]) -> None:
 
         shard = RayShard(ray.train.get_dataset_shard("train"), int(task.train_size(cfg)))
         data = TaskData(train=shard, eval=data.eval, info=data.info)
-    res = resolve(cfg, world, train_size=data.train_size)
+    res = spec.check(world, data.train_size)
     # MLflow: rank 0 only, the child run id travels in the config (a restarted worker logs to the same run)
-    logger = EpochLogger.from_spec(config.get("tracking")) if rank == 0 else None
+    logger = EpochLogger.from_spec(spec.tracking) if rank == 0 else None
 
     def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
         if logger is not None:
@@ -54,7 +57,7 @@ def train_func(config: dict[str, Any]) -> None:
             # epochs that were checkpointed but not yet in MLflow (a crash between the two) are logged now
             logger.backfill(json.loads(Path(restore_dir, HISTORY_FILE).read_text())["history"])
         ctx = WorkerContext(rank=rank, world=world, device=device, restore_dir=restore_dir, report=report,
-                            t_submit=config.get("t_submit"))
+                            t_submit=spec.t_submit)
         # where the DDP ranks landed (one all_gather at start-up): recorded on the trial's MLflow run
         node_ids = [ray.get_runtime_context().get_node_id()]
         if world > 1:

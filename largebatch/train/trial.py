@@ -11,37 +11,38 @@ from typing import Any, Optional, Sequence
 
 from largebatch import quiet
 from largebatch.config import Resolved
+from largebatch.train.spec import TrialSpec
 
 
 
-def trainer_config(res: Resolved, *, cpus_per_worker: int, use_gpu: bool,
-                   tracking: Optional[dict] = None) -> dict[str, Any]:
-    """The plain dict that crosses into the workers (train_loop_config)."""
-    return {
-        "trial": res.cfg.model_dump(mode="json"),
-        "cpus_per_worker": cpus_per_worker,
-        "use_gpu": use_gpu,
-        "tracking": tracking,
-        "t_submit": time.time(),
-    }
+def as_spec(trial: "Resolved | TrialSpec", *, cpus_per_worker: int = 1, use_gpu: bool = False,
+            tracking: Optional[dict] = None) -> TrialSpec:
+    """A TrialSpec as is, or one made from a Resolved (`largebatch train`, bench/) with these resources."""
+    if isinstance(trial, TrialSpec):
+        return trial if trial.t_submit is not None else trial.replace(t_submit=time.time())
+    return TrialSpec(res=trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, tracking=tracking,
+                     t_submit=time.time())
 
 
-def make_trainer(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
+def make_trainer(trial: "Resolved | TrialSpec", *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
                  use_gpu: bool = False, max_failures: int = 2, tracking: Optional[dict] = None,
                  callbacks: Sequence[Any] = (), placement_strategy: str = "PACK"):
+    """A TorchTrainer whose workers receive the TrialSpec as is (train/ray_worker.py)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from largebatch.train.ray_worker import train_func
 
+    spec = as_spec(trial, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, tracking=tracking)
+    res, cpus, gpu = spec.res, spec.cpus_per_worker, spec.use_gpu
     return TorchTrainer(
         **_ray_datasets(res),
         train_loop_per_worker=train_func,
-        train_loop_config=trainer_config(res, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, tracking=tracking),
-        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        train_loop_config={"spec": spec},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": 1} if gpu else {})},
                                      placement_strategy=placement_strategy),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
@@ -110,7 +111,7 @@ def fit_outcome(trainer) -> dict[str, Any]:
     return outcome(result, t_fit)
 
 
-def run_trial(res: Resolved, *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
+def run_trial(res: "Resolved | TrialSpec", *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
               use_gpu: bool = False, max_failures: int = 2) -> dict[str, Any]:
     """Run one trial to the end on the current Ray; never raises for a trial that fails or diverges."""
     return fit_outcome(make_trainer(res, run_name=run_name, storage_path=storage_path,

@@ -94,6 +94,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tune.space import create_searcher
     from largebatch.tune import progress
     from largebatch.tune.costs import costs_line, study_costs
+    from largebatch.tune.runtime import StudyRuntime
     from largebatch.tune.trainable import tune_trial
 
     t = study.tuner
@@ -142,21 +143,19 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         if target is not None:
             print(f"[largebatch] resuming {target['path']} (finished trials are kept, unfinished ones resume "
                   f"from their last checkpoint)", flush=True)
-        ctx = {
-            "base_tree": base_tree, "baseline_tree": baseline_tree, "source": source, "seeds": list(t.seeds),
-            "workers_per_trial": t.workers_per_trial, "cpus_per_worker": t.cpus_per_worker, "use_gpu": t.use_gpu,
-            "max_failures": t.max_failures, "train_sizes": train_sizes, "tracking_uri": tracking_uri,
-            "experiment_id": exp_id, "parent_run_id": parent_id, "run_name": run_name,
-            "storage_path": storage_path, "placement_strategy": "SPREAD" if info["nodes"] > 1 else "PACK",
-            "in_process": in_process,
-        }
+        runtime = StudyRuntime(
+            base_tree=base_tree, baseline_tree=baseline_tree, source=source, seeds=tuple(t.seeds),
+            workers_per_trial=t.workers_per_trial, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
+            max_failures=t.max_failures, train_sizes=train_sizes, tracking_uri=tracking_uri, experiment_id=exp_id,
+            parent_run_id=parent_id, run_name=run_name, storage_path=storage_path,
+            placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process)
         if in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
             resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         else:
             # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
             # so it takes 1 MiB of "memory", which every node has. The ConcurrencyLimiter caps how many run at once.
             resources = {"CPU": 0, "memory": 2**20}
-        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), resources)
+        trainable = tune.with_resources(tune.with_parameters(tune_trial, rt=runtime), resources)
         if target is not None:
             # the searcher (and its position), scheduler and trial list come back from the run folder
             tuner = tune.Tuner.restore(target["path"], trainable=trainable, resume_unfinished=True,
@@ -182,7 +181,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric, score=summary_name(t.metric),
                                mode=t.mode or "max",
                                live=live and wants_live() and not quiet.is_verbose())
-        progress.activate(display, ctx)
+        progress.activate(display, runtime)
         t0 = time.time()
         try:
             display.start()

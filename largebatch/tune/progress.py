@@ -14,38 +14,31 @@ from typing import Any, Optional
 from ray import tune
 
 from largebatch.console import StudyDisplay
+from largebatch.tune.runtime import StudyRuntime
 
 _ACTIVE: Optional["_Study"] = None
 _ERROR_TEXT_MAX = 64 * 1024  # bytes of a trial's error file read for its last line
 
 
 class _Study:
-    def __init__(self, display: StudyDisplay, ctx: dict[str, Any]):
-        self.display, self.ctx = display, ctx
+    def __init__(self, display: StudyDisplay, runtime: "StudyRuntime"):
+        self.display, self.runtime = display, runtime
 
     def describe(self, config: dict[str, Any]) -> tuple[str, bool, int]:
         """(readable name, is baseline, epochs) of a trial from its Tune config."""
-        from largebatch.config import apply_overrides, parse_trial, resolve
-        from largebatch.tune.trainable import trial_label
-
-        ctx = self.ctx
-        arm, seed = config.get("arm", "search"), int(config.get("seed", 0))
-        overrides = dict(config.get("overrides") or {})
+        arm = config.get("arm", "search")
         try:
-            tree = ctx["baseline_tree"] if arm == "baseline" else ctx["base_tree"]
-            cfg = parse_trial(apply_overrides(tree, {**overrides, "seed": seed}), source=ctx["source"])
-            res = resolve(cfg, ctx["workers_per_trial"], train_size=ctx["train_sizes"].get(cfg.data.train_subset or 0),
-                          source=ctx["source"])
-            name = trial_label(res.summary(), arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"]))
-            return name, arm == "baseline", int(res.epochs)
+            spec, overrides = self.runtime.trial_spec(config)
+            return self.runtime.label(spec, overrides), arm == "baseline", int(spec.res.epochs)
         except Exception:  # the trial itself reports a bad config; the display must not stop the study
+            overrides = dict(config.get("overrides") or {})
             words = " ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
             return (f"{arm} {words}".strip(), arm == "baseline", 0)
 
 
-def activate(display: StudyDisplay, ctx: dict[str, Any]) -> None:
+def activate(display: StudyDisplay, runtime: "StudyRuntime") -> None:
     global _ACTIVE
-    _ACTIVE = _Study(display, ctx)
+    _ACTIVE = _Study(display, runtime)
 
 
 def deactivate() -> None:

@@ -10,24 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from largebatch.config import apply_overrides, parse_trial, resolve
 from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
-
-
-def trial_label(summary: dict[str, Any], arm: str, overrides: dict[str, Any], seed: int, n_seeds: int) -> str:
-    """Readable child-run name, e.g. 'B=1024 linear warmup=2ep' (docs/design.md §2.4)."""
-    w = summary["warmup_epochs"]
-    parts = [f"B={summary['global_batch_size']}", summary["rule"], f"warmup={w:g}ep"]
-    for key, value in overrides.items():
-        if key in ("data.global_batch_size", "scaling.rule", "schedule.warmup_epochs"):
-            continue
-        short = key.split(".")[-1]
-        parts.append(f"{short}={value:.3g}" if isinstance(value, float) else f"{short}={value}")
-    if n_seeds > 1:
-        parts.append(f"seed={seed}")
-    label = " ".join(parts)
-    return f"baseline {label}" if arm == "baseline" else label
+from largebatch.train.spec import TrialSpec
+from largebatch.tune.runtime import StudyRuntime, trial_label  # noqa: F401  (trial_label: re-exported)
 
 
 def _wait_for_tune_queue(timeout_s: float = 30.0) -> None:
@@ -63,47 +49,14 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
     return True
 
 
-def trial_train_size(cfg, ctx: dict[str, Any]) -> int:
-    """Training examples this trial runs on. The driver counted them for the base task and data (per train_subset);
-    a trial that searches the task, dataset or path counts its own, so what is logged is what the worker runs."""
-    from largebatch.tasks import task_of, train_size
-
-    base = ctx["base_tree"]
-    same = (cfg.task.model_dump(mode="json") == base["task"] and cfg.data.dataset == base["data"]["dataset"]
-            and cfg.data.path == base["data"]["path"])
-    subset = cfg.data.train_subset or 0
-    if same and subset in ctx["train_sizes"]:
-        return ctx["train_sizes"][subset]
-    n = train_size(task_of(cfg), cfg)
-    if subset > n:
-        from largebatch.errors import BadInput
-
-        raise BadInput(f"got {subset}, more than the {n} training examples of this trial's data; use at most {n}",
-                       field="data.train_subset")
-    return subset or n
-
-
-def resolve_trial(config: dict[str, Any], ctx: dict[str, Any]):
-    """The Tune sample (arm, seed, overrides) -> (cfg, Resolved, arm, seed, overrides), resolved once here."""
-    arm, seed = config["arm"], int(config["seed"])
-    overrides = dict(config["overrides"] or {})
-    base_tree = ctx["baseline_tree"] if arm == "baseline" else ctx["base_tree"]
-    cfg = parse_trial(apply_overrides(base_tree, {**overrides, "seed": seed}), source=ctx["source"],
-                      prefix="baseline." if arm == "baseline" else "search.")
-    res = resolve(cfg, ctx["workers_per_trial"], train_size=trial_train_size(cfg, ctx), source=ctx["source"])
-    return cfg, res, arm, seed, overrides
-
-
-def _fit_with_ray_train(res, ctx: dict[str, Any], trial_id: str, tracking: dict) -> dict[str, Any]:
+def _fit_with_ray_train(spec: TrialSpec, rt: StudyRuntime, trial_id: str) -> dict[str, Any]:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from largebatch.train.trial import fit_outcome, make_trainer
 
-    trainer = make_trainer(
-        res, run_name=f"{ctx['run_name']}-{trial_id}", storage_path=ctx["storage_path"],
-        cpus_per_worker=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], max_failures=ctx["max_failures"],
-        tracking=tracking, callbacks=[TuneReportCallback()],
-        placement_strategy=ctx.get("placement_strategy", "PACK"))
+    trainer = make_trainer(spec, run_name=f"{rt.run_name}-{trial_id}", storage_path=rt.storage_path,
+                           max_failures=rt.max_failures, callbacks=[TuneReportCallback()],
+                           placement_strategy=rt.placement_strategy)
     t_fit = time.time()
     try:
         return fit_outcome(trainer)
@@ -114,36 +67,35 @@ def _fit_with_ray_train(res, ctx: dict[str, Any], trial_id: str, tracking: dict)
                 "fit_s": time.time() - t_fit}
 
 
-def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
     from ray import tune
 
     t_submit = time.time()
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
-    cfg, res, arm, seed, overrides = resolve_trial(config, ctx)
-    summary = res.summary()
-    name = trial_label(summary, arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"]))
+    spec, overrides = rt.trial_spec(config)
+    cfg, arm, summary = spec.cfg, spec.arm, spec.res.summary()
+    name = rt.label(spec, overrides)
 
-    tracker = Tracker(ctx["tracking_uri"])
-    run_id = tracker.find_child(ctx["experiment_id"], ctx["parent_run_id"], trial_id)
+    tracker = Tracker(rt.tracking_uri)
+    run_id = tracker.find_child(rt.experiment_id, rt.parent_run_id, trial_id)
     if run_id is not None and _already_finished(tracker, run_id):
         return  # a resumed study re-ran a trial that had finished (driver killed before Tune saved it): no rerun
     if run_id is None:
         params = {**flatten(cfg.model_dump(mode="json")), **summary, "arm": arm, "trial_id": trial_id,
                   "searched": ",".join(overrides)}
-        run_id = tracker.start_run(ctx["experiment_id"], name, parent_id=ctx["parent_run_id"], params=params,
+        run_id = tracker.start_run(rt.experiment_id, name, parent_id=rt.parent_run_id, params=params,
                                    tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: "running",
                                          TRIAL_DIR_TAG: Path(tctx.get_trial_dir()).name,
                                          "arm": arm, "is_baseline": str(arm == "baseline")})
 
-    tracking = {"uri": ctx["tracking_uri"], "run_id": run_id}
-    if ctx.get("in_process"):  # 1 worker: no Train controller or worker group (train/inprocess.py)
+    spec = spec.replace(tracking={"uri": rt.tracking_uri, "run_id": run_id}, t_submit=t_submit)
+    if rt.in_process:  # 1 worker: no Train controller or worker group (train/inprocess.py)
         from largebatch.train.inprocess import run_in_process
 
-        out = run_in_process(res, cpus=ctx["cpus_per_worker"], use_gpu=ctx["use_gpu"], tracking=tracking,
-                             t_submit=t_submit)
+        out = run_in_process(spec)
     else:
-        out = _fit_with_ray_train(res, ctx, trial_id, tracking)
+        out = _fit_with_ray_train(spec, rt, trial_id)
     # rank 0 already logged every reported metric at step = epoch (the last report included best_val_acc,
     # startup_s, ...): add only what the driver knows, at the last epoch's step, so no series gets a second point
     if out["history"]:
@@ -159,7 +111,7 @@ def tune_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         tracker.log_text(run_id, out["traceback"], "error.txt")  # the reason tag is one line; this is the rest
     tracker.set_note(run_id, trial_note(out["status"], {**out, **final}, out.get("reason")))
     tracker.end_run(run_id, "FAILED" if out["status"] == "failed" else "FINISHED")
-    if not ctx.get("in_process"):  # the race is between TuneReportCallback and the trial session
+    if not rt.in_process:  # the race is between TuneReportCallback and the trial session
         _wait_for_tune_queue()
     if out["status"] == "failed":
         # Tune records the error; the study goes on (failed trials are data in the report)

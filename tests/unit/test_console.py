@@ -166,17 +166,20 @@ def test_tune_callback_survives_the_pickling_of_tuner_restore():
     from largebatch.tune import progress
 
     d, out = _display()
-    ctx = {"base_tree": {}, "baseline_tree": {}, "source": "x.yaml", "workers_per_trial": 1, "train_sizes": {},
-           "seeds": [0]}
+    from largebatch.tune.runtime import StudyRuntime
+
+    runtime = StudyRuntime(base_tree={}, baseline_tree={}, source="x.yaml", seeds=(0,), workers_per_trial=1,
+                           cpus_per_worker=1, use_gpu=False, max_failures=0, train_sizes={}, tracking_uri="",
+                           experiment_id="", parent_run_id="", run_name="", storage_path="")
     restored = pickle.loads(pickle.dumps(copy.deepcopy(progress.create_callback())))
-    progress.activate(d, ctx)
+    progress.activate(d, runtime)
     try:
         trial = type("T", (), {"trial_id": "t1", "config": {"arm": "search", "overrides": {"optim.base_lr": 0.1}},
                                "last_result": {"status": "completed", "best_val_acc": 0.5}, "status": "TERMINATED"})()
         restored.on_trial_complete(0, [trial], trial)
     finally:
         progress.deactivate()
-    assert d.finished == 1 and "base_lr=0.1" in out.getvalue()  # the bad ctx: named from its overrides
+    assert d.finished == 1 and "base_lr=0.1" in out.getvalue()  # an unparsable trial: named from its overrides
 
 
 def test_train_epoch_bar_plain_and_live():

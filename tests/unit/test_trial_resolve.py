@@ -7,7 +7,7 @@ import yaml
 
 from largebatch.config import load_study
 from largebatch.tune.driver import _train_sizes
-from largebatch.tune.trainable import resolve_trial
+from largebatch.tune.runtime import StudyRuntime
 
 
 def _npz(path, n: int) -> str:
@@ -27,13 +27,20 @@ def _ctx(tmp_path, search: dict):
         "search": search(small, large)}))
     study = load_study(study_file)
     base = study.base.model_dump(mode="json")
-    return {"base_tree": base, "baseline_tree": base, "source": str(study_file), "workers_per_trial": 1,
-            "train_sizes": _train_sizes(study, [base])}, small, large
+    rt = StudyRuntime(base_tree=base, baseline_tree=base, source=str(study_file), seeds=(0,), workers_per_trial=1,
+                      cpus_per_worker=1, use_gpu=False, max_failures=0, train_sizes=_train_sizes(study, [base]),
+                      tracking_uri="", experiment_id="", parent_run_id="", run_name="", storage_path="")
+    return rt, small, large
+
+
+def resolve_trial(sample, rt):
+    spec, _ = rt.trial_spec(sample)
+    return spec.cfg, spec.res
 
 
 def test_a_trial_that_searches_the_data_path_is_resolved_for_its_own_data(tmp_path):
     ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]}})
-    assert ctx["train_sizes"] == {0: 100}  # the driver counts the base data only
+    assert ctx.train_sizes == {0: 100}  # the driver counts the base data only
     for path, n in ((small, 100), (large, 300)):
         _, res, *_ = resolve_trial({"arm": "search", "seed": 0, "overrides": {"data.path": path}}, ctx)
         assert res.train_size == n
@@ -74,3 +81,18 @@ def test_asha_first_rung_never_falls_inside_a_warmup(tmp_path):
     assert min(m for m, _ in create_scheduler(study)._brackets[0]._rungs) == 3  # its first milestone
     no_warmup = study.model_copy(update={"search": {}})
     assert asha_grace_epochs(no_warmup) == 1
+
+
+def test_a_trial_spec_refuses_other_workers_or_other_data(tmp_path):
+    import pytest
+
+    rt, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]}})
+    spec, _ = rt.trial_spec({"arm": "search", "seed": 0, "overrides": {"data.path": large}})
+    assert spec.check(1, 300) is spec.res  # resolved once, used as is
+    with pytest.raises(RuntimeError, match="resolved for 1 worker"):
+        spec.check(2, 300)
+    with pytest.raises(RuntimeError, match="resolved for 300 training examples, the data it loaded has 100"):
+        spec.check(1, 100)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(spec)).res.summary() == spec.res.summary()  # it crosses into Ray as is
