@@ -5,8 +5,8 @@ metrics). `ctx` (a WorkerContext) supplies the rank, the device, the
 restore checkpoint and the `report` callback: under Ray Train it wraps `ray.train.report` (train/ray_worker.py);
 in-process (bench/, unit tests) it records locally. Semantics are docs/design.md §4; metric names are docs/design.md §5.
 The global batch is per epoch (`res.phase_at_epoch`): constant, or grown at `schedule.batch_ramp` milestones.
-Instruments (largebatch/instruments, `cfg.instruments`) hook in at four marked places; off, each costs one
-`is None` test.
+Instruments (largebatch/instruments/hooks.py, `cfg.instruments`) are hooks called at three marked places; off, they
+cost one empty-list test per micro-step.
 """
 from __future__ import annotations
 
@@ -26,11 +26,10 @@ import torch.distributed as dist
 from largebatch.config import Resolved
 from largebatch.data import TensorData, epoch_permutation
 from largebatch.data.feed import make_feed
-from largebatch.instruments.noise_scale import GradNoiseScale
-from largebatch.instruments.sharpness import sharpness_metrics
+from largebatch.instruments.hooks import EpochEnd, Hook, build_hooks
 from largebatch.metrics import best_of
 from largebatch.vocab import INSTRUMENT_METRICS
-from largebatch.optim import create_optimizer, trust_ratio_summary
+from largebatch.optim import create_optimizer
 from largebatch.tasks import Task, TaskData, build_data, task_of
 
 CKPT_FILE = "state.pt"
@@ -121,6 +120,34 @@ def _save_checkpoint(model, opt, scaler, state: dict, history: list[dict]) -> st
     return d
 
 
+def epoch_metrics(epoch: int, tot: list[float], train_metrics, val: dict[str, float], *, examples: int, lr: float,
+                  global_batch: int, steps: int, examples_seen: int, train_s: float, epoch_s: float,
+                  wall_s: float) -> dict[str, Any]:
+    """One epoch's record (docs/design.md §5) from the all-reduced sums `tot` (loss sum, a sum per train metric,
+    then a count per train metric) and the evaluation."""
+    k = len(train_metrics)
+    train = {f"train_{m.name}": tot[1 + j] / max(tot[1 + k + j], 1) for j, m in enumerate(train_metrics)}
+    metrics: dict[str, Any] = {"epoch": epoch, "train_loss": tot[0] / max(examples, 1), **train,
+                               "val_loss": val["val_loss"], **val}
+    if train_metrics:
+        m0 = train_metrics[0].name
+        metrics["gen_gap"] = train[f"train_{m0}"] - val[f"val_{m0}"]
+    metrics.update({"lr": lr, "global_batch_size": global_batch, "steps": steps, "examples_seen": examples_seen,
+                    "wall_s": wall_s, "epoch_s": epoch_s, "throughput": examples / train_s if train_s > 0 else 0.0})
+    return metrics
+
+
+def epoch_line(m: dict[str, Any], epochs: int, task: Task) -> str:
+    """The epoch's log line (rank 0): loss, the task's metrics, LR, throughput, wall-clock, instruments."""
+    shown = "".join(f" {k} {m[k]:.4f}" for k in m if k.startswith(("train_", "val_")) and k not in
+                    ("train_loss", "val_loss"))
+    status = m.get("status", "completed")
+    return (f"[largebatch] epoch {m['epoch'] + 1}/{epochs} step {m['steps']} loss {m['train_loss']:.4f}{shown} "
+            f"lr {m['lr']:.4g} {m['throughput']:.0f} ex/s wall {m['wall_s']:.1f}s"
+            + (f" {status}" if status != "completed" else "")
+            + "".join(f" {k} {m[k]:.4g}" for k in INSTRUMENT_METRICS if k in m))
+
+
 def checkpoint_due(c, epoch: int, since_last_s: float) -> bool:
     """After epoch `epoch` (0-based): has the checkpoint cadence come round? (The last epoch always saves.)"""
     return bool((c.every_epochs and (epoch + 1) % c.every_epochs == 0) or (c.every_s and since_last_s >= c.every_s))
@@ -175,17 +202,12 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
     else:
         net = model
 
-    # ---- instruments: off by default; when on, they add device work but no sync inside the micro-step loop
-    ins = cfg.instruments
-    gns = (GradNoiseScale(net, list(model.parameters()), world, decay=ins.noise_scale_ema, device=device,
-                          min_accum=min(p.grad_accum_steps for p in res.phases)) if ins.grad_noise_scale else None)
-    if gns is not None and ctx.is_rank0 and world == 1 and all(p.grad_accum_steps == 1 for p in res.phases):
-        print("[largebatch] grad_noise_scale needs two batch sizes per step: with 1 worker and no accumulation it "
-              "is left out; set data.grad_accum_steps: 2 to measure it", flush=True)
-    probe = None
-    if ins.sharpness:  # a fixed, seeded probe batch: the same examples for every batch size of a study seed
-        g = torch.Generator().manual_seed(int(cfg.seed))
-        probe = probe_feed.gather(torch.randperm(len(probe_feed), generator=g)[: ins.sharpness_probe_size])
+    # ---- instruments (largebatch/instruments/hooks.py): off by default; when on, they add device work but no sync
+    # inside the micro-step loop
+    hooks = build_hooks(cfg, res, model=model, net=net, opt=opt, world=world, device=device, probe_feed=probe_feed,
+                        loss_fn=task.loss, is_rank0=ctx.is_rank0)
+    step_hooks = [h for h in hooks if type(h).after_backward is not Hook.after_backward
+                  or type(h).after_sync is not Hook.after_sync]
 
     # ---- resume: the checkpoint carries the schedule position; schedules are pure functions of the step
     start_epoch, step, wall_offset, history = 0, 0, 0.0, []
@@ -239,8 +261,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                     # mean over the micro-batch / accum, then DDP averages over ranks: the loss is normalised by B
                     scaled = loss if accum == 1 else loss / accum
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                if gns is not None:  # instrument: the local micro-batch |g|^2 (device tensor, no sync)
-                    gns.after_backward(i, accum)
+                for h in step_hooks:  # e.g. the local micro-batch |g|^2 (device tensor, no sync)
+                    h.after_backward(i, accum)
                 if train_metrics:  # one fused add per micro-step
                     values = [m.fn(out.detach(), yb) for m in train_metrics]
                     for j, v in enumerate(values):
@@ -248,8 +270,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                     sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
                 else:
                     sums += loss.detach().double() * len(yb)
-            if gns is not None:  # instrument: |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
-                gns.after_sync(B, micro_batch)
+            for h in step_hooks:  # e.g. |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
+                h.after_sync(B, micro_batch)
             if scaler is not None:
                 scaler.unscale_(opt)
             if o.grad_clip_norm:
@@ -277,33 +299,14 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
 
         # sums and the metric counts of every rank in one all-reduce
         tot = _all_reduce_sum(torch.cat([sums, sums.new_tensor(counts)]), world).tolist()  # sync point: once per epoch
-        n_sums = len(sums)
-        count = steps_done * B
         if status == "diverged":
             val = {"val_loss": float("nan"), **{f"val_{m.name}": float("nan") for m in task.metrics}}
         else:
             val = evaluate(model, eval_feed, task, cfg.data.eval_batch_size, ctx, cfg.precision)
-        epoch_s = time.time() - t_epoch
-        wall_s = wall_offset + (time.time() - t0)
-        train_loss = tot[0] / max(count, 1)
-        train = {f"train_{m.name}": tot[1 + j] / max(tot[n_sums + j], 1) for j, m in enumerate(train_metrics)}
-        examples = count
-        metrics = {"epoch": epoch, "train_loss": train_loss}
-        metrics.update(train)
-        metrics["val_loss"] = val["val_loss"]
-        metrics.update(val)
-        if train_metrics:
-            m0 = train_metrics[0].name
-            metrics["gen_gap"] = train[f"train_{m0}"] - val[f"val_{m0}"]
-        metrics.update({
-            "lr": lr, "global_batch_size": B,
-            "steps": step, "examples_seen": res.examples_at(step), "wall_s": wall_s, "epoch_s": epoch_s,
-            "throughput": examples / train_s if train_s > 0 else 0.0,
-        })
-        if gns is not None:  # sync point: one all-reduce of 3 scalars per epoch (every rank)
-            metrics.update(gns.epoch_metrics())
-        if ins.trust_ratio:  # LARS/LAMB only (None otherwise); sync point: once per epoch
-            metrics.update(trust_ratio_summary(opt) or {})
+        metrics = epoch_metrics(epoch, tot, train_metrics, val, examples=steps_done * B, lr=lr, global_batch=B,
+                                steps=step, examples_seen=res.examples_at(step), train_s=train_s,
+                                epoch_s=time.time() - t_epoch, wall_s=wall_offset + (time.time() - t0))
+        wall_s = metrics["wall_s"]
         val_acc = metrics.get("val_acc", float("nan"))
         if cfg.budget.target_val_acc is not None and not target and val_acc >= cfg.budget.target_val_acc:
             # measured at epoch ends (where val_acc is known); wall_s includes the evaluations so far
@@ -317,24 +320,17 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         if target and cfg.budget.stop_at_target and status == "completed":
             status, reason = "stopped_early", f"reached target val_acc {cfg.budget.target_val_acc} at step {step}"
         done = last_epoch or status != "completed"
+        end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == "diverged", is_rank0=ctx.is_rank0)
+        for h in hooks:  # each may sync once (every rank calls every hook)
+            metrics.update(h.epoch_end(end))
         if done:
             metrics["replica_divergence"] = replica_divergence(model, world)
-        every = ins.sharpness_every_epochs
-        if probe is not None and ctx.is_rank0 and status != "diverged" and (done or every and (epoch + 1) % every == 0):
-            # instrument: power iteration on HVPs of the bare model, rank 0 only (the others wait at the next
-            # collective); syncs once per iteration, outside the training steps
-            metrics.update(sharpness_metrics(model, probe, lr, iters=ins.sharpness_iters, seed=cfg.seed,
-                                             loss_fn=task.loss))
         metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "is_final": done,
                    "peak_lr": res.peak_lr, **target}
         if reason:
             metrics["reason"] = reason
         if ctx.is_rank0:
-            shown = "".join(f" {k} {v:.4f}" for k, v in {**train, **val}.items() if k != "val_loss")
-            print(f"[largebatch] epoch {epoch + 1}/{res.epochs} step {step} loss {train_loss:.4f}{shown} "
-                  f"lr {lr:.4g} {metrics['throughput']:.0f} ex/s "
-                  f"wall {wall_s:.1f}s{' ' + status if status != 'completed' else ''}"
-                  + "".join(f" {k} {metrics[k]:.4g}" for k in INSTRUMENT_METRICS if k in metrics), flush=True)
+            print(epoch_line(metrics, res.epochs, task), flush=True)
 
         ckpt_dir = None
         if ctx.is_rank0 and (done or checkpoint_due(cfg.checkpoint, epoch, time.time() - t_ckpt)):
