@@ -69,6 +69,9 @@ class WithBaseline(_searcher_base()):
         self.seeds = seeds
         self.total = total  # search points (before seeds) to ask the inner searcher for
         self.asked = 0
+        # trials handed out: each trial's config carries its number, which a resumed study re-creates for a trial
+        # Tune had not saved yet (the driver died first), so that trial finds its MLflow run again
+        self.suggested = 0
         self.primary: dict[str, str] = {}  # our trial id -> the inner searcher's trial id (first seed reports)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -89,6 +92,8 @@ class WithBaseline(_searcher_base()):
         inner_id = item.pop("_inner", None)
         if inner_id:
             self.primary[trial_id] = inner_id
+        item["index"] = self.suggested
+        self.suggested += 1
         return item
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -100,10 +105,11 @@ class WithBaseline(_searcher_base()):
             self.inner.on_trial_complete(self.primary.pop(trial_id), result=result, error=error)
 
     def get_state(self) -> dict:
-        return {"queue": self.queue, "asked": self.asked}
+        return {"queue": self.queue, "asked": self.asked, "suggested": self.suggested}
 
     def set_state(self, state: dict) -> None:
         self.queue, self.asked = state["queue"], state["asked"]
+        self.suggested = int(state.get("suggested", 0))
         self.primary = dict(state.get("primary", {}))
         if "inner" in state:
             self._set_inner_state(state["inner"])

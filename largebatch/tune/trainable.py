@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
@@ -49,6 +49,21 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
     return True
 
 
+TRIAL_INDEX_TAG = "largebatch.trial_index"  # the trial's number in the study (tune/space.py WithBaseline)
+
+
+def _child_by_index(tracker: Tracker, rt: StudyRuntime, index: int, trial_id: str, trial_dir: str) -> Optional[str]:
+    runs = tracker.client.search_runs(
+        [rt.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{rt.parent_run_id}' and "
+                                          f"tags.`{TRIAL_INDEX_TAG}` = '{index}'", max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    tracker.client.set_tag(run_id, TRIAL_TAG, trial_id)  # Tune's id for it from now on
+    tracker.client.set_tag(run_id, TRIAL_DIR_TAG, trial_dir)
+    return run_id
+
+
 def _fit_with_ray_train(spec: TrialSpec, rt: StudyRuntime, trial_id: str) -> dict[str, Any]:
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -79,6 +94,11 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
 
     tracker = Tracker(rt.tracking_uri)
     run_id = tracker.find_child(rt.experiment_id, rt.parent_run_id, trial_id)
+    index = config.get("index")
+    if run_id is None and index is not None:
+        # the driver died after this trial started but before Tune saved it: the resumed study asks for the same
+        # trial (the same number) under a new Tune id; it continues the run it had, never a second one
+        run_id = _child_by_index(tracker, rt, int(index), trial_id, Path(tctx.get_trial_dir()).name)
     if run_id is not None and _already_finished(tracker, run_id):
         return  # a resumed study re-ran a trial that had finished (driver killed before Tune saved it): no rerun
     if run_id is None:
@@ -86,6 +106,7 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
                   "searched": ",".join(overrides)}
         run_id = tracker.start_run(rt.experiment_id, name, parent_id=rt.parent_run_id, params=params,
                                    tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: "running",
+                                         **({TRIAL_INDEX_TAG: str(index)} if index is not None else {}),
                                          TRIAL_DIR_TAG: Path(tctx.get_trial_dir()).name,
                                          "arm": arm, "is_baseline": str(arm == "baseline")})
 
