@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -80,11 +79,9 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch import quiet
     from largebatch.console import StudyDisplay, wants_live
     from largebatch.raylib import init_ray, shutdown_ray
-    from largebatch.report import build_report, format_table, write_report
-    from largebatch.report_html import write_html
-    from largebatch.storage import preflight_storage, report_dir_for, resolve_storage, upload_dir
+    from largebatch.storage import preflight_storage, resolve_storage
     from largebatch.metrics import summary_name
-    from largebatch.tracking import Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
+    from largebatch.tracking import Tracker, preflight_tracking, resolve_tracking_uri
     from largebatch.tune.space import create_searcher
     from largebatch.tune import progress
     from largebatch.tune.trainable import tune_trial
@@ -174,13 +171,39 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                 display.stop()
                 progress.deactivate()
             study_s = time.time() - t0
-            _mark_unfinished(tracker, exp_id, parent_id, grid)
+            marked = _mark_unfinished(tracker, exp_id, parent_id, grid)
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
             raise _abort(tracker, exp_id, exp_name, parent_id, e, resume_hint) from None
     finally:
         if info["started"]:
             shutdown_ray()
-    records = records_from_mlflow(tracking_uri, exp_id, parent_id)
+    return finish_study(tracker, grid, ctx, study, marked=marked, study_s=study_s, n_trials=n_trials,
+                        exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri)
+
+
+def finish_study(tracker, grid, ctx: dict, study: StudyConfig, *, marked: Optional[str], study_s: float,
+                 n_trials: int, exp_name: str, run_root: str, mlflow_uri: Optional[str]) -> dict[str, Any]:
+    """The report, after Tune is done: built from MLflow (from Tune's results if MLflow cannot be read), written to
+    a local folder, copied to s3:// storage, logged on the parent run, printed."""
+    from largebatch.metrics import summary_name
+    from largebatch.report import build_report, format_table, write_report
+    from largebatch.report_html import write_html
+    from largebatch.storage import report_dir_for, upload_dir
+    from largebatch.tracking import records_from_mlflow
+
+    t = study.tuner
+    tracking_uri, exp_id, parent_id = ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"]
+    storage_path, run_name = ctx["storage_path"], ctx["run_name"]
+    # From here on nothing stops on MLflow or S3 being down (docs/design.md §10): the report is always written to a
+    # local folder first; what could not be logged or uploaded is said in one line, with where the report is.
+    from largebatch.tracking import tracking_error, with_retry
+
+    unlogged: list[str] = [] if marked is None else [marked]
+    try:
+        records = with_retry(lambda: records_from_mlflow(tracking_uri, exp_id, parent_id))
+    except Exception as e:
+        records = _records_from_tune(grid, ctx)
+        unlogged.append(f"the trial records (read from Tune's results instead: {tracking_error(e)})")
     report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
                           mode=t.mode or "max", units=study.report.tolerance_units)
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
@@ -188,23 +211,77 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                        "study_s": study_s,
                        "n_trials": n_trials}
     out_dir = report_dir_for(storage_path, run_name, run_root)
-    with tempfile.TemporaryDirectory() as tmp:
-        local_dir = Path(tmp) if out_dir.startswith("s3://") else Path(out_dir)
-        local_dir.mkdir(parents=True, exist_ok=True)
-        write_report(report, records, local_dir)
-        write_html(report, local_dir)  # report/report.html: the MLflow UI's artifact view shows it as a page
-        tracker.log_artifacts(parent_id, local_dir, "report")
-        if out_dir.startswith("s3://"):
+    # an s3:// report is written here first and stays (the copy to read if the upload fails)
+    local_dir = Path(run_root) / run_name / "report" if out_dir.startswith("s3://") else Path(out_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    write_report(report, records, local_dir)
+    write_html(report, local_dir)  # report/report.html: the MLflow UI's artifact view shows it as a page
+    where = [str(local_dir)]
+    if out_dir.startswith("s3://"):
+        try:
             upload_dir(local_dir, out_dir)
+            where.insert(0, redact_uri(out_dir))
+        except Exception as e:  # BadInput from s3.py: one line naming the endpoint problem
+            unlogged.append(f"the report upload to {redact_uri(out_dir)} ({redact_uri(str(e))})")
+    tracker.log_artifacts(parent_id, local_dir, "report")
     _describe_runs(tracker, parent_id, records, report)
     tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0},
                       "completed")
     tracker.end_run(parent_id)
+    unlogged += [f"MLflow: {u}" for u in tracker.unlogged]
     print(format_table(report))
-    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md and report.html  (MLflow parent run {parent_id}, "
+    print(f"[largebatch] report: {where[0]}/report.md and report.html  (MLflow parent run {parent_id}, "
           f"{study_s:.0f} s)")
+    if unlogged:
+        print(redact_uri(f"[largebatch] not logged: {'; '.join(unlogged)}. The whole report is in {local_dir}"),
+              flush=True)
     print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
     return report
+
+
+def _records_from_tune(grid, ctx: dict) -> list[dict]:
+    """Trial records (as records_from_mlflow makes them) from Tune's results and the trials' checkpoints, for a
+    report when MLflow cannot be read: each trial's config is resolved again, its figures are its last report."""
+    from largebatch.config import apply_overrides, parse_trial, resolve
+    from largebatch.metrics import TRIAL_FIGURES
+    from largebatch.train.trial import read_history
+    from largebatch.tune.trainable import trial_label
+
+    records = []
+    for r in grid:
+        conf, m = dict(r.config or {}), dict(r.metrics or {})
+        arm, seed, overrides = conf.get("arm", "search"), int(conf.get("seed", 0)), dict(conf.get("overrides") or {})
+        try:
+            cfg = parse_trial(apply_overrides(ctx["baseline_tree"] if arm == "baseline" else ctx["base_tree"],
+                                              {**overrides, "seed": seed}), source=ctx["source"])
+            summary = resolve(cfg, ctx["workers_per_trial"], source=ctx["source"],
+                              train_size=ctx["train_sizes"].get(cfg.data.train_subset or 0)).summary()
+        except Exception:
+            continue
+        try:
+            history, _ = read_history(getattr(r, "checkpoint", None))
+        except Exception:
+            history = []
+        status = m.get("status") if m.get("status") in ("completed", "diverged", "stopped_early", "failed") else None
+        err = getattr(r, "error", None)
+        if err is not None or status is None:
+            status = "failed" if err is not None or not history else "stopped_early"
+        searched = [k for k in overrides if k not in ("data.global_batch_size", "scaling.rule",
+                                                      "schedule.warmup_epochs", "optim.name", "optim.base_lr")]
+        records.append({
+            "trial_id": m.get("trial_id") or Path(getattr(r, "path", "") or "?").name, "run_id": None,
+            "name": trial_label(summary, arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"])), "is_baseline": arm == "baseline", "global_batch_size": summary["global_batch_size"],
+            "rule": summary["rule"], "warmup_epochs": summary["warmup_epochs"], "optimizer": cfg.optim.name,
+            "base_lr": summary["base_lr"], "peak_lr": summary["peak_lr"], "seed": seed, "status": status,
+            "reason": m.get("reason") if status == "failed" else None,
+            **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
+            "wall_s": m.get("wall_s"), "startup_s": m.get("startup_s"),
+            "steps": int(m["steps"]) if "steps" in m else None, **{k: m.get(k) for k in TRIAL_FIGURES},
+            "grad_noise_scale_mean": None, "batch_ramp": "batch_ramp" in summary,
+            "variant": " ".join(f"{k.split('.')[-1]}={overrides[k]}" for k in searched),
+            "history": history,
+        })
+    return records
 
 
 def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -> None:
@@ -214,7 +291,8 @@ def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -
     from largebatch.tracking import trial_note
 
     for r in records:
-        tracker.set_note(r["run_id"], trial_note(r["status"], r, r.get("reason")))
+        if r.get("run_id"):  # None: a record rebuilt from Tune while MLflow was down
+            tracker.set_note(r["run_id"], trial_note(r["status"], r, r.get("reason")))
     tracker.set_note(parent_id, format_table(report) + "\n\nThe whole report with its plots: artifacts, "
                                 "report/report.html")
 
@@ -297,31 +375,41 @@ def _open_children(tracker, exp_id: str, parent_id: str) -> list:
     return [r for r in _child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
 
 
-def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
-    """Close every child run that did not log its own end: stopped by the scheduler (ASHA) -> stopped_early; its
-    Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
-    reason. Tune finished, so a run still open after that ended without a word: failed."""
+def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> Optional[str]:
+    """Close every child run that did not log its own end: a trial whose last report was its final one (it could
+    not log its end: MLflow was down) -> the status it reported; stopped by the scheduler (ASHA) -> stopped_early;
+    its Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
+    reason. Tune finished, so a run still open after that ended without a word: failed.
+    Returns what could not be done when MLflow cannot be reached (None when all went through); never raises."""
     from largebatch.failures import describe
 
-    from largebatch.tracking import TRIAL_DIR_TAG, TRIAL_TAG
+    from largebatch.tracking import FINAL_STATUSES, TRIAL_DIR_TAG, TRIAL_TAG, tracking_error
 
     # a trial killed before its first report has no trial_id among its metrics: its folder name still matches
     by_trial = {(r.metrics or {}).get("trial_id"): r for r in grid if (r.metrics or {}).get("trial_id")}
     by_dir = {Path(r.path).name: r for r in grid if getattr(r, "path", None)}
-    for run in _open_children(tracker, exp_id, parent_id):
+    try:
+        open_runs = tracker.call(_open_children, tracker, exp_id, parent_id)
+    except Exception as e:
+        return f"the end of unfinished trial runs ({tracking_error(e)})"
+    for run in open_runs:
         tags = run.data.tags
         r = by_trial.get(tags.get(TRIAL_TAG)) or by_dir.get(tags.get(TRIAL_DIR_TAG, ""))
         err = getattr(r, "error", None) if r is not None else None
-        if r is not None and err is None:
+        m = dict(getattr(r, "metrics", None) or {})
+        if r is not None and err is None and m.get("is_final") and m.get("status") in FINAL_STATUSES:
+            status, reason = m["status"], m.get("reason")
+        elif r is not None and err is None:
             status, reason = "stopped_early", "stopped by the scheduler (ASHA)"
         else:
             status = "failed"
             reason = describe(err) if err is not None else "the trial's process ended without a final report"
-        m = dict(getattr(r, "metrics", None) or {})
         tracker.log_final(run.info.run_id,
                           {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
                           status, reason)
-        tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else "FAILED")
+        tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else
+                        "FAILED" if status == "failed" else "FINISHED")
+    return None
 
 
 def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException,

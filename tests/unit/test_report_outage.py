@@ -1,0 +1,93 @@
+"""The end of a study when MLflow or S3 is down (docs/design.md §10): the driver never dies on it, always writes the
+report to a local folder, and says in one line what was not logged or uploaded and where the report is.
+(tests/integration/test_outages.py does the same against real stopped servers.)"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from largebatch.config import baseline_trial, load_study
+from largebatch.tracking import Tracker
+from largebatch.tune import driver
+
+SMOKE = Path(__file__).resolve().parents[2] / "tune_spaces" / "digits-smoke.yaml"
+
+
+class Down(ConnectionError):
+    pass
+
+
+def _refused(*a, **k):
+    raise Down("HTTPConnectionPool(host='127.0.0.1'): Max retries exceeded (Connection refused)")
+
+
+def _result(arm: str, overrides: dict, status: str, best: float, trial_id: str):
+    metrics = {"trial_id": trial_id, "status": status, "is_final": True, "best_val_acc": best, "val_acc": best,
+               "wall_s": 1.5, "steps": 40, "startup_s": 2.0, "epoch": 3}
+    return SimpleNamespace(config={"arm": arm, "seed": 0, "overrides": overrides}, metrics=metrics, checkpoint=None,
+                           error=None, path=f"/x/tune_trial_{trial_id}")
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("LARGEBATCH_TRACKING_RETRY_S", "0")
+    study = load_study(SMOKE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("outage", (tmp_path / "art").as_uri())
+    parent = tracker.start_run(exp, "study")
+    base_tree = study.base.model_dump(mode="json")
+    ctx = {"base_tree": base_tree, "baseline_tree": baseline_trial(study, str(SMOKE)).model_dump(mode="json"),
+           "source": str(SMOKE), "seeds": [0], "workers_per_trial": 2, "train_sizes": {0: 1437},
+           "tracking_uri": uri, "experiment_id": exp, "parent_run_id": parent, "run_name": "outage-20260101-000000",
+           "storage_path": str(tmp_path / "storage")}
+    grid = [_result("baseline", {"data.global_batch_size": 32}, "completed", 0.95, "a"),
+            _result("search", {"data.global_batch_size": 128, "scaling.rule": "linear"}, "completed", 0.94, "b"),
+            _result("search", {"data.global_batch_size": 512, "scaling.rule": "none"}, "diverged", 0.2, "c")]
+    return SimpleNamespace(study=study, tracker=tracker, ctx=ctx, grid=grid, tmp=tmp_path)
+
+
+def _finish(s, **kw):
+    return driver.finish_study(s.tracker, s.grid, s.ctx, s.study, marked=kw.pop("marked", None), study_s=12.0,
+                               n_trials=3, exp_name="outage", run_root=str(s.tmp / "runs"), mlflow_uri=None)
+
+
+def test_mlflow_down_at_the_end_still_writes_the_report_from_tune_results(setup, monkeypatch, capsys):
+    monkeypatch.setattr(driver, "records_from_mlflow", _refused, raising=False)
+    import largebatch.tracking as tracking
+
+    monkeypatch.setattr(tracking, "records_from_mlflow", _refused)
+    for name in ("log_batch", "set_tag", "set_terminated", "log_artifacts"):
+        monkeypatch.setattr(setup.tracker.client, name, _refused)
+    report = _finish(setup)  # no exception
+    out = capsys.readouterr().out
+    local = Path(setup.ctx["storage_path"]) / setup.ctx["run_name"] / "report"
+    assert (local / "report.md").is_file() and (local / "report.json").is_file() and (local / "report.html").is_file()
+    assert report["max_safe_batch"] == 128  # from Tune's results: B=128 linear is within 1 point of 95%
+    line = next(l for l in out.splitlines() if l.startswith("[largebatch] not logged:"))
+    assert "trial records" in line and "artifacts report" in line and str(local) in line, line
+    assert "| 128 " in (local / "report.md").read_text() and "B=512 none warmup=0ep [c]: diverged" in \
+        (local / "report.md").read_text()
+
+
+def test_s3_down_at_the_report_upload_keeps_it_on_local_disk(setup, capsys):
+    setup.ctx["storage_path"] = "s3://lb-runs/studies?endpoint_override=http://lb:pa55w0rd-xyz@127.0.0.1:9"
+    _finish(setup)
+    out = capsys.readouterr().out
+    local = setup.tmp / "runs" / setup.ctx["run_name"] / "report"
+    assert (local / "report.md").is_file()
+    line = next(l for l in out.splitlines() if l.startswith("[largebatch] not logged:"))
+    assert "report upload to s3://lb-runs/studies" in line and str(local) in line, line
+    assert f"report: {local}/report.md" in out
+    assert "pa55w0rd" not in out + (local / "report.json").read_text() + (local / "report.md").read_text()
+    # MLflow was up: the parent run got the report and its end
+    run = setup.tracker.client.get_run(setup.ctx["parent_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+
+
+def test_an_unreachable_mlflow_when_closing_trials_is_named_not_fatal(setup, monkeypatch, capsys):
+    monkeypatch.setattr(setup.tracker.client, "search_runs", _refused)
+    assert "unfinished trial runs" in driver._mark_unfinished(setup.tracker, setup.ctx["experiment_id"],
+                                                              setup.ctx["parent_run_id"], setup.grid)
