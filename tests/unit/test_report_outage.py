@@ -91,3 +91,24 @@ def test_an_unreachable_mlflow_when_closing_trials_is_named_not_fatal(setup, mon
     monkeypatch.setattr(setup.tracker.client, "search_runs", _refused)
     assert "unfinished trial runs" in driver._mark_unfinished(setup.tracker, setup.ctx["experiment_id"],
                                                               setup.ctx["parent_run_id"], setup.grid)
+
+
+def test_credentials_in_uris_never_show_when_everything_is_down(setup, monkeypatch, capfd):
+    """A password in --mlflow http://user:PW@host and in the storage URI (secret_key=, and userinfo in
+    endpoint_override) reaches no print, no report file and no error line, even in MLflow's and boto3's own
+    failure messages."""
+    pw, key = "pa55w0rd-xyz", "s3cr3t-key-xyz"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://lb:{pw}@127.0.0.1:9"  # nothing listens
+    setup.tracker = Tracker(uri, retry_s=0)
+    setup.ctx["tracking_uri"] = uri
+    setup.ctx["storage_path"] = (f"s3://lb-runs/studies?endpoint_override=http://lb:{pw}@127.0.0.1:9"
+                                 f"&access_key=AKIA&secret_key={key}")
+    report = driver.finish_study(setup.tracker, setup.grid, setup.ctx, setup.study, marked=None, study_s=1.0,
+                                 n_trials=3, exp_name="outage", run_root=str(setup.tmp / "runs"), mlflow_uri=uri)
+    printed = capfd.readouterr()
+    files = "".join(p.read_text(errors="replace") for p in (setup.tmp / "runs").rglob("*") if p.is_file()
+                    and p.suffix in (".md", ".json", ".html"))
+    blob = printed.out + printed.err + files + repr(report)
+    assert "not logged:" in printed.out and "lb:***@127.0.0.1:9" in printed.out
+    assert pw not in blob and key not in blob
