@@ -228,7 +228,9 @@ def cmd_data(args) -> int:
     from largebatch.storage import push_dataset
 
     keys = push_dataset(args.dataset, args.uri, args.path)
-    print(f"uploaded {len(keys)} file(s) to {args.uri}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
+    from largebatch.redact import redact_uri
+
+    print(f"uploaded {len(keys)} file(s) to {redact_uri(args.uri)}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
     return 0
 
 

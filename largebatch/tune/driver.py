@@ -129,7 +129,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
               f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
               f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
         if target is not None:
-            print(f"[largebatch] resuming {target['path']} (finished trials are kept, unfinished ones resume "
+            print(f"[largebatch] resuming {redact_uri(target['path'])} (finished trials are kept, unfinished ones resume "
                   f"from their last checkpoint)", flush=True)
         ctx = {
             "base_tree": base_tree, "baseline_tree": baseline_tree, "source": source, "seeds": list(t.seeds),
@@ -433,7 +433,7 @@ def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException
             if run.data.tags.get(STATUS_TAG) == "running":
                 tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
         finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
-        tracker.client.set_tag(parent_id, "reason", what[:5000])
+        tracker.client.set_tag(parent_id, "reason", redact_uri(what)[:5000])  # errors may quote URIs
         tracker.end_run(parent_id, status)
     except Exception as te:  # MLflow may be what failed
         note = f" (MLflow could not be updated: {describe(te)})"

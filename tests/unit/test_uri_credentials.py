@@ -38,3 +38,16 @@ def test_an_unreachable_s3_endpoint_error_never_shows_the_keys(monkeypatch):
     msg = str(e.value)
     assert "cannot reach the S3 endpoint" in msg and "s3://***@lb-runs/studies" in msg
     assert KEY not in msg and "s3cr3t" not in msg and "pa55w0rd" not in msg
+
+
+def test_an_aborted_study_s_reason_tag_is_redacted(tmp_path):
+    from largebatch.tracking import Tracker
+    from largebatch.tune.driver import _abort
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracker.experiment_id("st")
+    parent = tracker.start_run(exp, "study")
+    err = _abort(tracker, exp, "st", parent, RuntimeError("API request to http://lb:pa55w0rd-xyz@h:5000 failed"), None)
+    reason = tracker.client.get_run(parent).data.tags["reason"]
+    assert "pa55w0rd" not in reason and "lb:***@h:5000" in reason
+    assert "pa55w0rd" not in redact_text(str(err))
