@@ -189,15 +189,13 @@ def finish_study(tracker, grid, ctx: dict, study: StudyConfig, *, marked: Option
     from largebatch.report import build_report, format_table, write_report
     from largebatch.report_html import write_html
     from largebatch.storage import report_dir_for, upload_dir
-    from largebatch.tracking import records_from_mlflow
+    from largebatch.tracking import records_from_mlflow, tracking_error, with_retry
 
     t = study.tuner
     tracking_uri, exp_id, parent_id = ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"]
     storage_path, run_name = ctx["storage_path"], ctx["run_name"]
     # From here on nothing stops on MLflow or S3 being down (docs/design.md §10): the report is always written to a
     # local folder first; what could not be logged or uploaded is said in one line, with where the report is.
-    from largebatch.tracking import tracking_error, with_retry
-
     unlogged: list[str] = [] if marked is None else [marked]
     try:
         records = with_retry(lambda: records_from_mlflow(tracking_uri, exp_id, parent_id))
@@ -244,6 +242,7 @@ def _records_from_tune(grid, ctx: dict) -> list[dict]:
     report when MLflow cannot be read: each trial's config is resolved again, its figures are its last report."""
     from largebatch.config import apply_overrides, parse_trial, resolve
     from largebatch.metrics import TRIAL_FIGURES
+    from largebatch.tracking import FINAL_STATUSES
     from largebatch.train.trial import read_history
     from largebatch.tune.trainable import trial_label
 
@@ -262,15 +261,18 @@ def _records_from_tune(grid, ctx: dict) -> list[dict]:
             history, _ = read_history(getattr(r, "checkpoint", None))
         except Exception:
             history = []
-        status = m.get("status") if m.get("status") in ("completed", "diverged", "stopped_early", "failed") else None
-        err = getattr(r, "error", None)
-        if err is not None or status is None:
-            status = "failed" if err is not None or not history else "stopped_early"
+        if getattr(r, "error", None) is not None or not m:
+            status = "failed"
+        elif m.get("is_final") and m.get("status") in FINAL_STATUSES:
+            status = m["status"]
+        else:  # its last report was not its last epoch's: the scheduler stopped it
+            status = "stopped_early"
         searched = [k for k in overrides if k not in ("data.global_batch_size", "scaling.rule",
                                                       "schedule.warmup_epochs", "optim.name", "optim.base_lr")]
         records.append({
             "trial_id": m.get("trial_id") or Path(getattr(r, "path", "") or "?").name, "run_id": None,
-            "name": trial_label(summary, arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"])), "is_baseline": arm == "baseline", "global_batch_size": summary["global_batch_size"],
+            "name": trial_label(summary, arm, overrides if arm == "search" else {}, seed, len(ctx["seeds"])),
+            "is_baseline": arm == "baseline", "global_batch_size": summary["global_batch_size"],
             "rule": summary["rule"], "warmup_epochs": summary["warmup_epochs"], "optimizer": cfg.optim.name,
             "base_lr": summary["base_lr"], "peak_lr": summary["peak_lr"], "seed": seed, "status": status,
             "reason": m.get("reason") if status == "failed" else None,

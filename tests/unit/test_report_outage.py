@@ -112,3 +112,14 @@ def test_credentials_in_uris_never_show_when_everything_is_down(setup, monkeypat
     blob = printed.out + printed.err + files + repr(report)
     assert "not logged:" in printed.out and "lb:***@127.0.0.1:9" in printed.out
     assert pw not in blob and key not in blob
+
+
+def test_records_from_tune_tell_a_stopped_trial_from_a_finished_one(setup):
+    stopped = _result("search", {"data.global_batch_size": 128, "scaling.rule": "none"}, "completed", 0.8, "d")
+    stopped.metrics["is_final"] = False  # ASHA stopped it after an early epoch
+    crashed = _result("search", {"data.global_batch_size": 512, "scaling.rule": "linear"}, "completed", 0.1, "e")
+    crashed.error, crashed.metrics = RuntimeError("killed"), {}
+    records = driver._records_from_tune(setup.grid + [stopped, crashed], setup.ctx)
+    assert [r["status"] for r in records] == ["completed", "completed", "diverged", "stopped_early", "failed"]
+    assert records[1]["name"] == "B=128 linear warmup=0ep" and records[0]["is_baseline"]
+    assert records[1]["peak_lr"] == 0.2 and records[1]["best_val_acc"] == 0.94
