@@ -230,7 +230,8 @@ def finish_study(tracker, grid, ctx: dict, study: StudyConfig, *, marked: Option
     print(format_table(report))
     print(f"[largebatch] report: {where[0]}/report.md and report.html  (MLflow parent run {parent_id}, "
           f"{study_s:.0f} s)")
-    if unlogged:
+    if unlogged:  # also kept beside the local report, for whoever finds it there
+        (local_dir / "not_logged.txt").write_text(redact_uri("\n".join(unlogged)) + "\n")
         print(redact_uri(f"[largebatch] not logged: {'; '.join(unlogged)}. The whole report is in {local_dir}"),
               flush=True)
     print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))

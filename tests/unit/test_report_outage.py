@@ -68,6 +68,7 @@ def test_mlflow_down_at_the_end_still_writes_the_report_from_tune_results(setup,
     assert report["max_safe_batch"] == 128  # from Tune's results: B=128 linear is within 1 point of 95%
     line = next(l for l in out.splitlines() if l.startswith("[largebatch] not logged:"))
     assert "trial records" in line and "artifacts report" in line and str(local) in line, line
+    assert "artifacts report" in (local / "not_logged.txt").read_text()
     assert "| 128 " in (local / "report.md").read_text() and "B=512 none warmup=0ep [c]: diverged" in \
         (local / "report.md").read_text()
 
