@@ -1,7 +1,7 @@
 """Servers that go away mid-study (docs/design.md §10), as real processes on 127.0.0.1 stopped by PID:
 
 - `mlflow server` (SQLite backend) stopped after the first trial logged an epoch and started again on the same port
-  and store: the trials keep training, and every epoch of every trial is in MLflow exactly once;
+  and store 20+ s later: the trials keep training, and every epoch of every trial is in MLflow exactly once;
 - `moto_server` (S3) stopped before the report upload: the report stays on local disk and the driver says where.
 """
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_mlflow_down_mid_study_every_epoch_logged_once(local_ray, mlflow_server,
         pytest.fail(f"no epoch logged in time: {out}")
     mlflow_server.stop()
     t_down = time.time()
-    time.sleep(15)  # trials train on while the server is gone
+    time.sleep(20)  # trials train on while the server is gone
     assert th.is_alive(), out  # the driver did not die of it
     mlflow_server.start()
     t_up = time.time()
@@ -146,15 +146,19 @@ def test_mlflow_down_mid_study_every_epoch_logged_once(local_ray, mlflow_server,
         for key in PER_EPOCH:
             steps = sorted(m.step for m in client.get_metric_history(kid.info.run_id, key))
             assert steps == list(range(EPOCHS)), (kid.info.run_name, key, steps)
-    # the first trial trained on through the outage: epochs it ran meanwhile reached MLflow only after the restart
+    # the first trial trained on through the outage: epochs it ran meanwhile reached MLflow only after the restart,
+    # and no epoch waited for the server (wall_s counts time blocked in logging; an epoch here takes a second or two)
     assert any(m.timestamp / 1000 >= t_up for m in client.get_metric_history(first, "val_loss"))
+    wall = [m.value for m in sorted(client.get_metric_history(first, "wall_s"), key=lambda m: m.step)]
+    gaps = [b - a for a, b in zip(wall, wall[1:])]
+    assert max(gaps) < 10, f"an epoch waited for MLflow: {gaps} (outage {down_s:.0f} s)"
     parent = client.get_run(report["study"]["parent_run_id"])
     assert parent.info.status == "FINISHED"
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
     assert "report/report.md" in artifacts
     printed = capfd.readouterr()
     assert "not logged:" not in printed.out, printed.out[-2000:]
-    assert down_s > 15
+    assert down_s > 20
 
 
 # ---------------------------------------------------------------- S3
