@@ -60,6 +60,9 @@ _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_
 def _client(uri: str):
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if redact_text(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

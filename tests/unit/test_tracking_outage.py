@@ -5,6 +5,7 @@ is named. The outage is simulated on a SQLite store by failing the client's call
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 
 import pytest
@@ -66,9 +67,16 @@ def test_client_calls_fail_fast_by_default(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own value wins
     tracking._client("sqlite:///:memory:")
-    import os
-
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+
+
+def test_mlflow_prints_no_run_links_for_a_uri_with_credentials(monkeypatch):
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    tracking._client("http://127.0.0.1:5000")
+    assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ  # its links stay for a plain URI
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "false")
+    tracking._client("http://lb:pw@127.0.0.1:5000")
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
 
 
 @pytest.fixture
