@@ -135,6 +135,7 @@ class Tracker:
         self.client = _client(uri)
         self.retry_s = retry_s  # None: retry_budget_s()
         self.unlogged: list[str] = []  # what could not reach MLflow, in words (best_effort)
+        self.gave_up = False  # a best_effort call spent its whole wait: the next ones try once, until one goes through
 
     def call(self, fn, *args, **kwargs):
         """A client call, retried while the server is unreachable (with_retry); raises once the budget is spent."""
@@ -142,11 +143,14 @@ class Tracker:
 
     def best_effort(self, what: str, fn, *args, **kwargs) -> bool:
         """A call that must not stop anything: retried, then, if MLflow is still unreachable, recorded in
-        `unlogged` and reported in one line on stderr. False if it was not logged."""
+        `unlogged` and reported in one line on stderr. False if it was not logged. One wait per outage: after a
+        call gave up, the following ones try once (a server gone for good costs one budget, not one per call)."""
         try:
-            self.call(fn, *args, **kwargs)
+            with_retry(lambda: fn(*args, **kwargs), 0.0 if self.gave_up else self.retry_s)
+            self.gave_up = False
             return True
         except Exception as e:
+            self.gave_up = self.gave_up or unreachable(e)
             self.unlogged.append(what)
             print(f"[largebatch] MLflow: could not log {what} ({tracking_error(e)})", file=sys.stderr, flush=True)
             return False

@@ -256,3 +256,20 @@ def test_preflight_with_credentials_in_the_uri_reaches_the_server_and_never_show
     with pytest.raises(BadInput) as e:
         preflight_tracking(f"http://lb:pa55w0rd-xyz@127.0.0.1:{port}")  # nothing listens now
     assert "pa55w0rd" not in str(e.value) and "lb:***@127.0.0.1" in str(e.value)
+
+
+def test_a_server_gone_for_good_costs_one_wait_not_one_per_call(run, monkeypatch):
+    uri, tracker, run_id = run
+    tracker.retry_s = 30
+    clock = Clock()
+    monkeypatch.setattr(tracking.time, "sleep", clock.sleep)
+    monkeypatch.setattr(tracking.time, "monotonic", clock)
+    tracker.client.set_tag = Outage(tracker.client.set_tag)
+    tracker.client.set_tag.down = True
+    assert not tracker.set_note(run_id, "a")
+    waited = clock.t
+    assert 15 < waited <= 30
+    assert not tracker.set_note(run_id, "b") and not tracker.set_note(run_id, "c")
+    assert clock.t == waited  # tried once each
+    tracker.client.set_tag.down = False
+    assert tracker.set_note(run_id, "d") and not tracker.gave_up
