@@ -314,7 +314,8 @@ class EpochLogger:
         except Exception as e:
             if not self.down:
                 self.down = True
-                print(f"[largebatch] MLflow: epochs {sorted(self.pending)} of run {self.run_id} wait to be logged "
+                waiting = f"epochs {sorted(self.pending)}" if self.pending else "epochs"
+                print(f"[largebatch] MLflow unreachable: {waiting} of run {self.run_id} wait to be logged "
                       f"({tracking_error(e)})", file=sys.stderr, flush=True)
             return False
         if self.down:
