@@ -536,7 +536,7 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
     if s.warmup == "none":
         warmup_steps = 0
     elif s.warmup_examples is not None:
-        warmup_steps, left = 0, s.warmup_examples  # walk the epochs: each step shows its phase's batch
+        warmup_steps, left = 0, s.warmup_examples  # each step shows its phase's batch
         for st, end, Be in zip(starts, starts[1:] + [n_epochs], batches):  # phase by phase
             per_epoch = train_size // Be * Be  # examples in one epoch of this phase
             whole = min(end - st, max(0, left - 1) // per_epoch)  # epochs that leave more than one epoch to go
