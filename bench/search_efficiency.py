@@ -44,7 +44,7 @@ def child(spec: dict) -> dict[str, Any]:
     import threading
 
     from largebatch.config import load_study
-    from largebatch.tracking import records_from_mlflow
+    from largebatch.records import records_from_mlflow
     from largebatch.tune.driver import run_study
 
     ray_info = common.start_ray()

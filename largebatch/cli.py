@@ -202,7 +202,8 @@ def cmd_tune(args) -> int:
 
 def cmd_report(args) -> int:
     from largebatch.report import build_report, format_table, write_report
-    from largebatch.tracking import find_study_run, records_from_mlflow, resolve_tracking_uri
+    from largebatch.records import find_study_run, records_from_mlflow
+    from largebatch.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.mlflow)
     exp_id, parent_id, options = find_study_run(uri, args.experiment, args.run)
@@ -230,7 +231,9 @@ def cmd_data(args) -> int:
     from largebatch.data.export import push_dataset
 
     keys = push_dataset(args.dataset, args.uri, args.path)
-    print(f"uploaded {len(keys)} file(s) to {args.uri}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
+    from largebatch.redact import redact_uri
+
+    print(f"uploaded {len(keys)} file(s) to {redact_uri(args.uri)}: {', '.join(k.rsplit('/', 1)[-1] for k in keys)}")
     return 0
 
 

@@ -10,9 +10,10 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from largebatch.errors import BadInput
+from largebatch.redact import redact_text
 
 CACHE_ROOT = Path(os.environ.get("LARGEBATCH_CACHE", Path.home() / ".cache" / "largebatch")) / "s3"
 LIST_PAGE_SIZE = 1000  # keys per list_objects_v2 call (S3's own maximum)
@@ -20,22 +21,41 @@ MAX_OBJECTS = 100_000  # a dataset prefix holds a handful of files; a listing be
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str, Optional[str]]:
-    """s3://bucket/key/prefix?endpoint_override=http://host:port -> (bucket, key, endpoint or None)."""
+    """s3://bucket/key/prefix?endpoint_override=http://host:port -> (bucket, key, endpoint or None). Keys in the URI
+    (s3://ACCESS_KEY:SECRET_KEY@bucket/..., pyarrow's and so Ray's form) are not part of the bucket: see
+    `uri_credentials`."""
     u = urlparse(uri)
-    if u.scheme != "s3" or not u.netloc:
-        raise BadInput(f"got {uri!r}: an S3 URI looks like s3://bucket/prefix")
+    bucket = u.netloc.rpartition("@")[2]
+    if u.scheme != "s3" or not bucket:
+        raise BadInput(f"got {redact_text(repr(uri))}: an S3 URI looks like s3://bucket/prefix")
     endpoint = parse_qs(u.query).get("endpoint_override", [None])[0]
     if endpoint and "://" not in endpoint:
         endpoint = f"http://{endpoint}"
-    return u.netloc, u.path.lstrip("/"), endpoint
+    return bucket, u.path.lstrip("/"), endpoint
 
 
-def client(endpoint: Optional[str] = None):
+def uri_credentials(uri: str) -> Optional[tuple[str, str]]:
+    """(access key, secret key) from s3://ACCESS_KEY:SECRET_KEY@bucket/...; None when the URI holds none."""
+    u = urlparse(uri)
+    if "@" not in u.netloc or u.username is None:
+        return None
+    return unquote(u.username), unquote(u.password or "")
+
+
+def client(endpoint: Optional[str] = None, credentials: Optional[tuple[str, str]] = None):
     import boto3
     from botocore.config import Config
 
     cfg = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=endpoint, config=cfg)
+    keys = {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]} if credentials else {}
+    return boto3.client("s3", endpoint_url=endpoint, config=cfg, **keys)
+
+
+def client_for(uri: str):
+    """The client for an s3:// URI: its endpoint, and its own keys if it carries them (else the environment's)."""
+    _, _, endpoint = parse_s3_uri(uri)
+    creds = uri_credentials(uri)
+    return client(endpoint, creds) if creds else client(endpoint)
 
 
 def _explain(e: Exception, uri: str, field: str) -> BadInput:
@@ -60,13 +80,13 @@ def _explain(e: Exception, uri: str, field: str) -> BadInput:
             msg = f"S3 error {code}: {e.response.get('Error', {}).get('Message', '')}"
     else:
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return BadInput(f"{uri}: {msg}", field=field)
+    return BadInput(redact_text(f"{uri}: {msg}"), field=field)  # the URI (or botocore's text) may hold keys
 
 
 def preflight_s3(uri: str, field: str = "--storage") -> None:
     """Before any trial starts: the bucket exists, the credentials work, and we may write (put + delete)."""
     bucket, key, endpoint = parse_s3_uri(uri)
-    s3 = client(endpoint)
+    s3 = client_for(uri)
     probe = f"{key.rstrip('/')}/.largebatch-write-probe" if key else ".largebatch-write-probe"
     try:
         s3.head_bucket(Bucket=bucket)
@@ -79,7 +99,7 @@ def preflight_s3(uri: str, field: str = "--storage") -> None:
 def _upload(pairs: list[tuple[Path, str]], uri: str, field: str) -> list[str]:
     """Upload (local file, key relative to the URI's prefix) pairs; returns the object keys."""
     bucket, key, endpoint = parse_s3_uri(uri)
-    s3 = client(endpoint)
+    s3 = client_for(uri)
     keys = []
     try:
         for path, rel in pairs:
@@ -170,7 +190,7 @@ def fetch_to_cache(uri: str, field: str = "data.path") -> str:
     each must map to a path inside the cache folder (see cache_path).
     """
     bucket, key, endpoint = parse_s3_uri(uri)
-    s3 = client(endpoint)
+    s3 = client_for(uri)
     objects = list_objects(s3, bucket, key, uri, field)
     exact = [o for o in objects if o["Key"] == key]
     if exact:

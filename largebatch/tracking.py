@@ -4,12 +4,19 @@ Only this module imports mlflow. We use `MlflowClient` with explicit run ids (no
 trials and restarted workers log to the right run. Per-epoch metrics are logged by rank 0 only (`EpochLogger`), after
 the epoch's checkpoint is persisted; on resume it backfills epochs missing from MLflow, so each epoch lands exactly
 once.
+
+A tracking server that goes away mid-study stops nothing (docs/design.md §10): each MLflow call gives up quickly
+(`HTTP_DEFAULTS`) and ours are retried with backoff for a bounded time (`with_retry`, LARGEBATCH_TRACKING_RETRY_S);
+epochs that could not be logged wait in the EpochLogger and go out, in order and once, when the server answers
+again; what still could not be logged is named (`Tracker.unlogged`), never raised into training.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -39,10 +46,64 @@ def resolve_tracking_uri(cli_value: Optional[str], run_root: str | Path = "runs"
     return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_root)
 
 
+# MLflow's own HTTP client retries a refused connection 7 times with exponential backoff (minutes) and waits up to
+# 120 s for an answer; ours retries on top of it (with_retry), so one call fails fast. A value the user set wins.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+RETRY_S_ENV = "LARGEBATCH_TRACKING_RETRY_S"  # how long one logging step keeps retrying an unreachable server
+DEFAULT_RETRY_S = 300.0
+# MLflow error codes that mean "not now" rather than "never": the server or its store is down, busy or restarting
+_TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
+                    "SERVICE_UNDER_MAINTENANCE", "ABORTED"}
+
+
 def _client(uri: str):
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if redact_text(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def retry_budget_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(RETRY_S_ENV, DEFAULT_RETRY_S)))
+    except ValueError:
+        return DEFAULT_RETRY_S
+
+
+def unreachable(e: BaseException) -> bool:
+    """True for a failure that may pass: no connection, a timeout, a 5xx/429 from the server or its store."""
+    if isinstance(e, OSError):  # ConnectionError, TimeoutError, and requests' exceptions (IOError subclasses)
+        return True
+    msg = str(e)
+    return getattr(e, "error_code", None) in _TRANSIENT_CODES or (msg.startswith("API request to")
+                                                                   and " failed with " in msg)
+
+
+def with_retry(fn, budget_s: Optional[float] = None, *, sleep=None, clock=None):
+    """fn(), retried with exponential backoff (0.5 s doubling, at most 10 s) while it fails `unreachable`, for at
+    most budget_s seconds (default retry_budget_s()); then its last error is raised. Other errors raise at once."""
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
+    deadline = clock() + (retry_budget_s() if budget_s is None else budget_s)
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not unreachable(e) or clock() + delay > deadline:
+                raise
+        sleep(delay)
+        delay = min(2 * delay, 10.0)
+
+
+def tracking_error(e: BaseException) -> str:
+    """One line for a person, credentials masked (MLflow's messages carry the server URL, userinfo included)."""
+    text = str(e).strip().splitlines()
+    return redact_text(f"{type(e).__name__}: {text[0] if text else ''}")[:500]
 
 
 def safe_params(flat: dict[str, Any]) -> dict[str, str]:
@@ -69,9 +130,30 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
 class Tracker:
     """Driver-side: experiments, the parent run and the child runs."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, retry_s: Optional[float] = None):
         self.uri = uri
         self.client = _client(uri)
+        self.retry_s = retry_s  # None: retry_budget_s()
+        self.unlogged: list[str] = []  # what could not reach MLflow, in words (best_effort)
+        self.gave_up = False  # a best_effort call spent its whole wait: the next ones try once, until one goes through
+
+    def call(self, fn, *args, **kwargs):
+        """A client call, retried while the server is unreachable (with_retry); raises once the budget is spent."""
+        return with_retry(lambda: fn(*args, **kwargs), self.retry_s)
+
+    def best_effort(self, what: str, fn, *args, **kwargs) -> bool:
+        """A call that must not stop anything: retried, then, if MLflow is still unreachable, recorded in
+        `unlogged` and reported in one line on stderr. False if it was not logged. One wait per outage: after a
+        call gave up, the following ones try once (a server gone for good costs one budget, not one per call)."""
+        try:
+            with_retry(lambda: fn(*args, **kwargs), 0.0 if self.gave_up else self.retry_s)
+            self.gave_up = False
+            return True
+        except Exception as e:
+            self.gave_up = self.gave_up or unreachable(e)
+            self.unlogged.append(what)
+            print(f"[largebatch] MLflow: could not log {what} ({tracking_error(e)})", file=sys.stderr, flush=True)
+            return False
 
     def experiment_id(self, name: str, artifact_location: Optional[str] = None) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -85,45 +167,89 @@ class Tracker:
 
     def start_run(self, experiment_id: str, name: str, *, parent_id: Optional[str] = None,
                   params: Optional[dict[str, Any]] = None, tags: Optional[dict[str, str]] = None) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         all_tags = {k: redact_text(str(v)) for k, v in (tags or {}).items()}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        trial_id, tried = all_tags.get(TRIAL_TAG), []
+
+        def create() -> str:
+            if tried and parent_id and trial_id:  # a lost answer may hide a run that was made: never make two
+                found = self._find_child(experiment_id, parent_id, trial_id)
+                if found:
+                    return found
+            tried.append(True)
+            return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+        run_id = self.call(create)
         if params:
             items = [Param(k, v) for k, v in safe_params(params).items()]
-            for i in range(0, len(items), 100):  # log_batch takes at most 100 params a call
-                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
-        return run.info.run_id
+            for i in range(0, len(items), 100):  # log_batch takes at most 100 params a call (same values: idempotent)
+                self.call(self.client.log_batch, run_id, params=items[i:i + 100])
+        return run_id
 
-    def find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
+    def _find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
         runs = self.client.search_runs(
             [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
         return runs[0].info.run_id if runs else None
 
-    def log_final(self, run_id: str, metrics: dict[str, Any], status: str, reason: Optional[str] = None,
-                  step: Optional[int] = None) -> None:
-        from mlflow.entities import Metric, RunTag
-        import time as _t
+    def find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
+        return self.call(self._find_child, experiment_id, parent_id, trial_id)
 
-        ts = int(_t.time() * 1000)
+    def log_final(self, run_id: str, metrics: dict[str, Any], status: str, reason: Optional[str] = None,
+                  step: Optional[int] = None, history: Optional[Iterable[dict[str, Any]]] = None) -> bool:
+        """The run's end figures and status tag. With `history` (the trial's checkpointed per-epoch metrics), epochs
+        the worker could not log (MLflow was down until it ended) are logged first. False if anything was not."""
+        from mlflow.entities import Metric, RunTag
+
+        ok = True
+        if history:
+            ok = self.best_effort(f"the missing epochs of run {run_id}", _log_missing_epochs, self.client, run_id,
+                                  list(history))
+        ts = int(time.time() * 1000)
         ms = [Metric(k, v, ts, step or 0) for k, v in numeric(metrics).items()]
         tags = [RunTag(STATUS_TAG, status)] + ([RunTag("reason", redact_text(reason)[:5000])] if reason else [])
-        self.client.log_batch(run_id, metrics=ms, tags=tags)
+        return self.best_effort(f"the final status of run {run_id}", self.client.log_batch, run_id, metrics=ms,
+                                tags=tags) and ok
 
-    def set_note(self, run_id: str, text: str) -> None:
+    def set_note(self, run_id: str, text: str) -> bool:
         """The run's description in the MLflow UI."""
-        self.client.set_tag(run_id, NOTE_TAG, redact_text(text)[:NOTE_MAX])
+        return self.best_effort(f"the description of run {run_id}", self.client.set_tag, run_id, NOTE_TAG,
+                                redact_text(text)[:NOTE_MAX])
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end_run(self, run_id: str, status: str = "FINISHED") -> bool:
+        return self.best_effort(f"the end ({status}) of run {run_id}", self.client.set_terminated, run_id,
+                                status=status)
 
-    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: Optional[str] = None) -> bool:
+        return self.best_effort(f"the artifacts {artifact_path or ''} of run {run_id}".replace("  ", " "),
+                                self.client.log_artifacts, run_id, str(local_dir), artifact_path)
 
-    def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, redact_text(text), name)  # study files and tracebacks may hold URIs
+    def log_text(self, run_id: str, text: str, name: str) -> bool:
+        # study files and tracebacks may hold URIs
+        return self.best_effort(f"{name} of run {run_id}", self.client.log_text, run_id, redact_text(text), name)
+
+
+def _epoch_metrics(metrics: dict[str, Any], ts: int):
+    from mlflow.entities import Metric
+
+    epoch = int(metrics["epoch"])
+    return [Metric(k, v, ts, epoch) for k, v in numeric(metrics).items() if k not in ("epoch", "is_final")]
+
+
+def _logged_epochs(client, run_id: str) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, "val_loss")}  # every task reports val_loss
+
+
+def _log_missing_epochs(client, run_id: str, history: list[dict[str, Any]]) -> None:
+    """Log each epoch of `history` whose step MLflow does not hold yet, in epoch order."""
+    present = _logged_epochs(client, run_id)
+    ts = int(time.time() * 1000)
+    for h in sorted(history, key=lambda h: int(h["epoch"])):
+        if int(h["epoch"]) not in present:
+            client.log_batch(run_id, metrics=_epoch_metrics(h, ts))
+            present.add(int(h["epoch"]))
 
 
 def trial_note(status: str, metrics: dict[str, Any], reason: Optional[str] = None) -> str:
@@ -143,13 +269,20 @@ def trial_note(status: str, metrics: dict[str, Any], reason: Optional[str] = Non
 
 
 class EpochLogger:
-    """Worker-side (rank 0): per-epoch metrics at step=epoch, exactly once per epoch across restarts."""
+    """Worker-side (rank 0): per-epoch metrics at step=epoch, exactly once per epoch across restarts and outages.
 
-    def __init__(self, uri: str, run_id: str):
+    An epoch that cannot be logged waits in `pending`; each later epoch first sends what waits, in epoch order,
+    skipping steps MLflow already holds (after a failed call it asks again: a lost answer may hide a write that
+    happened). `close()` waits a bounded time for the server at the end. Nothing here raises into training."""
+
+    def __init__(self, uri: str, run_id: str, retry_s: Optional[float] = None):
         self.client = _client(uri)
         self.run_id = run_id
-        hist = self.client.get_metric_history(run_id, "val_loss")  # every task reports val_loss each epoch
-        self.last_logged = max((m.step for m in hist), default=-1)
+        self.retry_s = retry_s  # close()'s wait; None: retry_budget_s()
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.last_logged: Optional[int] = None  # the highest epoch MLflow holds; None until it has answered
+        self.down = False  # said once per outage
+        self.flush()
 
     @classmethod
     def from_spec(cls, spec: Optional[dict]) -> Optional["EpochLogger"]:
@@ -157,25 +290,64 @@ class EpochLogger:
             return None
         return cls(spec["uri"], spec["run_id"])
 
-    def log_epoch(self, metrics: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-        import time as _t
-
+    def log_epoch(self, metrics: dict[str, Any]) -> bool:
+        """Queue this epoch and send everything that waits (one try). True if nothing waits any more."""
         epoch = int(metrics["epoch"])
-        if epoch <= self.last_logged:
-            return
-        ts = int(_t.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in numeric(metrics).items()
-                                                   if k not in ("epoch", "is_final")])
-        self.last_logged = epoch
+        if self.last_logged is None or epoch > self.last_logged:
+            self.pending[epoch] = dict(metrics)
+        return self.flush()
+
+    def backfill(self, history: Iterable[dict[str, Any]]) -> bool:
+        for h in history:
+            epoch = int(h["epoch"])
+            if self.last_logged is None or epoch > self.last_logged:
+                self.pending.setdefault(epoch, dict(h))
+        return self.flush()
+
+    def close(self) -> bool:
+        """At the end of the trial: wait (bounded) for the server to take what waits."""
+        return self.flush(retry_budget_s() if self.retry_s is None else self.retry_s)
+
+    def flush(self, budget_s: float = 0.0) -> bool:
+        try:
+            with_retry(self._send, budget_s)
+        except Exception as e:
+            if not self.down:
+                self.down = True
+                waiting = f"epochs {sorted(self.pending)}" if self.pending else "epochs"
+                print(f"[largebatch] MLflow unreachable: {waiting} of run {self.run_id} wait to be logged "
+                      f"({tracking_error(e)})", file=sys.stderr, flush=True)
+            return False
+        if self.down:
+            self.down = False
+            print(f"[largebatch] MLflow: logging to run {self.run_id} again", file=sys.stderr, flush=True)
+        return True
+
+    def _send(self) -> None:
+        if self.last_logged is None:
+            self.last_logged = max(_logged_epochs(self.client, self.run_id), default=-1)
+        ts = int(time.time() * 1000)
+        for epoch in sorted(self.pending):
+            if epoch > self.last_logged:
+                try:
+                    self.client.log_batch(self.run_id, metrics=_epoch_metrics(self.pending[epoch], ts))
+                except Exception as e:
+                    if unreachable(e):
+                        self.last_logged = None  # did it land? MLflow is asked before the next try
+                        raise
+                    print(f"[largebatch] MLflow refused epoch {epoch} of run {self.run_id}: {tracking_error(e)}",
+                          file=sys.stderr, flush=True)  # it never will take it: not retried
+                else:
+                    self.last_logged = epoch
+            del self.pending[epoch]
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v)[:5000])
-
-    def backfill(self, history: Iterable[dict[str, Any]]) -> None:
-        for h in history:
-            self.log_epoch(h)
+            try:
+                with_retry(lambda: self.client.set_tag(self.run_id, k, str(v)[:5000]), 0.0)
+            except Exception as e:
+                print(f"[largebatch] MLflow: tag {k} of run {self.run_id} not logged ({tracking_error(e)})",
+                      file=sys.stderr, flush=True)
 
 
 def preflight_tracking(uri: str, timeout_s: float = 10.0) -> None:
@@ -186,121 +358,24 @@ def preflight_tracking(uri: str, timeout_s: float = 10.0) -> None:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return
     if uri.startswith(("http://", "https://")):
+        import base64
         import urllib.request
+        from urllib.parse import unquote, urlsplit, urlunsplit
 
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            u = urlsplit(uri.rstrip("/"))
+            # urllib takes no user:password@ in a URL (MLflow's client, through requests, does): send it as Basic auth
+            request = urllib.request.Request(urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2])) + "/health")
+            if u.username is not None:
+                pair = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
+                request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
                 r.read()
         except Exception as e:
-            raise BadInput(f"cannot reach the MLflow server at {uri} ({getattr(e, 'reason', e)}); start it or fix "
-                           f"--mlflow / MLFLOW_TRACKING_URI", field="--mlflow") from None
+            raise BadInput(f"cannot reach the MLflow server at {redact_text(uri)} "
+                           f"({redact_text(str(getattr(e, 'reason', e)))}); start it or fix --mlflow / "
+                           f"MLFLOW_TRACKING_URI", field="--mlflow") from None
         return
     if "://" in uri and not uri.startswith(("file:", "postgresql", "mysql", "databricks")):
         raise BadInput(f"got {uri!r}: use http(s)://host:port, sqlite:///path or postgresql://...",
                        field="--mlflow")
-
-
-def _f(v: Optional[str]) -> Optional[float]:
-    try:
-        return float(v) if v not in (None, "", "None") else None
-    except ValueError:
-        return None
-
-
-HISTORY_KEYS = ("val_acc", "train_loss", "train_acc", "val_loss", "wall_s", "lr", "steps")
-
-
-def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """The trial records (report.py's input) of one study invocation, from its MLflow child runs alone.
-    Instrument figures are the last logged values, plus grad_noise_scale_mean (over epochs); `variant` names the
-    searched settings beyond batch/rule/warmup/optimizer/base_lr, so the report keeps e.g. ramp vs decay apart."""
-    import json
-    import statistics
-
-    from largebatch.vocab import TRIAL_FIGURES as instrument_keys
-    report_keys = {"data.global_batch_size", "scaling.rule", "schedule.warmup_epochs", "optim.name", "optim.base_lr",
-                   "seed"}
-    client = _client(uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=5000)
-    records = []
-    for run in runs:
-        p, m, tags = run.data.params, run.data.metrics, run.data.tags
-        history: dict[int, dict[str, Any]] = {}
-        # the task's own per-epoch metrics (val_mse, val_bpb, ...) join the fixed ones
-        keys = HISTORY_KEYS + tuple(sorted(k for k in m if k.startswith(("val_", "train_")) and k not in HISTORY_KEYS))
-        for key in keys + ("grad_noise_scale", "sharpness"):
-            # the first point per step: log_final re-logs the final values at step 0, after epoch 0's own
-            for point in sorted(client.get_metric_history(run.info.run_id, key), key=lambda q: (q.step, q.timestamp)):
-                history.setdefault(point.step, {"epoch": point.step}).setdefault(key, point.value)
-        gns = [h["grad_noise_scale"] for h in history.values() if math.isfinite(h.get("grad_noise_scale", math.nan))]
-        try:
-            factors = json.loads(p.get("schedule.batch_ramp.factors") or "[]")
-        except ValueError:
-            factors = []
-        searched = [k for k in (p.get("searched") or "").split(",") if k and k not in report_keys]
-        records.append({
-            "trial_id": tags.get(TRIAL_TAG, run.info.run_id),
-            "run_id": run.info.run_id,
-            "name": run.info.run_name,
-            "is_baseline": tags.get("is_baseline") == "True",
-            "global_batch_size": int(float(p.get("data.global_batch_size", 0))),
-            "rule": p.get("scaling.rule", "none"),
-            "warmup_epochs": _f(p.get("warmup_epochs")) or 0.0,
-            "optimizer": p.get("optim.name", "?"),
-            "base_lr": _f(p.get("optim.base_lr")),
-            "peak_lr": _f(p.get("peak_lr")),
-            "seed": int(float(p.get("seed", 0))),
-            "status": tags.get(STATUS_TAG, "running"),
-            "reason": tags.get("reason"),
-            "best_val_acc": m.get("best_val_acc"),
-            "final_val_acc": m.get("final_val_acc"),
-            **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
-            "wall_s": m.get("wall_s"),
-            "startup_s": m.get("startup_s"),
-            "fit_s": m.get("fit_s"),
-            "steps": int(m["steps"]) if "steps" in m else None,
-            **{k: m.get(k) for k in instrument_keys},
-            "grad_noise_scale_mean": statistics.fmean(gns) if gns else None,
-            "batch_ramp": any(float(f) != 1.0 for f in factors),
-            "variant": " ".join(f"{k.split('.')[-1]}={p.get(k)}" for k in searched),
-            "history": [history[k] for k in sorted(history)],
-        })
-    records.sort(key=lambda r: (not r["is_baseline"], r["global_batch_size"], r["rule"], r["warmup_epochs"],
-                                r["seed"], r["trial_id"]))
-    return records
-
-
-def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = None) -> tuple[str, str, dict]:
-    """(experiment id, parent run id, build_report options) of a study invocation; the latest when no id is given.
-    The options (tolerance, metric, mode, units) come from the parameters the study logged on its parent run."""
-    from largebatch.errors import BadInput
-
-    preflight_tracking(uri)
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        from largebatch.errors import unknown_choice
-
-        raise BadInput(unknown_choice("experiment", experiment, names), field="--experiment")
-    if parent_run_id:
-        try:
-            run = client.get_run(parent_run_id)
-        except Exception:
-            raise BadInput(f"no run {parent_run_id!r} in {uri}", field="--run") from None
-    else:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'study'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs:
-            raise BadInput(f"experiment {experiment!r} has no study runs", field="--experiment")
-        run = runs[0]
-    p = run.data.params
-    tol = _f(p.get("report.tolerance"))
-    metric = p.get("tuner.metric") or "val_acc"
-    mode = p.get("tuner.mode") if p.get("tuner.mode") in ("max", "min") else "max"
-    units = p.get("report.tolerance_units") if p.get("report.tolerance_units") not in (None, "", "None") else None
-    from largebatch.metrics import summary_name
-
-    return exp.experiment_id, run.info.run_id, {"tolerance": 0.5 if tol is None else tol,
-                                                "metric": summary_name(metric), "mode": mode, "units": units}

@@ -177,32 +177,40 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
                              f"use at most {train_size}")
 
     # ---- steps: epoch e runs train_size // B_e steps (B_e = its phase's batch); the examples budget is epochs
+    # Per phase, never per epoch: time and memory do not grow with budget.epochs (up to MAX_EPOCHS)
     n_epochs = math.ceil(b.epochs)
-    spe = [train_size // batches[bisect.bisect_right(starts, e) - 1] for e in range(n_epochs)]
+
+    def spe(e: int) -> int:
+        return train_size // batches[bisect.bisect_right(starts, e) - 1]
+
+    def full_steps(n: int) -> int:
+        """Optimizer steps in the first n whole epochs (past the budget, at the last phase's rate)."""
+        ends = starts[1:] + [max(n, starts[-1])]
+        return sum(max(0, min(n, end) - st) * (train_size // Bk) for st, end, Bk in zip(starts, ends, batches))
 
     def steps_at(x: float) -> int:
         """Optimizer steps in the first x epochs (x may be fractional, or past the budget for decay milestones)."""
         whole = int(x)
-        full = sum(spe[:whole]) + max(0, whole - n_epochs) * spe[-1]
-        return full + round((x - whole) * spe[min(whole, n_epochs - 1)])
+        return full_steps(whole) + round((x - whole) * spe(min(whole, n_epochs - 1)))
 
     total = steps_at(b.epochs)
     epochs = n_epochs
     if b.max_steps is not None:
         total = min(total, b.max_steps)
-        epochs = min(epochs, next(e + 1 for e in range(n_epochs) if sum(spe[:e + 1]) >= total))
+        epochs = min(epochs, bisect.bisect_left(range(1, n_epochs + 1), total, key=full_steps) + 1)
     total = max(total, 1)
 
     if s.warmup == "none":
         warmup_steps = 0
     elif s.warmup_examples is not None:
-        warmup_steps, left = 0, s.warmup_examples  # walk the epochs: each step shows its phase's batch
-        for e in range(n_epochs):
-            Be = batches[bisect.bisect_right(starts, e) - 1]
-            if left <= spe[e] * Be:
+        warmup_steps, left = 0, s.warmup_examples  # each step shows its phase's batch
+        for st, end, Be in zip(starts, starts[1:] + [n_epochs], batches):  # phase by phase
+            per_epoch = train_size // Be * Be  # examples in one epoch of this phase
+            whole = min(end - st, max(0, left - 1) // per_epoch)  # epochs that leave more than one epoch to go
+            warmup_steps, left = warmup_steps + whole * (train_size // Be), left - whole * per_epoch
+            if whole < end - st:
                 warmup_steps += math.ceil(left / Be)
                 break
-            warmup_steps, left = warmup_steps + spe[e], left - spe[e] * Be
         else:
             warmup_steps += math.ceil(left / batches[-1])
     else:
@@ -226,7 +234,7 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
 
     return Resolved(
         cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro0, micro_batch=micro0,
-        grad_accum_steps=accum0, train_size=train_size, steps_per_epoch=spe[0], examples_per_epoch=spe[0] * B,
+        grad_accum_steps=accum0, train_size=train_size, steps_per_epoch=spe(0), examples_per_epoch=spe(0) * B,
         epochs=epochs, total_steps=total, peak_lr=lrs[0], warmup_steps=warmup_steps, milestone_steps=milestones,
         phases=phases,
     )

@@ -83,7 +83,8 @@ class TrustRatioHook(Hook):
 
 
 def build_hooks(cfg, res, *, model, net, opt, world: int, device, probe_feed, loss_fn, is_rank0: bool) -> list[Hook]:
-    """The study's instruments, in the order their metrics are added."""
+    """The study's instruments, in the order their metrics are added: those with collectives first, then the
+    rank-0-only ones (sharpness), so that no rank waits in a collective while rank 0 works alone."""
     ins, hooks = cfg.instruments, []
     if ins.grad_noise_scale:
         from largebatch.instruments.noise_scale import GradNoiseScale

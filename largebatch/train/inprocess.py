@@ -71,6 +71,8 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
             ctx = WorkerContext(rank=0, world=1, device=device, restore_dir=restore_dir, report=report,
                                 t_submit=spec.t_submit)
             final = dict(train_worker(res, ctx, data, task))
+        if logger is not None:
+            logger.close()  # epochs MLflow missed while it was down go out now (a bounded wait)
     except Exception as e:
         return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": history,
                 "fit_s": time.time() - t_fit}

@@ -320,11 +320,11 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         if target and cfg.budget.stop_at_target and status == "completed":
             status, reason = "stopped_early", f"reached target val_acc {cfg.budget.target_val_acc} at step {step}"
         done = last_epoch or status != "completed"
-        end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == "diverged", is_rank0=ctx.is_rank0)
-        for h in hooks:  # each may sync once (every rank calls every hook)
-            metrics.update(h.epoch_end(end))
         if done:
             metrics["replica_divergence"] = replica_divergence(model, world)
+        end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == "diverged", is_rank0=ctx.is_rank0)
+        for h in hooks:  # every rank calls every hook; rank-0-only work (sharpness) comes last, after all collectives
+            metrics.update(h.epoch_end(end))
         metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "is_final": done,
                    "peak_lr": res.peak_lr, **target}
         if reason:

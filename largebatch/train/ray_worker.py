@@ -73,6 +73,8 @@ def train_func(config: dict[str, Any]) -> None:
                   f"per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} accum, "
                   f"peak lr {res.peak_lr:.4g}", flush=True)
         train_worker(res, ctx, data, task)
+        if logger is not None:
+            logger.close()  # epochs MLflow missed while it was down go out now (a bounded wait)
 
 
 class _null:

@@ -7,14 +7,10 @@ from MLflow alone, so `largebatch report` gives the same answer later.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
-
-import yaml
 
 from largebatch.config import StudyConfig, baseline_trial, flatten
 from largebatch.errors import BadInput
@@ -86,14 +82,12 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch import quiet
     from largebatch.console import StudyDisplay, wants_live
     from largebatch.raylib import init_ray, shutdown_ray
-    from largebatch.report import build_report, format_table, write_report
-    from largebatch.report_html import write_html
-    from largebatch.storage import preflight_storage, report_dir_for, resolve_storage, upload_dir
+    from largebatch.storage import preflight_storage, resolve_storage
     from largebatch.metrics import summary_name
-    from largebatch.tracking import Tracker, preflight_tracking, records_from_mlflow, resolve_tracking_uri
+    from largebatch.tracking import Tracker, preflight_tracking, resolve_tracking_uri
     from largebatch.tune.space import create_searcher
     from largebatch.tune import progress
-    from largebatch.tune.costs import costs_line, study_costs
+    from largebatch.tune.finish import finish_study
     from largebatch.tune.runtime import StudyRuntime
     from largebatch.tune.trainable import tune_trial
 
@@ -141,7 +135,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
               f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
               f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
         if target is not None:
-            print(f"[largebatch] resuming {target['path']} (finished trials are kept, unfinished ones resume "
+            print(f"[largebatch] resuming {redact_uri(target['path'])} (finished trials are kept, unfinished ones resume "
                   f"from their last checkpoint)", flush=True)
         runtime = StudyRuntime(
             base_tree=base_tree, baseline_tree=baseline_tree, source=source, seeds=tuple(t.seeds),
@@ -191,51 +185,14 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                 display.stop()
                 progress.deactivate()
             study_s = time.time() - t0
-            _mark_unfinished(tracker, exp_id, parent_id, grid)
+            marked = _mark_unfinished(tracker, exp_id, parent_id, grid)
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
             raise _abort(tracker, exp_id, exp_name, parent_id, e, resume_hint) from None
     finally:
         if info["started"]:
             shutdown_ray()
-    records = records_from_mlflow(tracking_uri, exp_id, parent_id)
-    report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
-                          mode=t.mode or "max", units=study.report.tolerance_units)
-    report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
-                       "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
-                       "study_s": study_s,
-                       "n_trials": n_trials}
-    report["study"].update(study_costs(records, study_s, max_conc))
-    out_dir = report_dir_for(storage_path, run_name, run_root)
-    with tempfile.TemporaryDirectory() as tmp:
-        local_dir = Path(tmp) if out_dir.startswith("s3://") else Path(out_dir)
-        local_dir.mkdir(parents=True, exist_ok=True)
-        write_report(report, records, local_dir)
-        write_html(report, local_dir)  # report/report.html: the MLflow UI's artifact view shows it as a page
-        tracker.log_artifacts(parent_id, local_dir, "report")
-        if out_dir.startswith("s3://"):
-            upload_dir(local_dir, out_dir)
-    _describe_runs(tracker, parent_id, records, report)
-    tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0},
-                      "completed")
-    tracker.end_run(parent_id)
-    print(format_table(report))
-    print(f"[largebatch] report: {redact_uri(out_dir)}/report.md and report.html  (MLflow parent run {parent_id}, "
-          f"{study_s:.0f} s)")
-    print(costs_line(report["study"], study_s))
-    print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
-    return report
-
-
-def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -> None:
-    """Key figures as run descriptions, so the MLflow UI shows them without picking columns: each trial's
-    headline numbers, and the report table on the study's run."""
-    from largebatch.report import format_table
-    from largebatch.tracking import trial_note
-
-    for r in records:
-        tracker.set_note(r["run_id"], trial_note(r["status"], r, r.get("reason")))
-    tracker.set_note(parent_id, format_table(report) + "\n\nThe whole report with its plots: artifacts, "
-                                "report/report.html")
+    return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
+                        slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri)
 
 
 def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,
@@ -316,31 +273,41 @@ def _open_children(tracker, exp_id: str, parent_id: str) -> list:
     return [r for r in _child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
 
 
-def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> None:
-    """Close every child run that did not log its own end: stopped by the scheduler (ASHA) -> stopped_early; its
-    Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
-    reason. Tune finished, so a run still open after that ended without a word: failed."""
+def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> Optional[str]:
+    """Close every child run that did not log its own end: a trial whose last report was its final one (it could
+    not log its end: MLflow was down) -> the status it reported; stopped by the scheduler (ASHA) -> stopped_early;
+    its Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
+    reason. Tune finished, so a run still open after that ended without a word: failed.
+    Returns what could not be done when MLflow cannot be reached (None when all went through); never raises."""
     from largebatch.failures import describe
 
-    from largebatch.tracking import TRIAL_DIR_TAG, TRIAL_TAG
+    from largebatch.tracking import FINAL_STATUSES, TRIAL_DIR_TAG, TRIAL_TAG, tracking_error
 
     # a trial killed before its first report has no trial_id among its metrics: its folder name still matches
     by_trial = {(r.metrics or {}).get("trial_id"): r for r in grid if (r.metrics or {}).get("trial_id")}
     by_dir = {Path(r.path).name: r for r in grid if getattr(r, "path", None)}
-    for run in _open_children(tracker, exp_id, parent_id):
+    try:
+        open_runs = tracker.call(_open_children, tracker, exp_id, parent_id)
+    except Exception as e:
+        return f"the end of unfinished trial runs ({tracking_error(e)})"
+    for run in open_runs:
         tags = run.data.tags
         r = by_trial.get(tags.get(TRIAL_TAG)) or by_dir.get(tags.get(TRIAL_DIR_TAG, ""))
         err = getattr(r, "error", None) if r is not None else None
-        if r is not None and err is None:
+        m = dict(getattr(r, "metrics", None) or {})
+        if r is not None and err is None and m.get("is_final") and m.get("status") in FINAL_STATUSES:
+            status, reason = m["status"], m.get("reason")
+        elif r is not None and err is None:
             status, reason = "stopped_early", "stopped by the scheduler (ASHA)"
         else:
             status = "failed"
             reason = describe(err) if err is not None else "the trial's process ended without a final report"
-        m = dict(getattr(r, "metrics", None) or {})
         tracker.log_final(run.info.run_id,
                           {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
                           status, reason)
-        tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else "FAILED")
+        tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else
+                        "FAILED" if status == "failed" else "FINISHED")
+    return None
 
 
 def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException,
@@ -364,7 +331,7 @@ def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException
             if run.data.tags.get(STATUS_TAG) == "running":
                 tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
         finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
-        tracker.client.set_tag(parent_id, "reason", what[:5000])
+        tracker.client.set_tag(parent_id, "reason", redact_uri(what)[:5000])  # errors may quote URIs
         tracker.end_run(parent_id, status)
     except Exception as te:  # MLflow may be what failed
         note = f" (MLflow could not be updated: {describe(te)})"

@@ -127,7 +127,8 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
         final = {k: v for k, v in out.items()
                  if k not in ("history", "status", "reason", "traceback", "epoch", "is_final")}
         last_epoch = 0
-    tracker.log_final(run_id, final, out["status"], out.get("reason"), step=last_epoch)
+    # history: epochs rank 0 could not log (MLflow down until the trial ended) are backfilled from the checkpoint
+    tracker.log_final(run_id, final, out["status"], out.get("reason"), step=last_epoch, history=out["history"])
     if out.get("traceback"):
         tracker.log_text(run_id, out["traceback"], "error.txt")  # the reason tag is one line; this is the rest
     tracker.set_note(run_id, trial_note(out["status"], {**out, **final}, out.get("reason")))

@@ -11,12 +11,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 EXPERIMENT = "e2e-digits"
 
 
+# Credentials in the URIs themselves: a password in --mlflow (this server takes no auth and ignores it) and the S3
+# keys in the storage URI (s3://KEY:SECRET@bucket, pyarrow's form, which Ray's storage and our s3.py read); neither
+# may show anywhere (test_secrets_never_reach_params_tags_or_artifacts)
+URI_PASSWORD = "uri-pa55w0rd-e2e"
+
+
+def _with_password(url: str) -> str:
+    return url.replace("http://", f"http://lbuser:{URI_PASSWORD}@", 1)
+
+
+STORAGE = f"s3://{DUMMY_AWS['AWS_ACCESS_KEY_ID']}:{DUMMY_AWS['AWS_SECRET_ACCESS_KEY']}@lb-runs/studies"
+
+
 @pytest.fixture(scope="module")
 def study(s3_server, mlflow_server, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("study")
     env = {**s3_server.env, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
-    r = run_cli(["tune", "tune_spaces/digits-smoke.yaml", "--name", EXPERIMENT, "--mlflow", mlflow_server.url,
-                 "--storage", "s3://lb-runs/studies", "--set", "budget.epochs=2"], env)
+    r = run_cli(["tune", "tune_spaces/digits-smoke.yaml", "--name", EXPERIMENT, "--mlflow",
+                 _with_password(mlflow_server.url), "--storage", STORAGE, "--set", "budget.epochs=2"], env)
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
@@ -50,14 +63,21 @@ def test_runs_metrics_and_artifacts_land_in_server_and_bucket(study, s3_server, 
 def test_secrets_never_reach_params_tags_or_artifacts(study, s3_server, mlflow_server):
     client = _client(mlflow_server.url)
     exp = client.get_experiment_by_name(EXPERIMENT)
-    secrets = [DUMMY_AWS["AWS_SECRET_ACCESS_KEY"], DUMMY_AWS["AWS_ACCESS_KEY_ID"]]
+    secrets = [DUMMY_AWS["AWS_SECRET_ACCESS_KEY"], DUMMY_AWS["AWS_ACCESS_KEY_ID"], URI_PASSWORD]
     for run in client.search_runs([exp.experiment_id]):
         blob = repr(run.data.params) + repr(run.data.tags)
         assert not any(s in blob for s in secrets), run.info.run_name
     for o in s3_server.client.list_objects_v2(Bucket="lb-mlflow")["Contents"]:
         body = s3_server.client.get_object(Bucket="lb-mlflow", Key=o["Key"])["Body"].read()
         assert not any(s.encode() in body for s in secrets), o["Key"]
-    assert not any(s in study.stdout + study.stderr for s in secrets)
+    # the report next to the trials (report.json/md/html), as the driver wrote it
+    for o in s3_server.client.list_objects_v2(Bucket="lb-runs", Prefix="studies/")["Contents"]:
+        if "/report/" in o["Key"]:
+            body = s3_server.client.get_object(Bucket="lb-runs", Key=o["Key"])["Body"].read()
+            assert not any(s.encode() in body for s in secrets), o["Key"]
+    leaked = [line for line in (study.stdout + study.stderr).splitlines() if any(s in line for s in secrets)]
+    assert not leaked, leaked[:5]
+    assert "lbuser:***@127.0.0.1" in study.stdout and "s3://***@lb-runs/studies" in study.stdout  # shown, masked
 
 
 def _chromium(tmp_path):

@@ -135,6 +135,9 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save({"value": value, "analytic": analytic, "grads_ok": grads_ok, "final": final},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        # rank 1 finishes first (sharpness runs on rank 0 alone): tearing gloo down while the peer still holds its
+        # connection aborts the process (SIGABRT), so both ranks meet here first
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -287,7 +290,8 @@ def test_report_critical_batch_and_why_sections(tmp_path):
 
 def test_records_from_mlflow_carry_instruments_targets_and_variant(tmp_path):
     from largebatch.config import flatten
-    from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_TAG, EpochLogger, Tracker, records_from_mlflow
+    from largebatch.records import records_from_mlflow
+    from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_TAG, EpochLogger, Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri)

@@ -1,0 +1,129 @@
+"""The end of a study: the report, built from MLflow (from Tune's results when MLflow cannot be read), written to a
+local folder first, then copied to s3:// storage and logged on the parent run (docs/design.md §10)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from largebatch.config import StudyConfig
+from largebatch.redact import redact_uri
+from largebatch.tune.runtime import StudyRuntime
+
+
+def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked: Optional[str], study_s: float,
+                 n_trials: int, slots: int, exp_name: str, run_root: str,
+                 mlflow_uri: Optional[str]) -> dict[str, Any]:
+    """The report, after Tune is done: built from MLflow (from Tune's results if MLflow cannot be read), written to
+    a local folder, copied to s3:// storage, logged on the parent run, printed."""
+    from largebatch.metrics import summary_name
+    from largebatch.report import build_report, format_table, write_report
+    from largebatch.tune.costs import costs_line, study_costs
+    from largebatch.report_html import write_html
+    from largebatch.storage import report_dir_for, upload_dir
+    from largebatch.records import records_from_mlflow
+    from largebatch.tracking import tracking_error, with_retry
+
+    t = study.tuner
+    tracking_uri, exp_id, parent_id = rt.tracking_uri, rt.experiment_id, rt.parent_run_id
+    storage_path, run_name = rt.storage_path, rt.run_name
+    # From here on nothing stops on MLflow or S3 being down (docs/design.md §10): the report is always written to a
+    # local folder first; what could not be logged or uploaded is said in one line, with where the report is.
+    unlogged: list[str] = [] if marked is None else [marked]
+    try:
+        records = with_retry(lambda: records_from_mlflow(tracking_uri, exp_id, parent_id))
+    except Exception as e:
+        records = _records_from_tune(grid, rt)
+        unlogged.append(f"the trial records (read from Tune's results instead: {tracking_error(e)})")
+    report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
+                          mode=t.mode or "max", units=study.report.tolerance_units)
+    report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
+                       "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
+                       "study_s": study_s,
+                       "n_trials": n_trials}
+    report["study"].update(study_costs(records, study_s, slots))
+    out_dir = report_dir_for(storage_path, run_name, run_root)
+    # an s3:// report is written here first and stays (the copy to read if the upload fails)
+    local_dir = Path(run_root) / run_name / "report" if out_dir.startswith("s3://") else Path(out_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    write_report(report, records, local_dir)
+    write_html(report, local_dir)  # report/report.html: the MLflow UI's artifact view shows it as a page
+    where = [str(local_dir)]
+    if out_dir.startswith("s3://"):
+        try:
+            upload_dir(local_dir, out_dir)
+            where.insert(0, redact_uri(out_dir))
+        except Exception as e:  # BadInput from s3.py: one line naming the endpoint problem
+            unlogged.append(f"the report upload to {redact_uri(out_dir)} ({redact_uri(str(e))})")
+    tracker.log_artifacts(parent_id, local_dir, "report")
+    _describe_runs(tracker, parent_id, records, report)
+    tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0},
+                      "completed")
+    tracker.end_run(parent_id)
+    unlogged += [f"MLflow: {u}" for u in tracker.unlogged]
+    print(format_table(report))
+    print(f"[largebatch] report: {where[0]}/report.md and report.html  (MLflow parent run {parent_id}, "
+          f"{study_s:.0f} s)")
+    print(costs_line(report["study"], study_s))
+    if unlogged:  # also kept beside the local report, for whoever finds it there
+        (local_dir / "not_logged.txt").write_text(redact_uri("\n".join(unlogged)) + "\n")
+        print(redact_uri(f"[largebatch] not logged: {'; '.join(unlogged)}. The whole report is in {local_dir}"),
+              flush=True)
+    print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
+    return report
+
+
+def _records_from_tune(grid, rt: StudyRuntime) -> list[dict]:
+    """Trial records (as records_from_mlflow makes them) from Tune's results and the trials' checkpoints, for a
+    report when MLflow cannot be read: each trial's config is resolved again, its figures are its last report."""
+    from largebatch.metrics import TRIAL_FIGURES
+    from largebatch.tracking import FINAL_STATUSES
+    from largebatch.train.trial import read_history
+
+    records = []
+    for r in grid:
+        conf, m = dict(r.config or {}), dict(r.metrics or {})
+        try:
+            spec, overrides = rt.trial_spec(conf)
+        except Exception:
+            continue
+        arm, seed, cfg, summary = spec.arm, spec.cfg.seed, spec.cfg, spec.res.summary()
+        try:
+            history, _ = read_history(getattr(r, "checkpoint", None))
+        except Exception:
+            history = []
+        if getattr(r, "error", None) is not None or not m:
+            status = "failed"
+        elif m.get("is_final") and m.get("status") in FINAL_STATUSES:
+            status = m["status"]
+        else:  # its last report was not its last epoch's: the scheduler stopped it
+            status = "stopped_early"
+        searched = [k for k in overrides if k not in ("data.global_batch_size", "scaling.rule",
+                                                      "schedule.warmup_epochs", "optim.name", "optim.base_lr")]
+        records.append({
+            "trial_id": m.get("trial_id") or Path(getattr(r, "path", "") or "?").name, "run_id": None,
+            "name": rt.label(spec, overrides),
+            "is_baseline": arm == "baseline", "global_batch_size": summary["global_batch_size"],
+            "rule": summary["rule"], "warmup_epochs": summary["warmup_epochs"], "optimizer": cfg.optim.name,
+            "base_lr": summary["base_lr"], "peak_lr": summary["peak_lr"], "seed": seed, "status": status,
+            "reason": m.get("reason") if status == "failed" else None,
+            **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
+            "wall_s": m.get("wall_s"), "startup_s": m.get("startup_s"),
+            "steps": int(m["steps"]) if "steps" in m else None, **{k: m.get(k) for k in TRIAL_FIGURES},
+            "grad_noise_scale_mean": None, "batch_ramp": "batch_ramp" in summary,
+            "variant": " ".join(f"{k.split('.')[-1]}={overrides[k]}" for k in searched),
+            "history": history,
+        })
+    return records
+
+
+def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -> None:
+    """Key figures as run descriptions, so the MLflow UI shows them without picking columns: each trial's
+    headline numbers, and the report table on the study's run."""
+    from largebatch.report import format_table
+    from largebatch.tracking import trial_note
+
+    for r in records:
+        if r.get("run_id"):  # None: a record rebuilt from Tune while MLflow was down
+            tracker.set_note(r["run_id"], trial_note(r["status"], r, r.get("reason")))
+    tracker.set_note(parent_id, format_table(report) + "\n\nThe whole report with its plots: artifacts, "
+                                "report/report.html")
