@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue this study's newest run (same --name/--storage/--mlflow) after its driver died: "
                         "finished trials are kept, unfinished ones resume from their checkpoints")
+    p.add_argument("--extend", action="store_true",
+                   help="add the trials this study file has and this study's newest completed run lacks (new batch "
+                        "sizes, seeds, samples; same --name/--storage/--mlflow) under the same MLflow parent, and "
+                        "rebuild the report over all of them; finished trials are never re-run")
     _verbose_arg(p)
 
     p = sub.add_parser("probe", help="measure the gradient noise scale B_noise on a short run of the baseline "
@@ -205,10 +209,13 @@ def cmd_tune(args) -> int:
             check_study_name(args.name)
         except ValueError as e:
             raise BadInput(f"got {args.name!r}: {e}", field="--name") from None
+    if args.resume and args.extend:
+        raise BadInput("--resume continues a study whose driver died, --extend adds trials to a finished one; give "
+                       "one of them", field="--extend")
     study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
     run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
               storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume,
-              resume_hint=resume_command(args))
+              resume_hint=resume_command(args), extend=args.extend)
     return 0
 
 

@@ -164,3 +164,30 @@ def test_probe_prints_b_noise_with_its_uncertainty_and_caches_it(tmp_path, capsy
     est = json.loads(cached[0].read_text())
     assert est["b_noise"] > 0 and math.isfinite(est["b_noise_std"]) and len(est["per_epoch"]) == 4
     assert f"B_noise ≈ {est['b_noise']:.0f} ± {est['b_noise_std']:.0f}" in line
+
+
+def test_extend_keeps_the_trials_a_finished_run_holds_and_lists_the_new_ones():
+    """--extend's bookkeeping (tune/extend.py): a trial is kept when a finished child run has its arm and config."""
+    from types import SimpleNamespace
+
+    from largebatch.config import baseline_trial
+    from largebatch.tune.extend import new_trials, study_trials
+
+    def run_of(item):
+        return SimpleNamespace(data=SimpleNamespace(params={**item["_params"], "arm": item["arm"]}))
+
+    old = load_study(SMOKE, {"tuner.seeds": [0]})
+    base = old.base.model_dump(mode="json")
+    baseline = baseline_trial(old).model_dump(mode="json")
+    finished = [run_of(i) for i in study_trials(old, base, baseline, "s.yaml")]  # baseline + 2 batches x 2 rules
+    grown = load_study(SMOKE, {"tuner.seeds": [0, 1], "search.data.global_batch_size": {"grid": [128, 512, 256]}})
+    new, kept = new_trials(study_trials(grown, base, baseline, "s.yaml"), finished)
+    assert kept == 5 and len(new) == (1 + 3 * 2) * 2 - 5  # (baseline + 3 batches x 2 rules) x 2 seeds - the old 5
+    assert {(i["seed"], i["overrides"].get("data.global_batch_size")) for i in new if i["seed"] == 0} == {(0, 256)}
+    assert all("_params" not in i for i in new)
+
+
+def test_resume_and_extend_together_is_one_line_exit_2(capsys):
+    assert main(["tune", str(SMOKE), "--resume", "--extend"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--extend" in err and "one of them" in err
