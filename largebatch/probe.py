@@ -36,7 +36,7 @@ from largebatch.errors import BadInput
 
 CACHE_DIR = "noise_scale"
 # Each step's estimate of |G|² is noisy by about B_noise/B relative to |G|²: at B=16 on Fashion-MNIST the smoothed
-# |G|² went <= 0 (B_simple undefined) in 2 of 3 probes; from 128 it resolved every time (docs/design.md §11).
+# |G|² went <= 0 (B_simple undefined) in some epoch of each of 4 probes; at 128 and 256 never (6 probes, §11).
 MIN_PROBE_BATCH = 256
 
 
