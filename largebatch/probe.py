@@ -148,7 +148,7 @@ def run_probe(study: StudyConfig, source: str, settings: ProbeSettings = ProbeSe
                        f"longer (--epochs, --train-subset) or check that the baseline trains", source=source,
                        field="instruments.grad_noise_scale")
     return {
-        "b_noise": statistics.fmean(tail), "b_noise_std": statistics.stdev(tail) if len(tail) > 1 else 0.0,
+        "b_noise": statistics.fmean(tail), "b_noise_std": statistics.stdev(tail) if len(tail) > 1 else None,
         "tail": tail, "tail_epochs": len(values) - len(values) // 2, "per_epoch": values, "study": study.name,
         "key": cache_key(study, source), "peak_lr": res.peak_lr,
         "global_batch_size": res.global_batch_size, "micro_batch": res.micro_batch, "train_size": res.train_size,
@@ -184,7 +184,9 @@ def format_estimate(est: dict[str, Any]) -> str:
     s = est.get("settings", {})
     k, unresolved = est["tail_epochs"], est["tail_epochs"] - len(est.get("tail", [])) if "tail" in est else 0
     over = f"the last {k} of {len(est['per_epoch'])} epochs" + (f" ({unresolved} unresolved)" if unresolved else "")
-    return (f"B_noise ≈ {est['b_noise']:.0f} ± {est['b_noise_std']:.0f} (B_simple; mean ± std over {over}: "
+    std = est.get("b_noise_std")
+    spread = f"± {std:.0f}" if std is not None else "± ? (one value: probe more epochs)"
+    return (f"B_noise ≈ {est['b_noise']:.0f} {spread} (B_simple; mean ± std over {over}: "
             f"{per}; batch {est['global_batch_size']} as "
             f"2 x {est['micro_batch']}, {est['train_size']} examples, EMA {s.get('ema')}, seed {s.get('seed')}, "
             f"{est['probe_s']:.0f} s)")

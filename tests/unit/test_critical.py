@@ -191,3 +191,13 @@ def test_resume_and_extend_together_is_one_line_exit_2(capsys):
     assert main(["tune", str(SMOKE), "--resume", "--extend"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--extend" in err and "one of them" in err
+
+
+def test_the_line_says_when_the_spread_is_unknown():
+    from largebatch.probe import format_estimate
+
+    est = {"b_noise": 120.4, "b_noise_std": None, "tail": [120.4], "tail_epochs": 2, "per_epoch": [80.0, float("nan"),
+           120.4][1:], "global_batch_size": 256, "micro_batch": 128, "train_size": 2000, "probe_s": 3.0,
+           "settings": {"ema": 0.98, "seed": 0}}
+    line = format_estimate(est)
+    assert line.startswith("B_noise ≈ 120 ± ? (one value") and "the last 2 of 2 epochs (1 unresolved): nan, 120" in line
