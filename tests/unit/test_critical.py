@@ -201,3 +201,11 @@ def test_the_line_says_when_the_spread_is_unknown():
            "settings": {"ema": 0.98, "seed": 0}}
     line = format_estimate(est)
     assert line.startswith("B_noise ≈ 120 ± ? (one value") and "the last 2 of 2 epochs (1 unresolved): nan, 120" in line
+
+
+def test_extend_with_no_study_to_extend_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ (storage, mlflow.db) lands here; no Ray is started
+    assert main(["tune", str(SMOKE), "--extend"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("largebatch: error: --extend: nothing to extend: no run of study "
+                                              "'digits-smoke'"), err
