@@ -65,7 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue this study's newest run (same --name/--storage/--mlflow) after its driver died: "
                         "finished trials are kept, unfinished ones resume from their checkpoints")
+    p.add_argument("--extend", action="store_true",
+                   help="add the trials this study file has and this study's newest completed run lacks (new batch "
+                        "sizes, seeds, samples; same --name/--storage/--mlflow) under the same MLflow parent, and "
+                        "rebuild the report over all of them; finished trials are never re-run")
     _verbose_arg(p)
+
+    p = sub.add_parser("probe", help="measure the gradient noise scale B_noise on a short run of the baseline "
+                                     "(in this process), print it and the around_critical grid, cache it for tune")
+    _study_args(p)
+    p.add_argument("--epochs", type=int, default=8, help="epochs to train (default 8; the last half are averaged)")
+    p.add_argument("--train-subset", type=int, default=20000,
+                   help="train on the first N examples (default 20000; 0: all of them)")
+    p.add_argument("--ema", type=float, default=0.98, help="per-step EMA decay of the estimates (default 0.98)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="probe batch, even (default: the baseline's, at least 256; LR by the sqrt rule from it)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the study's)")
+    p.add_argument("--no-cache", action="store_true", help="do not write the estimate where tune reads it")
 
     p = sub.add_parser("report", help="rebuild a study's report from MLflow alone")
     p.add_argument("--mlflow", default=None, help="tracking URI (default as for tune)")
@@ -193,10 +209,44 @@ def cmd_tune(args) -> int:
             check_study_name(args.name)
         except ValueError as e:
             raise BadInput(f"got {args.name!r}: {e}", field="--name") from None
+    if args.resume and args.extend:
+        raise BadInput("--resume continues a study whose driver died, --extend adds trials to a finished one; give "
+                       "one of them", field="--extend")
     study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
     run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
               storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume,
-              resume_hint=resume_command(args))
+              resume_hint=resume_command(args), extend=args.extend)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from largebatch.config import load_study, parse_sets
+    from largebatch.config.critical import DEFAULT_FACTORS, around_factors, critical_grid
+    from largebatch.probe import ProbeSettings, cache_path, format_estimate, run_probe, save_estimate
+    from largebatch.tune.critical import batch_bounds
+
+    if args.epochs < 2:
+        raise BadInput(f"got {args.epochs}; the probe averages the last half of its epochs: use 2 or more",
+                       field="--epochs")
+    if args.train_subset < 0:
+        raise BadInput(f"got {args.train_subset}; use 0 (all examples) or a positive count", field="--train-subset")
+    if not 0 <= args.ema < 1:
+        raise BadInput(f"got {args.ema}; use an EMA decay in [0, 1), e.g. 0.98", field="--ema")
+    if args.batch is not None and (args.batch < 2 or args.batch % 2):
+        raise BadInput(f"got {args.batch}; the probe splits each step into 2 micro-batches: use an even batch >= 2",
+                       field="--batch")
+    study = load_study(args.study, parse_sets(args.sets))
+    est = run_probe(study, args.study, ProbeSettings(
+        epochs=args.epochs, train_subset=args.train_subset, ema=args.ema, batch=args.batch, seed=args.seed))
+    factors = around_factors(study.search) or list(DEFAULT_FACTORS)
+    granularity, upper = batch_bounds(study)
+    print(f"{study.name}: {format_estimate(est)}")
+    print(f"  around_critical {factors} -> data.global_batch_size grid "
+          f"{critical_grid(est['b_noise'], factors, granularity, upper)}")
+    if not args.no_cache:
+        path = cache_path(study, "runs", args.study)
+        save_estimate(est, path)
+        print(f"  cached for `largebatch tune`: {path}")
     return 0
 
 
@@ -254,8 +304,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "report": cmd_report, "ui": cmd_ui,
-            "data": cmd_data, "list": cmd_list}
+COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "probe": cmd_probe,
+            "report": cmd_report, "ui": cmd_ui, "data": cmd_data, "list": cmd_list}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

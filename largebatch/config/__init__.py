@@ -9,6 +9,7 @@ The package, one job a module (each imports only those above it):
   names.py    registry names checked at load time (the registries are imported lazily)
   tree.py     dotted keys, pydantic errors -> BadInput, parse_trial
   resolve.py  Phase, Resolved, resolve(): every derived value for one worker count
+  critical.py around_critical: its factors' checks and the batch rounding (pure; placed by tune/critical.py)
   search.py   SearchDomain: the `search:` entries (values, sample, to_tune) and their load-time checks
   study.py    load_study: YAML, --set overrides, smoke, baseline, the task check
 

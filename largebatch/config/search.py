@@ -1,5 +1,7 @@
 """Search domains: one `search:` entry (`{grid: [..]}`, `{choice: [..]}`, `{uniform: [lo, hi]}`,
-`{loguniform: [lo, hi]}`, `{randint: [lo, hi]}`) as a SearchDomain, the one place that knows the kinds.
+`{loguniform: [lo, hi]}`, `{randint: [lo, hi]}`, `{around_critical: [factors]}`) as a SearchDomain, the one place
+that knows the kinds. around_critical (config/critical.py) is placed before the search: tune/critical.py replaces it
+with the grid it gives, so the searchers never see it.
 
 Its values() feed the grid searcher and the load-time resolve check, sample() the random searcher, to_tune() Ray
 Tune's search space (optuna). The study keeps the entries as the YAML wrote them (dicts): they are logged as is.
@@ -11,12 +13,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from largebatch.config.critical import AROUND_CRITICAL, check_factors
 from largebatch.config.resolve import resolve
 from largebatch.config.schema import StudyConfig, TrialConfig
 from largebatch.config.tree import flatten, get_dotted, parse_trial, set_dotted
 from largebatch.errors import BadInput, did_you_mean
 
-SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", AROUND_CRITICAL)
 LISTED_KINDS = ("grid", "choice")  # the values are listed; the others are ranges [low, high]
 
 
@@ -39,6 +42,8 @@ class SearchDomain:
                            f"{{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}}, {{randint: [lo, hi]}}",
                            source=source, field=field)
         kind, values = next(iter(entry.items()))
+        if kind == AROUND_CRITICAL:
+            return cls(kind, check_factors(field.removeprefix("search."), values, source, field))
         if not isinstance(values, list) or not values:
             raise BadInput(f"{kind} needs a non-empty list, got {values!r}", source=source, field=field)
         if kind not in LISTED_KINDS:
@@ -62,6 +67,8 @@ class SearchDomain:
         type it draws (uniform/loguniform draw floats, so an int setting such as a batch size fails at load)."""
         if self.listed:
             return list(self.args)
+        if self.kind == AROUND_CRITICAL:  # the batches are known once B_noise is measured (tune/critical.py)
+            return []
         if self.kind == "randint":
             return [int(self.args[0])]
         return [float(self.args[0]), float(self.args[1])]
@@ -69,6 +76,7 @@ class SearchDomain:
     def sample(self, rng: random.Random) -> Any:
         """One draw (the random searcher): seeded by `rng`, one rng call per draw."""
         v = self.args
+        self._placed()
         if self.listed:
             return rng.choice(v)
         if self.kind == "uniform":
@@ -81,6 +89,7 @@ class SearchDomain:
         """The Ray Tune domain (imports ray: call it on the driver only)."""
         from ray import tune
 
+        self._placed()
         if self.listed:
             return tune.choice(self.args)
         if self.kind == "uniform":
@@ -88,6 +97,11 @@ class SearchDomain:
         if self.kind == "loguniform":
             return tune.loguniform(*self.args)
         return tune.randint(int(self.args[0]), int(self.args[1]))
+
+
+    def _placed(self) -> None:
+        if self.kind == AROUND_CRITICAL:
+            raise RuntimeError("around_critical must be placed (tune/critical.py place_critical) before the search")
 
 
 _MISSING = object()

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from largebatch.config import StudyConfig, baseline_trial, flatten
 from largebatch.errors import BadInput
 from largebatch.redact import redact_uri
+from largebatch.tune.study_runs import _run_folders, find_resumable  # noqa: F401 (they lived here)
 
 
 def _git_commit() -> str:
@@ -68,9 +69,11 @@ def runs_in_process(study: StudyConfig) -> bool:
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
               storage: Optional[str] = None, mlflow_uri: Optional[str] = None, address: Optional[str] = None,
               run_root: str = "runs", resume: bool = False, resume_hint: Optional[str] = None,
-              live: bool = True) -> dict[str, Any]:
+              live: bool = True, extend: bool = False) -> dict[str, Any]:
     """Run a study; with resume=True continue the newest run of this study (same name + storage) whose driver
     died: finished trials are kept, unfinished ones resume from their checkpoints, the MLflow parent is reused.
+    With extend=True run only the trials the newest completed run of this study lacks, under its parent
+    (tune/extend.py). A `search:` entry {around_critical: [..]} is placed from B_noise first (tune/critical.py).
 
     Once the parent run exists, anything that stops the driver (a signal, Ray failing under it) closes the MLflow
     runs as KILLED/FAILED and raises StudyAborted with `resume_hint`, the command that continues the study.
@@ -90,6 +93,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tune.finish import finish_study
     from largebatch.tune.runtime import StudyRuntime
     from largebatch.tune.trainable import tune_trial
+    from largebatch.tune.critical import log_placement, place_critical
+    from largebatch.tune.extend import extension_searcher, find_extendable, reopen_parent
 
     t = study.tuner
     exp_name = name or study.name
@@ -99,12 +104,16 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     # ---- everything that can be wrong is checked before Ray starts or a run is created
     base_tree = study.base.model_dump(mode="json")
     baseline_tree = baseline_trial(study, source).model_dump(mode="json") if study.baseline is not None else base_tree
+    study, critical = place_critical(study, source, run_root)  # around_critical -> {grid: [..]}, else unchanged
     searcher, n_trials = create_searcher(study, {} if study.baseline is not None else None)
     scheduler = create_scheduler(study)
     train_sizes = _train_sizes(study, [base_tree, baseline_tree])
     preflight_storage(storage_path)
     preflight_tracking(tracking_uri)
     target = find_resumable(storage_path, exp_name, tracking_uri) if resume else None
+    extending = find_extendable(storage_path, exp_name, tracking_uri) if extend else None
+    if extending is not None:  # only the trials the study lacks, under its parent run
+        searcher, n_trials = extension_searcher(study, base_tree, baseline_tree, source, tracking_uri, extending)
 
     per_trial = t.workers_per_trial * t.cpus_per_worker
     in_process = runs_in_process(study)
@@ -129,8 +138,13 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_name = f"{exp_name}-{stamp}"
-            parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
-                                      max_conc, storage_path, info, base_tree)
+            if extending is not None:
+                parent_id = extending["parent_id"]
+                reopen_parent(tracker, extending, run_name, study_text, stamp)
+            else:
+                parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
+                                          max_conc, storage_path, info, base_tree)
+        log_placement(tracker, parent_id, critical)
         print(f"[largebatch] study {exp_name!r}: {n_trials} trials, {max_conc} at a time, "
               f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
               f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
@@ -213,52 +227,6 @@ def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyC
                                             "resolved_base": flatten(base_tree)}, indent=2, default=str),
                      "search_space.json")
     return parent_id
-
-
-def _run_folders(storage_path: str, exp_name: str) -> list[tuple[str, str]]:
-    """(folder name, restorable path) of this study's Tune run folders `<name>-<YYYYmmdd-HHMMSS>`, newest first."""
-    import re
-
-    pattern = re.compile(re.escape(exp_name) + r"-\d{8}-\d{6}$")
-    base, _, query = storage_path.partition("?")
-    if base.startswith("s3://"):
-        import pyarrow.fs as pafs
-
-        fs, root = pafs.FileSystem.from_uri(storage_path)
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-    else:
-        root = Path(base)
-        names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    names = sorted((n for n in names if pattern.match(n)), key=lambda n: n[-15:], reverse=True)
-    return [(n, base.rstrip("/") + "/" + n + (f"?{query}" if query else "")) for n in names]
-
-
-def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[str, str]:
-    """The newest run of study `exp_name` under the storage, and its MLflow parent run; BadInput if none."""
-    from ray import tune
-
-    from largebatch.tracking import KIND_TAG, STATUS_TAG, _client
-
-    folders = _run_folders(storage_path, exp_name)
-    hint = "check --name and --storage, or drop --resume to start a new study"
-    if not folders:
-        raise BadInput(f"nothing to resume: no run of study {exp_name!r} under {storage_path}; {hint}",
-                       field="--resume")
-    run_name, path = folders[0]
-    if not tune.Tuner.can_restore(path):
-        raise BadInput(f"nothing to resume: {path} holds no Tune experiment state; {hint}", field="--resume")
-    client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(exp_name)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.run_name = '{run_name}' and "
-                              f"tags.`{KIND_TAG}` = 'study'", max_results=1) if exp is not None else []
-    if not runs:
-        raise BadInput(f"nothing to resume: no MLflow study run tagged run_name={run_name!r} in {tracking_uri}; "
-                       f"pass the --mlflow the study was started with", field="--resume")
-    if runs[0].data.tags.get(STATUS_TAG) == "completed":
-        raise BadInput(f"nothing to resume: study run {run_name!r} already completed (parent run "
-                       f"{runs[0].info.run_id}); {hint}", field="--resume")
-    return {"run_name": run_name, "path": path, "parent_id": runs[0].info.run_id}
 
 
 def _child_runs(tracker, exp_id: str, parent_id: str) -> list:

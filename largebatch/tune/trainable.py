@@ -49,13 +49,15 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
     return True
 
 
-TRIAL_INDEX_TAG = "largebatch.trial_index"  # the trial's number in the study (tune/space.py WithBaseline)
+# "<Tune run folder>:<n>": the trial's number in that Tune run (tune/space.py WithBaseline); a resumed study keeps
+# the folder, an extension (tune/extend.py) gets a new one
+TRIAL_INDEX_TAG = "largebatch.trial_index"
 
 
 def _child_by_index(tracker: Tracker, rt: StudyRuntime, index: int, trial_id: str, trial_dir: str) -> Optional[str]:
     runs = tracker.client.search_runs(
         [rt.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{rt.parent_run_id}' and "
-                                          f"tags.`{TRIAL_INDEX_TAG}` = '{index}'", max_results=1)
+                                          f"tags.`{TRIAL_INDEX_TAG}` = '{rt.run_name}:{index}'", max_results=1)
     if not runs:
         return None
     run_id = runs[0].info.run_id
@@ -106,7 +108,7 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
                   "searched": ",".join(overrides)}
         run_id = tracker.start_run(rt.experiment_id, name, parent_id=rt.parent_run_id, params=params,
                                    tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: "running",
-                                         **({TRIAL_INDEX_TAG: str(index)} if index is not None else {}),
+                                         **({TRIAL_INDEX_TAG: f"{rt.run_name}:{index}"} if index is not None else {}),
                                          TRIAL_DIR_TAG: Path(tctx.get_trial_dir()).name,
                                          "arm": arm, "is_baseline": str(arm == "baseline")})
 
