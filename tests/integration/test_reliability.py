@@ -28,16 +28,18 @@ KILL_STUDY = {
     "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_failures": 2},
 }
 
-# baseline + 4 points, one at a time
+# baseline + 4 points, one at a time; 1-worker trials train in Tune's trial process, so each needs enough work
+# (seconds per trial) for the driver to be stopped with trials left to run
 RESUME_STUDY = {
     "name": "it-driver-kill",
-    "base": {"data": {"dataset": "digits", "global_batch_size": 32},
-             "model": {"name": "mlp", "hidden_sizes": [64]},
-             "optim": {"name": "sgd", "base_lr": 0.05, "base_batch_size": 32}, "budget": {"epochs": 3}},
-    "search": {"data.global_batch_size": {"grid": [64, 128]}, "scaling.rule": {"grid": ["none", "sqrt"]}},
+    "base": {"data": {"dataset": "fashion-mnist", "global_batch_size": 16, "train_subset": 30000},
+             "model": {"name": "mlp", "hidden_sizes": [256, 256]},
+             "optim": {"name": "sgd", "base_lr": 0.02, "base_batch_size": 16}, "budget": {"epochs": 3},
+             "checkpoint": {"every_epochs": 1}},
+    "search": {"data.global_batch_size": {"grid": [32, 64]}, "scaling.rule": {"grid": ["none", "sqrt"]}},
     "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent": 1,
               "max_failures": 0},
-    "baseline": {"data.global_batch_size": 32},
+    "baseline": {"data.global_batch_size": 16},
     "report": {"tolerance": 1.0},
 }
 N_RESUME_TRIALS = 5
@@ -290,9 +292,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sig):
     client, after = _children(uri, "it-driver-kill")
     assert len(after) == N_RESUME_TRIALS, [r.info.run_name for r in after]  # no trial got a second run
     assert {r.data.tags["mlflow.parentRunId"] for r in after} == parent_before  # the parent run was reused
-    by_trial = {r.data.tags["largebatch.trial_id"]: r for r in after}
-    for trial_id, run_id in done.items():  # finished trials were not re-run
-        assert by_trial[trial_id].info.run_id == run_id
+    # finished trials were not re-run: their runs are still there (a trial Tune had not saved yet comes back under a
+    # new Tune id and finds its run by its number), each epoch logged once (below)
+    assert set(done.values()) <= {r.info.run_id for r in after}
     for r in after:
         assert r.data.tags["status"] == "completed", r.data.tags
         steps = [h.step for h in client.get_metric_history(r.info.run_id, "val_acc")]
