@@ -95,6 +95,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tune import progress
     from largebatch.tune.costs import costs_line, study_costs
     from largebatch.tune.trainable import tune_trial
+    from largebatch.tune.throughput import study_profile
 
     t = study.tuner
     exp_name = name or study.name
@@ -185,6 +186,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         progress.activate(display, ctx)
         t0 = time.time()
         try:
+            # each batch size's step time measured alone, before any trial shares the machine (tune/throughput.py)
+            profile = study_profile(study, tracker, parent_id, base_tree, baseline_tree, run_root, target is not None)
             display.start()
             try:
                 grid = tuner.fit()
@@ -200,7 +203,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             shutdown_ray()
     records = records_from_mlflow(tracking_uri, exp_id, parent_id)
     report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
-                          mode=t.mode or "max", units=study.report.tolerance_units)
+                          mode=t.mode or "max", units=study.report.tolerance_units, profile=profile)
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,
