@@ -116,88 +116,122 @@ def _with_batch(tree: dict, batch: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- the measurement (in a Ray task)
+ROUNDS = 4  # each batch size's steps are taken in this many slices, round-robin over the batch sizes
+
+
 def measure(trees: dict[int, dict], *, workers: int, cpus: int, use_gpu: bool, budget_s: float = BUDGET_S,
-            max_steps: int = MAX_STEPS) -> list[dict]:
-    """Profile each batch size in turn, in this process: a fresh model and optimizer, the loop's hot path (feed,
-    autocast, forward, loss, backward, train-metric sums, optimizer step, the divergence check's sync every
-    DIVERGENCE_CHECK_STEPS steps), each step timed alone."""
+            max_steps: int = MAX_STEPS, rounds: int = ROUNDS) -> list[dict]:
+    """Profile the batch sizes in this process, one at a time: a fresh model and optimizer per batch size, the
+    loop's hot path (feed, autocast, forward, loss, backward, train-metric sums, optimizer step, the divergence
+    check's sync every DIVERGENCE_CHECK_STEPS steps), each step timed alone. The steps are taken in `rounds`
+    slices, round-robin over the batch sizes, so a slow spell of the machine (another user's job) falls on every
+    batch size rather than on one; the first step of each later slice is dropped (it resumes a cold batch)."""
     import torch
 
     from largebatch.config import parse_trial, resolve
-    from largebatch.data import epoch_permutation
-    from largebatch.data.feed import make_feed
-    from largebatch.optim import create_optimizer
     from largebatch.tasks import build_data, task_of
-    from largebatch.train.loop import DIVERGENCE_CHECK_STEPS, _autocast
 
     torch.set_num_threads(max(1, int(cpus)))  # the trial worker's share, as on both trial paths (§8)
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     first = parse_trial(next(iter(trees.values())), prefix="")
     task = task_of(first)
     data = build_data(task, first)  # one data build for every batch size (the batch does not change the data)
-    feed = make_feed(data.train, device, first.data.loader_workers, first.seed)
-    train_metrics = [m for m in task.metrics if m.train]
-    out = []
+    runners = []
     for batch, tree in trees.items():
         cfg = parse_trial(tree, prefix="")
         res = resolve(cfg, workers, train_size=data.train_size)
-        if res.steps_per_epoch < 1:
-            continue  # no whole batch in the data: such a trial trains no step either
-        B, accum = res.global_batch_size, res.grad_accum_steps
-        torch.manual_seed(cfg.seed)
-        model = task.model(cfg, data).to(device)
-        model.train()
-        o = cfg.optim
-        opt = create_optimizer(model, o.name, res.peak_lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                               nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
-                               trust_coefficient=o.trust_coefficient)
-        scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-        amp = _autocast(device, cfg.precision)
-        sums = torch.zeros(1 + len(train_metrics), dtype=torch.float64, device=device)
-        times: list[float] = []
-        t_start = time.perf_counter()
-        epoch = 0
-        while True:
-            perm = epoch_permutation(res.train_size, cfg.seed, epoch)[: res.steps_per_epoch * B]
-            t0 = time.perf_counter()
-            for micro in feed.steps(perm, B, 0, 1, accum):
-                for xb, yb in micro:
-                    with amp:
-                        out_ = model(xb)
-                        loss = task.loss(out_, yb)
-                    scaled = loss if accum == 1 else loss / accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    if train_metrics:
-                        values = [m.fn(out_.detach(), yb) for m in train_metrics]
-                        sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
-                    else:
-                        sums += loss.detach().double() * len(yb)
-                if scaler is not None:
-                    scaler.unscale_(opt)
-                if o.grad_clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                if (len(times) + 1) % DIVERGENCE_CHECK_STEPS == 0:
-                    torch.stack([sums[0], loss.detach().double()]).tolist()  # the loop's periodic sync
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t1 = time.perf_counter()
-                times.append(t1 - t0)
-                t0 = t1
-                if len(times) >= max_steps or (t1 - t_start >= budget_s and len(times) >= MIN_TIMED + _warm(len(times))):
-                    break
-            else:
-                epoch += 1  # a short epoch (small data, large batch): go on with the next permutation
-                continue
-            break
-        out.append(summarize(batch, times, per_worker_batch=res.per_worker_batch, grad_accum_steps=accum))
-        del model, opt
+        if res.steps_per_epoch >= 1:  # else no whole batch in the data: such a trial trains no step either
+            runners.append(_Runner(batch, cfg, res, task, data, device))
+    times: dict[int, list[float]] = {r.batch: [] for r in runners}
+    for k in range(rounds):
+        for r in runners:
+            got = r.run(max_steps // rounds + (1 if k else 0), budget_s / rounds,
+                        min_steps=-(-(MIN_TIMED + 2) // rounds) + (1 if k else 0))
+            times[r.batch] += got[1:] if k else got
+    out = [summarize(r.batch, times[r.batch], per_worker_batch=r.res.per_worker_batch,
+                     grad_accum_steps=r.res.grad_accum_steps) for r in runners]
     return out
+
+
+class _Runner:
+    """One batch size's model, optimizer and endless stream of the loop's global batches."""
+
+    def __init__(self, batch: int, cfg, res, task, data, device) -> None:
+        import torch
+
+        from largebatch.data.feed import make_feed
+        from largebatch.optim import create_optimizer
+        from largebatch.train.loop import _autocast
+
+        self.batch, self.cfg, self.res, self.task, self.device = batch, cfg, res, task, device
+        self.feed = make_feed(data.train, device, cfg.data.loader_workers, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.model = task.model(cfg, data).to(device)
+        self.model.train()
+        o = cfg.optim
+        self.opt = create_optimizer(self.model, o.name, res.peak_lr, weight_decay=o.weight_decay,
+                                    momentum=o.momentum, nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
+                                    trust_coefficient=o.trust_coefficient)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        self.amp = _autocast(device, cfg.precision)
+        self.train_metrics = [m for m in task.metrics if m.train]
+        self.sums = torch.zeros(1 + len(self.train_metrics), dtype=torch.float64, device=device)
+        self.steps = 0
+        self._stream = self._batches()
+
+    def _batches(self):
+        from largebatch.data import epoch_permutation
+
+        res, epoch = self.res, 0
+        while True:  # epoch after epoch: a short epoch (small data, large batch) goes on with the next permutation
+            perm = epoch_permutation(res.train_size, self.cfg.seed, epoch)[: res.steps_per_epoch * res.global_batch_size]
+            yield from self.feed.steps(perm, res.global_batch_size, 0, 1, res.grad_accum_steps)
+            epoch += 1
+
+    def run(self, max_steps: int, budget_s: float, min_steps: int) -> list[float]:
+        """Up to max_steps optimizer steps, stopping once budget_s has passed (and min_steps are done); the time
+        of each, in seconds. The body is train/loop.py's step for one worker."""
+        import torch
+
+        from largebatch.train.loop import DIVERGENCE_CHECK_STEPS
+
+        task, opt, scaler, o = self.task, self.opt, self.scaler, self.cfg.optim
+        accum, metrics, sums = self.res.grad_accum_steps, self.train_metrics, self.sums
+        times: list[float] = []
+        t_start = t0 = time.perf_counter()
+        for micro in self._stream:
+            for xb, yb in micro:
+                with self.amp:
+                    out = self.model(xb)
+                    loss = task.loss(out, yb)
+                scaled = loss if accum == 1 else loss / accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                if metrics:
+                    values = [m.fn(out.detach(), yb) for m in metrics]
+                    sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
+                else:
+                    sums += loss.detach().double() * len(yb)
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if o.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.steps += 1
+            if self.steps % DIVERGENCE_CHECK_STEPS == 0:
+                torch.stack([sums[0], loss.detach().double()]).tolist()  # the loop's periodic sync
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            t0 = t1
+            if len(times) >= max_steps or (t1 - t_start >= budget_s and len(times) >= min_steps):
+                break
+        return times
 
 
 def _warm(n: int) -> int:
