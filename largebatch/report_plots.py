@@ -222,7 +222,7 @@ def plot_throughput_vs_batch(report: dict, path: Path) -> Path | None:
     ax2.set_yscale("log")
     ax2.set_ylabel("median ms per optimizer step", color="tab:orange")
     prof = report["throughput"]
-    ax.set_title(f"Throughput profile ({prof.get('status', '')}, one trial's CPUs/GPU, nothing else running)")
+    ax.set_title(f"Throughput profile ({prof.get('status', '')}, one trial's CPUs/GPU, no trial running)")
     fig.savefig(path)
     return path
 

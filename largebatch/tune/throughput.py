@@ -276,8 +276,9 @@ def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | P
             missing[b] = tree
     if missing:
         t0 = time.time()
-        measured = ray.get(ray.remote(**opts)(measure).remote(missing, workers=t.workers_per_trial,
-                                                              cpus=t.cpus_per_worker, use_gpu=t.use_gpu))
+        # max_calls=1: the worker process exits afterwards, so the data it decoded is not held during the search
+        measured = ray.get(ray.remote(max_calls=1, **opts)(measure).remote(
+            missing, workers=t.workers_per_trial, cpus=t.cpus_per_worker, use_gpu=t.use_gpu))
         cache.mkdir(parents=True, exist_ok=True)
         for e in measured:
             key = cache_key(setup, e["global_batch_size"], machine)
@@ -365,5 +366,10 @@ def study_profile(study, tracker, parent_id: str, base_tree: dict, baseline_tree
                    "entries": []}
     if profile["status"] == "off":
         print("[largebatch] " + describe(profile), flush=True)
-    log_profile(tracker, parent_id, profile)
+    try:
+        log_profile(tracker, parent_id, profile)
+    except Exception as e:  # e.g. a resumed run that already holds the param: the report still has the profile
+        from largebatch.failures import describe
+
+        print(f"[largebatch] the throughput profile could not be logged to MLflow: {describe(e)}", flush=True)
     return profile
