@@ -130,8 +130,9 @@ def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
     ax.set_xlabel("projected training time (s): steps x step time measured alone"
                   if report.get("speed_basis") == "projected" else "training wall-clock (s)")
     ax.set_ylabel(_ylabel(report))
-    ax.set_title("Accuracy vs wall-clock (up and left is better)" if report["metric"].endswith("val_acc") else
-                 f"{report['metric']} vs wall-clock ({'up' if _maxing(report) else 'down'} and left is better)")
+    speed = "projected time" if report.get("speed_basis") == "projected" else "wall-clock"
+    ax.set_title(f"Accuracy vs {speed} (up and left is better)" if report["metric"].endswith("val_acc") else
+                 f"{report['metric']} vs {speed} ({'up' if _maxing(report) else 'down'} and left is better)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path)
