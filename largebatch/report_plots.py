@@ -221,7 +221,7 @@ def plot_throughput_vs_batch(report: dict, path: Path) -> Path | None:
     ax2 = ax.twinx()
     ax2.plot(bs, [e["step_s"] * 1000 for e in entries], marker="s", ls="--", color="tab:orange", label="ms/step")
     ax2.set_yscale("log")
-    ax2.set_ylabel("ms per optimizer step (10th percentile)", color="tab:orange")
+    ax2.set_ylabel("ms per optimizer step, alone", color="tab:orange")
     prof = report["throughput"]
     ax.set_title(f"Throughput profile ({prof.get('status', '')}, one trial's CPUs/GPU, no trial running)")
     fig.savefig(path)

@@ -1,7 +1,7 @@
 """The report's speed axis: projected training time from the isolated throughput profile, or measured wall-clock.
 
 Trials share the machine, so a trial's wall-clock depends on what ran beside it. When the study has a throughput
-profile (tune/throughput.py: each batch size's step time (lower decile), measured alone before the search), a recipe's
+profile (tune/throughput.py: each batch size's step time, measured alone before the search), a recipe's
 speed is its projected training time, `steps x profiled step time` at its batch size; the measured wall-clock stays
 beside it (`wall_s_mean`). The speed-up, the Pareto front and the recommendation follow `time_s`, which is the
 projected time when every scored recipe (and the baseline) can be projected, else the measured wall-clock for all

@@ -7,9 +7,12 @@ batch size. Before the search, one Ray task with one trial worker's resources (`
 size in the study, one batch size after another and nothing else of ours running: the study's task, model, data,
 optimizer and precision, through the loop's pieces (tasks `build_data`, `config.resolve`, the loop's feed, autocast
 and optimizer). Each batch gets at most `BUDGET_S` seconds and `MAX_STEPS` steps; the first steps (warm-up) are
-dropped and the lower decile (10th percentile) of the rest is its step time: other users' jobs on a shared machine
-only ever add to a step's time, and on the demo machine (2 cores, load 13-19) the median of B=4096 moved 32% between
-two studies while the 10th percentile moved 1.4% (the median is kept as step_s_median). The report projects each
+dropped. With one CPU thread the step time is the median of each step's CPU time on its thread
+(`time.thread_time`): the time the step takes alone, whatever else the OS runs meanwhile. On the demo machine (2
+cores shared by several users, load 13-19) the wall-clock median of B=4096 moved 32% between two studies and even its
+10th percentile moved 30% in a third, while the thread-CPU median stayed within 3% of a quiet measurement. With more
+threads (CPU time adds up over them) or a GPU it is the 10th percentile of the wall-clock times (interference only
+ever slows a step down). The wall-clock median and 10th percentile are kept beside it. The report projects each
 recipe's training time as steps x step time (report/speed.py).
 
 Measured results are cached under `<run root>/throughput/`, one file per key: task, model, data, precision,
@@ -33,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-VERSION = 2  # bump when the measurement changes: older cache files no longer match
+VERSION = 3  # bump when the measurement changes: older cache files no longer match
 BUDGET_S = 4.0  # per batch size, warm-up included
 MAX_STEPS = 300
 MIN_TIMED = 5  # timed steps kept after warm-up, even past the time budget
@@ -144,15 +147,20 @@ def measure(trees: dict[int, dict], *, workers: int, cpus: int, use_gpu: bool, b
         res = resolve(cfg, workers, train_size=data.train_size)
         if res.steps_per_epoch >= 1:  # else no whole batch in the data: such a trial trains no step either
             runners.append(_Runner(batch, cfg, res, task, data, device))
-    times: dict[int, list[float]] = {r.batch: [] for r in runners}
+    walls: dict[int, list[float]] = {r.batch: [] for r in runners}
+    cpus_s: dict[int, list[float]] = {r.batch: [] for r in runners}
     for k in range(rounds):
         for r in runners:
-            got = r.run(max_steps // rounds + (1 if k else 0), budget_s / rounds,
-                        min_steps=-(-(MIN_TIMED + 2) // rounds) + (1 if k else 0))
-            times[r.batch] += got[1:] if k else got
-    out = [summarize(r.batch, times[r.batch], per_worker_batch=r.res.per_worker_batch,
-                     grad_accum_steps=r.res.grad_accum_steps) for r in runners]
-    return out
+            wall, cpu = r.run(max_steps // rounds + (1 if k else 0), budget_s / rounds,
+                              min_steps=-(-(MIN_TIMED + 2) // rounds) + (1 if k else 0))
+            walls[r.batch] += wall[1:] if k else wall
+            cpus_s[r.batch] += cpu[1:] if k else cpu
+    # one CPU thread: the thread's CPU time is the step's time alone (time the OS gave other processes is not in
+    # it); more threads or a GPU: the wall-clock's lower decile
+    thread_time = device.type == "cpu" and int(cpus) == 1
+    return [summarize(r.batch, walls[r.batch], per_worker_batch=r.res.per_worker_batch,
+                      grad_accum_steps=r.res.grad_accum_steps, cpu_times=cpus_s[r.batch] if thread_time else None)
+            for r in runners]
 
 
 class _Runner:
@@ -190,9 +198,10 @@ class _Runner:
             yield from self.feed.steps(perm, res.global_batch_size, 0, 1, res.grad_accum_steps)
             epoch += 1
 
-    def run(self, max_steps: int, budget_s: float, min_steps: int) -> list[float]:
+    def run(self, max_steps: int, budget_s: float, min_steps: int) -> tuple[list[float], list[float]]:
         """Up to max_steps optimizer steps, stopping once budget_s has passed (and min_steps are done); the time
-        of each, in seconds. The body is train/loop.py's step for one worker."""
+        of each, in seconds: wall-clock and this thread's CPU time. The body is train/loop.py's step for one
+        worker."""
         import torch
 
         from largebatch.train.loop import DIVERGENCE_CHECK_STEPS
@@ -200,7 +209,9 @@ class _Runner:
         task, opt, scaler, o = self.task, self.opt, self.scaler, self.cfg.optim
         accum, metrics, sums = self.res.grad_accum_steps, self.train_metrics, self.sums
         times: list[float] = []
+        cpu: list[float] = []
         t_start = t0 = time.perf_counter()
+        c0 = time.thread_time()
         for micro in self._stream:
             for xb, yb in micro:
                 with self.amp:
@@ -228,12 +239,13 @@ class _Runner:
                 torch.stack([sums[0], loss.detach().double()]).tolist()  # the loop's periodic sync
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             times.append(t1 - t0)
-            t0 = t1
+            cpu.append(c1 - c0)
+            t0, c0 = t1, c1
             if len(times) >= max_steps or (t1 - t_start >= budget_s and len(times) >= min_steps):
                 break
-        return times
+        return times, cpu
 
 
 def _warm(n: int) -> int:
@@ -241,18 +253,22 @@ def _warm(n: int) -> int:
     return min(10, max(2, n // 10))
 
 
-def summarize(batch: int, times: list[float], *, per_worker_batch: int, grad_accum_steps: int) -> dict[str, Any]:
-    """One batch size's profile entry from its per-step times (seconds): warm-up dropped; the step time is the
-    lower decile of the rest (interference only slows a step down; see the module's docstring), the median beside."""
+def summarize(batch: int, times: list[float], *, per_worker_batch: int, grad_accum_steps: int,
+              cpu_times: Optional[list[float]] = None) -> dict[str, Any]:
+    """One batch size's profile entry from its per-step wall-clock times (seconds), warm-up dropped. The step time
+    is the median of the steps' CPU times when given (one CPU thread: the time the step took alone), else the lower
+    decile of the wall-clock times (interference only ever slows a step down). Both wall-clock figures stay."""
     drop = _warm(len(times)) if len(times) > MIN_TIMED else 0
     kept = times[drop:]
     q = statistics.quantiles(kept, n=10, method="inclusive") if len(kept) > 1 else [kept[0]] * 9
-    step_s = q[0]
+    cpu = statistics.median(cpu_times[drop:]) if cpu_times else None
+    step_s = cpu if cpu is not None and cpu > 0 else q[0]
     return {"global_batch_size": int(batch), "per_worker_batch": per_worker_batch,
-            "grad_accum_steps": grad_accum_steps, "step_s": step_s, "estimator": "p10",
+            "grad_accum_steps": grad_accum_steps, "step_s": step_s,
+            "estimator": "thread_cpu_median" if step_s == cpu else "wall_p10",
             "examples_per_s": batch / step_s if step_s > 0 else math.inf,
-            "step_s_median": statistics.median(kept), "step_s_p10": q[0], "step_s_p90": q[-1],
-            "steps_timed": len(kept), "warmup_steps": drop, "measured_s": sum(times)}
+            "step_s_cpu_median": cpu, "step_s_median": statistics.median(kept), "step_s_p10": q[0],
+            "step_s_p90": q[-1], "steps_timed": len(kept), "warmup_steps": drop, "measured_s": sum(times)}
 
 
 # ----------------------------------------------------------------------------- the driver side

@@ -165,7 +165,7 @@ def test_summarize_drops_warmup_and_takes_the_lower_decile():
     e = tp.summarize(256, times, per_worker_batch=256, grad_accum_steps=1)
     assert e["warmup_steps"] == 10 and e["steps_timed"] == 90
     assert e["step_s"] == pytest.approx(0.010) and e["step_s_median"] == pytest.approx(0.010)
-    assert e["estimator"] == "p10"
+    assert e["estimator"] == "wall_p10" and e["step_s_cpu_median"] is None
     # a slow spell (another user's job) on 40% of the steps moves the median, not the step time
     slow = tp.summarize(256, [1.0] * 10 + [0.010] * 54 + [0.020] * 36, per_worker_batch=256, grad_accum_steps=1)
     assert slow["step_s"] == pytest.approx(0.010) and slow["step_s_median"] == pytest.approx(0.010)
@@ -175,12 +175,22 @@ def test_summarize_drops_warmup_and_takes_the_lower_decile():
     assert e["step_s_p10"] <= e["step_s"] <= e["step_s_p90"]
 
 
+def test_with_cpu_times_the_step_time_is_their_median():
+    # one thread: a step preempted by other processes takes longer on the wall-clock, not in the thread's CPU time
+    walls = [1.0] * 10 + [0.010] * 20 + [0.030] * 70
+    cpus = [1.0] * 10 + [0.010] * 90
+    e = tp.summarize(256, walls, per_worker_batch=256, grad_accum_steps=1, cpu_times=cpus)
+    assert e["estimator"] == "thread_cpu_median" and e["step_s"] == pytest.approx(0.010)
+    assert e["step_s_median"] == pytest.approx(0.030)  # the wall-clock median stays beside it
+
+
 def test_measure_runs_the_loop_pieces_on_each_batch_within_the_budget():
     trees = {b: tp._with_batch(BASE_TREE, b) for b in (16, 128)}
     out = tp.measure(trees, workers=1, cpus=1, use_gpu=False, budget_s=0.5, max_steps=60)
     assert [e["global_batch_size"] for e in out] == [16, 128]
     for e in out:
         assert e["step_s"] > 0 and e["steps_timed"] + e["warmup_steps"] <= 60
+        assert e["estimator"] == "thread_cpu_median" and e["step_s"] == e["step_s_cpu_median"]
         assert e["measured_s"] < 5
     assert out[1]["step_s"] > out[0]["step_s"] * 0.5  # a larger batch is not much cheaper per step
 
