@@ -379,16 +379,16 @@ def study_profile(study, tracker, parent_id: str, base_tree: dict, baseline_tree
     try:
         profile = profile_study(study, base_tree, baseline_tree, run_root)
     except Exception as e:  # the profile is an aid: the study goes on with measured wall-clock
-        from largebatch.failures import describe
+        from largebatch.failures import describe as what
 
-        profile = {"version": VERSION, "status": "off", "reason": f"the profile failed: {describe(e)}",
+        profile = {"version": VERSION, "status": "off", "reason": f"the profile failed: {what(e)}",
                    "entries": []}
     if profile["status"] == "off":
         print("[largebatch] " + describe(profile), flush=True)
     try:
         log_profile(tracker, parent_id, profile)
     except Exception as e:  # e.g. a resumed run that already holds the param: the report still has the profile
-        from largebatch.failures import describe
+        from largebatch.failures import describe as what
 
-        print(f"[largebatch] the throughput profile could not be logged to MLflow: {describe(e)}", flush=True)
+        print(f"[largebatch] the throughput profile could not be logged to MLflow: {what(e)}", flush=True)
     return profile

@@ -235,3 +235,29 @@ def test_describe_lines():
     assert "measured wall-clock" in tp.describe({"status": "off", "reason": "x"})
     line = tp.describe(PROFILE)
     assert "B=1024 12 ms/step" in line and "measured alone" in line
+
+
+class _FakeTracker:
+    def __init__(self):
+        self.batches, self.texts = [], {}
+        self.client = self
+
+    def log_batch(self, run_id, metrics=(), params=()):
+        self.batches.append((run_id, list(metrics), list(params)))
+
+    def log_text(self, run_id, text, name):
+        self.texts[name] = text
+
+
+def test_a_study_that_cannot_be_profiled_logs_why_and_goes_on(tmp_path, capsys):
+    import json
+
+    s = _study(tmp_path, tuner={"workers_per_trial": 2})
+    tracker = _FakeTracker()
+    prof = tp.study_profile(s, tracker, "parent", s.base.model_dump(mode="json"), s.base.model_dump(mode="json"),
+                            str(tmp_path), resumed=False)
+    assert prof["status"] == "off" and prof["entries"] == []
+    assert "2 workers per trial" in capsys.readouterr().out
+    assert json.loads(tracker.texts[tp.ARTIFACT])["reason"] == prof["reason"]
+    (_, metrics, params), = tracker.batches
+    assert metrics == [] and [(p.key, p.value) for p in params] == [("throughput_profile", "off")]
