@@ -258,7 +258,9 @@ def cmd_report(args) -> int:
     uri = resolve_tracking_uri(args.mlflow)
     exp_id, parent_id, options = find_study_run(uri, args.experiment, args.run)
     records = records_from_mlflow(uri, exp_id, parent_id)
-    report = build_report(records, **options)
+    from largebatch.tune.throughput import logged_profile  # the study's isolated profile: the same speed axis
+
+    report = build_report(records, **options, profile=logged_profile(uri, parent_id))
     if args.out:
         from largebatch.report_html import write_html
 

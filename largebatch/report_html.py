@@ -94,11 +94,14 @@ def _num(x: Any, fmt: str) -> str:
 
 def recipes_table(report: dict) -> str:
     """Every recipe the study ran (the Markdown report shows the best per batch size)."""
-    header = ["recipe", "status", "accuracy", "gap vs baseline (pts)", "training s", "steps", "peak LR", "trials"]
+    proj = report.get("speed_basis") == "projected"  # a throughput profile: projected time beside the wall-clock
+    header = ["recipe", "status", "accuracy", "gap vs baseline (pts)", *(["projected s"] if proj else []),
+              "training s", "steps", "peak LR", "trials"]
     rows = []
     for c in report.get("configs") or []:
         rows.append([("baseline " if c.get("is_baseline") else "") + str(c.get("label", "?")), str(c.get("status", "")),
-                     _pct(c.get("acc_mean")), _num(c.get("gap_points"), "+.2f"), _num(c.get("wall_s_mean"), ".1f"),
+                     _pct(c.get("acc_mean")), _num(c.get("gap_points"), "+.2f"),
+                     *([_num(c.get("projected_s"), ".1f")] if proj else []), _num(c.get("wall_s_mean"), ".1f"),
                      _num(c.get("steps"), "d"), _num(c.get("peak_lr"), ".4g"), str(c.get("n_trials", ""))])
     return _table(header, rows) if rows else "<p>(no recipes)</p>"
 

@@ -101,34 +101,38 @@ def plot_acc_vs_batch(report: dict, path: Path) -> Path | None:
 
 
 def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
-    """Every recipe as a point; the Pareto front as a step line; the recommendation starred."""
-    pts = [c for c in report["configs"] if c["acc_mean"] is not None and c["wall_s_mean"] is not None]
+    """Every recipe as a point; the Pareto front as a step line; the recommendation starred. x is the report's
+    speed (time_s): projected from the throughput profile when there is one, else the measured wall-clock."""
+    t = lambda c: c.get("time_s", c["wall_s_mean"])  # noqa: E731  (reports from before time_s)
+    pts = [c for c in report["configs"] if c["acc_mean"] is not None and t(c) is not None]
     if not pts:
         return None
     fig, ax = _figure()
     _baseline_band(ax, report)
     for rule in sorted({c["rule"] for c in pts}):
         sub = [c for c in pts if c["rule"] == rule]
-        ax.scatter([c["wall_s_mean"] for c in sub], [c["acc_mean"] * _k(report) for c in sub], color=_color(rule),
+        ax.scatter([t(c) for c in sub], [c["acc_mean"] * _k(report) for c in sub], color=_color(rule),
                    alpha=0.6, label=rule)
     front = report["pareto"]
     if front:
-        ax.plot([c["wall_s_mean"] for c in front], [c["acc_mean"] * _k(report) for c in front], drawstyle="steps-post",
+        ax.plot([t(c) for c in front], [c["acc_mean"] * _k(report) for c in front], drawstyle="steps-post",
                 color="black", lw=1.5, marker="o", mfc="none", ms=10, label="Pareto front")
         for c in front:
-            ax.annotate(f"B={c['global_batch_size']}", (c["wall_s_mean"], c["acc_mean"] * _k(report)), fontsize=7,
+            ax.annotate(f"B={c['global_batch_size']}", (t(c), c["acc_mean"] * _k(report)), fontsize=7,
                         xytext=(4, -10), textcoords="offset points")
     rec = report["recommended"]
     if rec is not None:
-        ax.scatter([rec["wall_s_mean"]], [rec["acc_mean"] * _k(report)], marker="*", s=250, color="gold",
+        ax.scatter([t(rec)], [rec["acc_mean"] * _k(report)], marker="*", s=250, color="gold",
                    edgecolor="black", zorder=5, label="recommended")
-    walls = [c["wall_s_mean"] for c in pts]
+    walls = [t(c) for c in pts]
     if min(walls) > 0 and max(walls) / min(walls) > 10:
         ax.set_xscale("log")
-    ax.set_xlabel("training wall-clock (s)")
+    ax.set_xlabel("projected training time (s): steps x step time measured alone"
+                  if report.get("speed_basis") == "projected" else "training wall-clock (s)")
     ax.set_ylabel(_ylabel(report))
-    ax.set_title("Accuracy vs wall-clock (up and left is better)" if report["metric"].endswith("val_acc") else
-                 f"{report['metric']} vs wall-clock ({'up' if _maxing(report) else 'down'} and left is better)")
+    speed = "projected time" if report.get("speed_basis") == "projected" else "wall-clock"
+    ax.set_title(f"Accuracy vs {speed} (up and left is better)" if report["metric"].endswith("val_acc") else
+                 f"{report['metric']} vs {speed} ({'up' if _maxing(report) else 'down'} and left is better)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path)
@@ -188,6 +192,7 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         f"{name}_vs_batch.png": lambda p: plot_acc_vs_batch(report, p),
         f"{name}_vs_wallclock.png": lambda p: plot_acc_vs_wallclock(report, p),
         "learning_curves.png": lambda p: plot_learning_curves(report, records, p),
+        "throughput_vs_batch.png": lambda p: plot_throughput_vs_batch(report, p),
         "steps_to_target_vs_batch.png": lambda p: plot_steps_to_target(report, p),
         "why_noise_scale_and_sharpness.png": lambda p: plot_noise_and_sharpness(report, p),
     }
@@ -199,6 +204,28 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         else:
             path.unlink(missing_ok=True)  # a stale plot from an earlier report would contradict this one
     return written
+
+
+def plot_throughput_vs_batch(report: dict, path: Path) -> Path | None:
+    """The isolated throughput profile (tune/throughput.py): examples/s and ms per step vs batch size, log x."""
+    entries = sorted(((report.get("throughput") or {}).get("entries") or []), key=lambda e: e["global_batch_size"])
+    if not entries:
+        return None
+    fig, ax = _figure()
+    bs = [e["global_batch_size"] for e in entries]
+    ax.plot(bs, [e["examples_per_s"] for e in entries], marker="o", color="tab:blue", label="examples/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("global batch size")
+    ax.set_ylabel("examples/s (measured alone)", color="tab:blue")
+    ax.grid(True, alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(bs, [e["step_s"] * 1000 for e in entries], marker="s", ls="--", color="tab:orange", label="ms/step")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms per optimizer step, alone", color="tab:orange")
+    prof = report["throughput"]
+    ax.set_title(f"Throughput profile ({prof.get('status', '')}, one trial's CPUs/GPU, no trial running)")
+    fig.savefig(path)
+    return path
 
 
 # ------------------------------------------------------------------------------ instruments (critical batch, why)

@@ -156,6 +156,9 @@ class TunerConfig(_Strict):
     # a 1-worker trial has no data parallelism: run it in Tune's trial process (no Train controller or worker
     # group to start); false: every trial goes through Ray Train's TorchTrainer (docs/design.md §8)
     in_process: bool = True
+    # before the search, time each batch size's steps alone (tune/throughput.py); the report's speeds are then
+    # steps x profiled step time instead of wall-clock measured while trials share the machine (docs/design.md §9)
+    profile: bool = True
     time_budget_s: Optional[float] = Field(None, gt=0)
 
 

@@ -10,7 +10,9 @@ their historical names (acc_mean, gap_points) whatever the metric: acc_mean is t
 Units: the metric stays in its own units (accuracy as a fraction 0..1). Gaps and the tolerance are in
 `tolerance_units`: points (1/100 of the metric; tolerance 0.5 lets an accuracy be 0.005 below the baseline), absolute
 (the metric's units) or relative (a fraction of the baseline's value). A positive gap is worse than the baseline.
-Wall-clock is training time, start-up excluded.
+Wall-clock is training time, start-up excluded. Speed (`time_s`: the speed-up, the Pareto front, the
+recommendation) is projected from the study's isolated throughput profile when it has one (report/speed.py), else
+that wall-clock; `speed_basis` says which.
 
 The gap itself is Keskar et al. 2016 (arXiv 1609.04836); the recipes that close it are Goyal et al. 2017
 (arXiv 1706.02677, linear rule + warmup) and Hoffer et al. 2017 (arXiv 1705.08741, sqrt rule).
@@ -30,6 +32,7 @@ from typing import Any
 
 from largebatch.errors import BadInput, unknown_choice
 from largebatch.report.sections import critical_batch_section, why_section
+from largebatch.report.speed import choose_basis, speed_fields, step_times
 from largebatch.vocab import (
     MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
 )
@@ -160,9 +163,9 @@ def _label(batch: int, rule: str, warmup: float, optimizer: str, base_lr: float,
     return f"B={batch} {rule} warmup={warmup:g}ep {optimizer} base_lr={base_lr:g}" + (f" {variant}" if variant else "")
 
 
-def _aggregate(trials: list[_Trial]) -> dict:
+def _aggregate(trials: list[_Trial], step_s: dict[int, float] | None = None, basis: str = "measured") -> dict:
     """Seeds of one recipe -> one row. Wall-clock and steps come from the scored trials when there are any,
-    since a diverged trial stops early and would flatter the time."""
+    since a diverged trial stops early and would flatter the time. projected_s/time_s: report/speed.py."""
     scored = [t for t in trials if t.acc is not None]
     timed = scored or trials
     walls = [t.wall_s for t in timed if t.wall_s is not None]
@@ -181,6 +184,7 @@ def _aggregate(trials: list[_Trial]) -> dict:
         "status": _recipe_status(trials),
         "statuses": statuses,
         "wall_s_mean": _mean(walls),
+        **speed_fields(trials[0].batch, steps, walls, step_s or {}, basis, any(t.batch_ramp for t in timed)),
         "steps": round(statistics.fmean(steps)) if steps else None,
         "peak_lr": peaks[0] if peaks else None,
         "trial_ids": sorted(t.trial_id for t in trials),
@@ -189,12 +193,13 @@ def _aggregate(trials: list[_Trial]) -> dict:
     }
 
 
-def _baseline(trials: list[_Trial], warnings: list[str]) -> dict | None:
+def _baseline(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None = None,
+              basis: str = "measured") -> dict | None:
     base = [t for t in trials if t.is_baseline]
     if not base:
         warnings.append("no baseline trial (is_baseline) in the study: gaps, speed-ups and max_safe_batch are unset")
         return None
-    agg = _aggregate(base)
+    agg = _aggregate(base, step_s, basis)
     if agg["acc_mean"] is None:
         warnings.append(
             f"no baseline trial has a result ({', '.join(f'{k}={v}' for k, v in agg['statuses'].items())}): "
@@ -216,12 +221,15 @@ def _baseline(trials: list[_Trial], warnings: list[str]) -> dict | None:
         "n": agg["n_seeds"],
         "n_trials": agg["n_trials"],
         "wall_s_mean": agg["wall_s_mean"],
+        "projected_s": agg["projected_s"],
+        "time_s": agg["time_s"],
         "steps": agg["steps"],
         "trial_ids": agg["trial_ids"],
     }
 
 
-def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: _Scale = _DEFAULT) -> list[dict]:
+def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: _Scale = _DEFAULT,
+             step_s: dict[int, float] | None = None, basis: str = "measured") -> list[dict]:
     # peak_lr joins the key so two `power` recipes with different alpha (same base_lr) stay apart.
     groups: dict[tuple, list[_Trial]] = {}
     for t in trials:
@@ -240,9 +248,9 @@ def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: _Sc
             "optimizer": optimizer,
             "base_lr": base_lr,
             "is_baseline": any(t.is_baseline for t in members),
-            **_aggregate(members),
+            **_aggregate(members, step_s, basis),
         }
-        row.update(_versus_baseline(row["acc_mean"], row["wall_s_mean"], baseline, tol, scale))
+        row.update(_versus_baseline(row["acc_mean"], row["time_s"], baseline, tol, scale))
         rows.append(row)
     return rows
 
@@ -251,7 +259,7 @@ def _versus_baseline(acc: float | None, wall: float | None, baseline: dict | Non
                      scale: _Scale = _DEFAULT) -> dict:
     if baseline is None:
         return {"gap_points": None, "speedup": None, "within_tolerance": None}
-    b_acc, b_wall = baseline["acc_mean"], baseline["wall_s_mean"]
+    b_acc, b_wall = baseline["acc_mean"], baseline["time_s"]  # the report's speed basis (report/speed.py)
     gap = None if acc is None else scale.worse(acc, b_acc)
     return {
         "gap_points": gap,
@@ -266,7 +274,7 @@ def _best(rows: list[dict], scale: _Scale = _DEFAULT) -> dict | None:
     scored = [r for r in rows if r["acc_mean"] is not None]
     if not scored:
         return None
-    wall = lambda r: r["wall_s_mean"] if r["wall_s_mean"] is not None else math.inf  # noqa: E731
+    wall = lambda r: r["time_s"] if r["time_s"] is not None else math.inf  # noqa: E731
     return min(scored, key=lambda r: (scale.key(r["acc_mean"]), wall(r)))
 
 
@@ -290,6 +298,8 @@ def _per_batch(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
                   "gap_points", "within_tolerance", "steps", "speedup"):
             entry[k] = None if best is None else best[k]
         entry["wall_s"] = None if best is None else best["wall_s_mean"]
+        entry["projected_s"] = None if best is None else best["projected_s"]
+        entry["time_s"] = None if best is None else best["time_s"]
         entry["noscale"] = None if noscale is None else noscale["label"]
         entry["noscale_acc"] = None if noscale is None else noscale["acc_mean"]
         entry["noscale_gap_points"] = None if noscale is None else noscale["gap_points"]
@@ -303,29 +313,30 @@ def _per_batch(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
 
 
 def _pareto(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
-    """Non-dominated recipes: minimise wall_s_mean, best acc_mean in the metric's direction. Sorted by wall_s, then
-    best metric."""
-    pts = [c for c in configs if c["acc_mean"] is not None and c["wall_s_mean"] is not None]
+    """Non-dominated recipes: minimise time_s (the report's speed basis), best acc_mean in the metric's direction.
+    Sorted by time_s, then best metric."""
+    pts = [c for c in configs if c["acc_mean"] is not None and c["time_s"] is not None]
     k = lambda c: scale.key(c["acc_mean"])  # noqa: E731  (smaller is better)
 
     def dominated(p: dict) -> bool:
         return any(
-            q["wall_s_mean"] <= p["wall_s_mean"] and k(q) <= k(p)
-            and (q["wall_s_mean"] < p["wall_s_mean"] or k(q) < k(p))
+            q["time_s"] <= p["time_s"] and k(q) <= k(p)
+            and (q["time_s"] < p["time_s"] or k(q) < k(p))
             for q in pts
         )
 
     front = [p for p in pts if not dominated(p)]
-    return sorted(front, key=lambda c: (c["wall_s_mean"], k(c), c["label"]))
+    return sorted(front, key=lambda c: (c["time_s"], k(c), c["label"]))
 
 
 def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "best_val_acc", mode: str = "max",
-                 units: str | None = None) -> dict:
+                 units: str | None = None, profile: dict | None = None) -> dict:
     """Aggregate trial records into the study report (pure, JSON-able, deterministic order).
 
     metric: the per-trial figure to compare, best_<metric> or final_<metric> (e.g. best_val_acc, final_val_mse).
     mode: its direction, max or min. tolerance: how much worse than the baseline's mean a recipe may be, in
-    `units` (points, absolute or relative; default points for max, absolute for min).
+    `units` (points, absolute or relative; default points for max, absolute for min). profile: the study's
+    throughput profile (tune/throughput.py), whose step times make the speed axis (report/speed.py).
     """
     if metric.split("_", 1)[0] not in SUMMARIES or "_" not in metric:
         raise BadInput(f"got {metric!r}: the report compares a trial summary, best_<metric> or final_<metric> "
@@ -339,14 +350,16 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         raise BadInput(f"tolerance must be a finite number >= 0 (in {units}), got {tolerance!r}", field="tolerance")
     trials = [_parse(r, metric) for r in records]
     warnings: list[str] = []
-    baseline = _baseline(trials, warnings)
+    step_s = step_times(profile)
+    basis = choose_basis(trials, step_s, profile, warnings)
+    baseline = _baseline(trials, warnings, step_s, basis)
     scale = _Scale(mode, units, baseline["acc_mean"] if baseline is not None else None)
-    configs = _configs(trials, baseline, float(tolerance), scale)
+    configs = _configs(trials, baseline, float(tolerance), scale, step_s, basis)
     per_batch = _per_batch(configs, scale)
     safe = [p["global_batch_size"] for p in per_batch if p["within_tolerance"]]
     pareto = _pareto(configs, scale)
     ok = [c for c in pareto if c["within_tolerance"]]
-    recommended = dict(ok[0]) if ok else None  # the front is sorted by wall_s: first is fastest
+    recommended = dict(ok[0]) if ok else None  # the front is sorted by time_s: first is fastest
     if not trials:
         warnings.append("no trial records")
     counts = {"total": len(trials), **{s: sum(t.status == s for t in trials) for s in STATUSES}}
@@ -373,4 +386,6 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         "critical_batch": critical,
         "why": why,
         "warnings": warnings,
+        "speed_basis": basis,
+        "throughput": profile,
     }

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from largebatch.report.sections import format_sections
+from largebatch.report.speed import basis_note
 def _pct(acc: float | None, std: float | None = None) -> str:
     if acc is None:
         return "-"
@@ -39,18 +40,32 @@ def _recipe_cell(p: dict) -> str:
     return f"{p['rule']}, warmup {p['warmup_epochs']:g}ep, peak LR {_num(p['peak_lr'], '.4g')}"
 
 
+def _projected(report: dict | None) -> bool:
+    return (report or {}).get("speed_basis") == "projected"
+
+
+def _time(c: dict, report: dict | None) -> str:
+    """A recipe's speed: the projected training time with the measured wall-clock beside it, or the wall-clock."""
+    if _projected(report):
+        return f"{_num(c.get('projected_s'), '.1f')} s projected ({_num(c['wall_s_mean'], '.1f')} s wall-clock)"
+    return f"{_num(c['wall_s_mean'], '.1f')} s"
+
+
 def _config_line(c: dict | None, report: dict | None = None) -> str:
     if c is None:
         return "none"
     return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
-            f"{_num(c['wall_s_mean'], '.1f')} s, speed-up {_num(c['speedup'], '.2f')}x")
+            f"{_time(c, report)}, speed-up {_num(c['speedup'], '.2f')}x")
 
 
 def format_table(report: dict) -> str:
-    """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures."""
+    """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures. With a
+    throughput profile a 'projected s*' column comes before the measured wall-clock, and the speed-up follows it."""
     name, units = metric_label(report), _UNIT_LABEL[report.get("tolerance_units", "points")]
+    proj = _projected(report)
     head = ["batch", "best recipe (rule, warmup, peak LR)", f"{name} (mean ± std)", f"gap vs baseline ({units})",
-            f"no-scaling {name}", "wall-clock s", "steps", "speed-up"]
+            f"no-scaling {name}", *(["projected s*"] if proj else []), "wall-clock s", "steps",
+            "speed-up*" if proj else "speed-up"]
     rows = []
     for p in report["per_batch"]:
         rows.append([
@@ -59,6 +74,7 @@ def format_table(report: dict) -> str:
             _val(report, p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
             _num(p["gap_points"], "+.2f" if units == "pts" else "+.3g"),
             _val(report, p["noscale_acc"]),
+            *([_num(p.get("projected_s"), ".1f")] if proj else []),
             _num(p["wall_s"], ".1f"),
             _num(p["steps"], "d"),
             "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
@@ -72,8 +88,9 @@ def format_table(report: dict) -> str:
                + ("" if mode == "max" else " (lower is better)"))
     out.append("- baseline: none" if b is None else
                f"- baseline: B={b['global_batch_size']} {b['rule']} {b['optimizer']} base_lr={b['base_lr']:g}: "
-               f"{_val(report, b['acc_mean'], b['acc_std'])} (n={b['n']}), {_num(b['wall_s_mean'], '.1f')} s, "
+               f"{_val(report, b['acc_mean'], b['acc_std'])} (n={b['n']}), {_time(b, report)}, "
                f"{_num(b['steps'], 'd')} steps")
+    out.append(("- *" if proj else "- ") + basis_note(report))
     out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
     out.append(f"- recommended: {_config_line(report['recommended'], report)}")
     fit = (report.get("critical_batch") or {}).get("fit")
@@ -97,7 +114,8 @@ def _is_baseline_batch(report: dict, p: dict) -> bool:
 def format_markdown(report: dict) -> str:
     """report.md: title, the table, the Pareto front, failures (inside the table block)."""
     what = "accuracy" if metric_label(report) == "val_acc" else metric_label(report)
-    parts = ["# largebatch report", "", format_table(report), f"## Pareto front (wall-clock vs {what})", ""]
+    speed = "projected time" if _projected(report) else "wall-clock"
+    parts = ["# largebatch report", "", format_table(report), f"## Pareto front ({speed} vs {what})", ""]
     parts += [f"{i}. {_config_line(c, report)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
     sections = format_sections(report)
     return "\n".join(parts) + "\n" + ("\n" + sections if sections else "")

@@ -95,6 +95,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tune.trainable import tune_trial
     from largebatch.tune.critical import log_placement, place_critical
     from largebatch.tune.extend import extension_searcher, find_extendable, reopen_parent
+    from largebatch.tune.throughput import study_profile
 
     t = study.tuner
     exp_name = name or study.name
@@ -192,6 +193,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         progress.activate(display, runtime)
         t0 = time.time()
         try:
+            # each batch size's step time measured alone, before any trial shares the machine (tune/throughput.py)
+            profile = study_profile(study, tracker, parent_id, base_tree, baseline_tree, run_root, target is not None)
             display.start()
             try:
                 grid = tuner.fit()
@@ -206,7 +209,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         if info["started"]:
             shutdown_ray()
     return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
-                        slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri)
+                        slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
+                        profile=profile)
 
 
 def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,

@@ -12,7 +12,7 @@ from largebatch.tune.runtime import StudyRuntime
 
 def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked: Optional[str], study_s: float,
                  n_trials: int, slots: int, exp_name: str, run_root: str,
-                 mlflow_uri: Optional[str]) -> dict[str, Any]:
+                 mlflow_uri: Optional[str], profile: Optional[dict] = None) -> dict[str, Any]:
     """The report, after Tune is done: built from MLflow (from Tune's results if MLflow cannot be read), written to
     a local folder, copied to s3:// storage, logged on the parent run, printed."""
     from largebatch.metrics import summary_name
@@ -35,7 +35,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
         records = _records_from_tune(grid, rt)
         unlogged.append(f"the trial records (read from Tune's results instead: {tracking_error(e)})")
     report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
-                          mode=t.mode or "max", units=study.report.tolerance_units)
+                          mode=t.mode or "max", units=study.report.tolerance_units, profile=profile)
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,
