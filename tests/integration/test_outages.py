@@ -183,13 +183,14 @@ def s3_server(tmp_path, monkeypatch):
 
 
 def test_s3_down_at_the_report_upload_keeps_the_report_local(s3_server, tmp_path, capsys):
-    """The upload step of a study's end (driver.finish_study) against a real S3 server: once up (the report lands
+    """The upload step of a study's end (tune/finish.py finish_study) against a real S3 server: once up (the report lands
     next to the trials), once stopped (the report stays on local disk, one line says so and where)."""
     from types import SimpleNamespace
 
     from largebatch.config import baseline_trial
     from largebatch.tracking import Tracker
-    from largebatch.tune import driver
+    from largebatch.tune.finish import finish_study
+    from largebatch.tune.runtime import StudyRuntime
 
     smoke = Path(__file__).resolve().parents[2] / "tune_spaces" / "digits-smoke.yaml"
     study = load_study(smoke)
@@ -201,13 +202,13 @@ def test_s3_down_at_the_report_upload_keeps_the_report_local(s3_server, tmp_path
 
     def finish(run_name: str) -> str:
         parent = tracker.start_run(exp, run_name)
-        ctx = {"base_tree": study.base.model_dump(mode="json"),
-               "baseline_tree": baseline_trial(study, str(smoke)).model_dump(mode="json"), "source": str(smoke),
-               "seeds": [0], "workers_per_trial": 2, "train_sizes": {0: 1437}, "tracking_uri": tracker.uri,
-               "experiment_id": exp, "parent_run_id": parent, "run_name": run_name,
-               "storage_path": "s3://lb-runs/studies"}
-        driver.finish_study(tracker, grid, ctx, study, marked=None, study_s=3.0, n_trials=1, exp_name="s3-outage",
-                            run_root=str(tmp_path / "runs"), mlflow_uri=None)
+        rt = StudyRuntime(base_tree=study.base.model_dump(mode="json"),
+                          baseline_tree=baseline_trial(study, str(smoke)).model_dump(mode="json"), source=str(smoke),
+                          seeds=(0,), workers_per_trial=2, cpus_per_worker=1, use_gpu=False, max_failures=0,
+                          train_sizes={0: 1437}, tracking_uri=tracker.uri, experiment_id=exp, parent_run_id=parent,
+                          run_name=run_name, storage_path="s3://lb-runs/studies")
+        finish_study(tracker, grid, rt, study, marked=None, study_s=3.0, n_trials=1, slots=1, exp_name="s3-outage",
+                     run_root=str(tmp_path / "runs"), mlflow_uri=None)
         return capsys.readouterr().out
 
     import boto3
