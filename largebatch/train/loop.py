@@ -148,6 +148,20 @@ def epoch_line(m: dict[str, Any], epochs: int, task: Task) -> str:
             + "".join(f" {k} {m[k]:.4g}" for k in INSTRUMENT_METRICS if k in m))
 
 
+def apply_update(opt, scaler, model: torch.nn.Module, grad_clip_norm: Optional[float]) -> None:
+    """The optimizer step after the gradients are in: unscale (fp16), clip, step, clear."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    if grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def checkpoint_due(c, epoch: int, since_last_s: float) -> bool:
     """After epoch `epoch` (0-based): has the checkpoint cadence come round? (The last epoch always saves.)"""
     return bool((c.every_epochs and (epoch + 1) % c.every_epochs == 0) or (c.every_s and since_last_s >= c.every_s))
@@ -272,16 +286,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                     sums += loss.detach().double() * len(yb)
             for h in step_hooks:  # e.g. |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
                 h.after_sync(B, micro_batch)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if o.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip_norm)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            apply_update(opt, scaler, model, o.grad_clip_norm)
             step += 1
             steps_done += 1
             if step % DIVERGENCE_CHECK_STEPS == 0 or i_step + 1 == steps_now:

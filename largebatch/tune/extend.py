@@ -24,8 +24,8 @@ EXTENDABLE_SEARCHERS = ("grid", "random")
 def find_extendable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[str, str]:
     """The newest run of study `exp_name` under the storage and its MLflow parent run, which must have completed;
     BadInput (exit 2) when there is nothing to extend."""
-    from largebatch.tracking import KIND_TAG, STATUS_TAG, _client
-    from largebatch.tune.study_runs import _run_folders
+    from largebatch.tracking import STATUS_TAG
+    from largebatch.tune.study_runs import _run_folders, study_parent
 
     hint = "check --name, --storage and --mlflow, or drop --extend to start a new study"
     folders = _run_folders(storage_path, exp_name)
@@ -33,10 +33,7 @@ def find_extendable(storage_path: str, exp_name: str, tracking_uri: str) -> dict
         raise BadInput(f"nothing to extend: no run of study {exp_name!r} under {storage_path}; {hint}",
                        field="--extend")
     run_name = folders[0][0]
-    client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(exp_name)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.run_name = '{run_name}' and "
-                              f"tags.`{KIND_TAG}` = 'study'", max_results=1) if exp is not None else []
+    exp, runs = study_parent(tracking_uri, exp_name, run_name)
     if not runs:
         raise BadInput(f"nothing to extend: no MLflow study run tagged run_name={run_name!r} in {tracking_uri}; "
                        f"{hint}", field="--extend")

@@ -30,7 +30,7 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
     """The newest run of study `exp_name` under the storage, and its MLflow parent run; BadInput if none."""
     from ray import tune
 
-    from largebatch.tracking import KIND_TAG, STATUS_TAG, _client
+    from largebatch.tracking import STATUS_TAG
 
     folders = _run_folders(storage_path, exp_name)
     hint = "check --name and --storage, or drop --resume to start a new study"
@@ -40,10 +40,7 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
     run_name, path = folders[0]
     if not tune.Tuner.can_restore(path):
         raise BadInput(f"nothing to resume: {path} holds no Tune experiment state; {hint}", field="--resume")
-    client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(exp_name)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.run_name = '{run_name}' and "
-                              f"tags.`{KIND_TAG}` = 'study'", max_results=1) if exp is not None else []
+    exp, runs = study_parent(tracking_uri, exp_name, run_name)
     if not runs:
         raise BadInput(f"nothing to resume: no MLflow study run tagged run_name={run_name!r} in {tracking_uri}; "
                        f"pass the --mlflow the study was started with", field="--resume")
@@ -51,3 +48,14 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
         raise BadInput(f"nothing to resume: study run {run_name!r} already completed (parent run "
                        f"{runs[0].info.run_id}); {hint}", field="--resume")
     return {"run_name": run_name, "path": path, "parent_id": runs[0].info.run_id}
+
+
+def study_parent(tracking_uri: str, exp_name: str, run_name: str):
+    """(the MLflow experiment or None, [the study's parent run] or []) for the Tune run folder `run_name`."""
+    from largebatch.tracking import KIND_TAG, _client
+
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(exp_name)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.run_name = '{run_name}' and "
+                              f"tags.`{KIND_TAG}` = 'study'", max_results=1) if exp is not None else []
+    return exp, runs

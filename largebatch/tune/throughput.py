@@ -204,7 +204,7 @@ class _Runner:
         worker."""
         import torch
 
-        from largebatch.train.loop import DIVERGENCE_CHECK_STEPS
+        from largebatch.train.loop import DIVERGENCE_CHECK_STEPS, apply_update
 
         task, opt, scaler, o = self.task, self.opt, self.scaler, self.cfg.optim
         accum, metrics, sums = self.res.grad_accum_steps, self.train_metrics, self.sums
@@ -224,16 +224,7 @@ class _Runner:
                     sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
                 else:
                     sums += loss.detach().double() * len(yb)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if o.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip_norm)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            apply_update(opt, scaler, self.model, o.grad_clip_norm)
             self.steps += 1
             if self.steps % DIVERGENCE_CHECK_STEPS == 0:
                 torch.stack([sums[0], loss.detach().double()]).tolist()  # the loop's periodic sync
