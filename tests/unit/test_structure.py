@@ -182,3 +182,13 @@ def test_report_does_not_import_instrument_sections():
         src = p.read_text()
         assert "instruments.critical_batch import critical_batch_section" not in src
         assert "instruments.critical_batch import format_sections" not in src
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports test files by basename (rootdir-relative packages are not used here): two test_x.py in
+    different folders stop the whole run at collection ("import file mismatch")."""
+    root = Path(__file__).resolve().parents[1]
+    seen: dict[str, list[str]] = {}
+    for f in root.rglob("test_*.py"):
+        seen.setdefault(f.name, []).append(str(f.relative_to(root)))
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}
