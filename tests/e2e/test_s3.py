@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -116,7 +117,6 @@ def test_ray_data_trains_two_ddp_workers_from_parquet_on_s3(s3_server, tmp_path,
     import pyarrow.parquet as pq
     import ray
 
-    from conftest import REPO
     from largebatch.config import parse_trial, resolve
     from largebatch.raylib import init_ray, shutdown_ray
     from largebatch.train.trial import run_trial
@@ -133,8 +133,9 @@ def test_ray_data_trains_two_ddp_workers_from_parquet_on_s3(s3_server, tmp_path,
                                         Body=buf.getvalue())
     for k, v in s3_server.env.items():  # before Ray starts: the head and every worker inherit them
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.syspath_prepend(str(REPO))
+    repo = Path(__file__).resolve().parents[2]  # examples/ is imported from the repository root
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    monkeypatch.syspath_prepend(str(repo))
     assert not ray.is_initialized()
     init_ray(None, num_cpus=4)  # 2 for the DDP workers, 2 for Ray Data's read tasks
     try:

@@ -130,16 +130,16 @@ def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path, in_proce
           f"later")
 
 
-# baseline + 2 points, one at a time, trials of several seconds each (digits at B=8)
+# baseline + 2 points, one at a time; trials with seconds of work (in-process trials finish digits in a blink)
 ACTOR_KILL_STUDY = {
     "name": "it-actor-kill",
-    "base": {"data": {"dataset": "digits", "global_batch_size": 8},
-             "model": {"name": "mlp", "hidden_sizes": [64]},
-             "optim": {"name": "sgd", "base_lr": 0.02, "base_batch_size": 8}, "budget": {"epochs": 8}},
-    "search": {"data.global_batch_size": {"grid": [16, 32]}},
+    "base": {"data": {"dataset": "fashion-mnist", "global_batch_size": 16, "train_subset": 30000},
+             "model": {"name": "mlp", "hidden_sizes": [256, 256]},
+             "optim": {"name": "sgd", "base_lr": 0.02, "base_batch_size": 16}, "budget": {"epochs": 4}},
+    "search": {"data.global_batch_size": {"grid": [32, 64]}},
     "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent": 1,
               "max_failures": 0},
-    "baseline": {"data.global_batch_size": 8},
+    "baseline": {"data.global_batch_size": 16},
 }
 
 
