@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
 from largebatch.vocab import OUTCOME_STATUSES

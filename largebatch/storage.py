@@ -1,7 +1,6 @@
 """Storage URIs: local paths and s3://. boto3 is imported only when an s3:// URI is used (Composer style)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from largebatch.config import StudyConfig, baseline_trial, flatten
 from largebatch.errors import BadInput
 from largebatch.redact import redact_uri
-from largebatch.tune.study_runs import _run_folders, find_resumable  # noqa: F401 (they lived here)
+from largebatch.tune.study_runs import find_resumable
 
 
 def _git_commit() -> str:

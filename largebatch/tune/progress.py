@@ -1,6 +1,6 @@
 """Tune's callback hooks -> the study display (largebatch/console.py), on the driver.
 
-Trials are named as their MLflow child runs are (`B=1024 sqrt warmup=2ep`, trainable.trial_label), computed here
+Trials are named as their MLflow child runs are (`B=1024 sqrt warmup=2ep`, runtime.trial_label), computed here
 from the trial's config, so the driver needs nothing from the trial processes but Tune's own results.
 
 Tune pickles the RunConfig, callbacks included, into the run folder (for `Tuner.restore`) and deep-copies it: the

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
 from largebatch.train.spec import TrialSpec
-from largebatch.tune.runtime import StudyRuntime, trial_label  # noqa: F401  (trial_label: re-exported)
+from largebatch.tune.runtime import StudyRuntime
 
 
 def _wait_for_tune_queue(timeout_s: float = 30.0) -> None:
