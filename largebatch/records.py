@@ -111,4 +111,5 @@ def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = Non
     from largebatch.metrics import summary_name
 
     return exp.experiment_id, run.info.run_id, {"tolerance": 0.5 if tol is None else tol,
-                                                "metric": summary_name(metric), "mode": mode, "units": units}
+                                                "metric": summary_name(metric), "mode": mode, "units": units,
+                                                "target": _f(p.get("report.target"))}

@@ -194,6 +194,7 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         "learning_curves.png": lambda p: plot_learning_curves(report, records, p),
         "throughput_vs_batch.png": lambda p: plot_throughput_vs_batch(report, p),
         "steps_to_target_vs_batch.png": lambda p: plot_steps_to_target(report, p),
+        "lr_vs_batch.png": lambda p: plot_lr_vs_batch(report, p),
         "why_noise_scale_and_sharpness.png": lambda p: plot_noise_and_sharpness(report, p),
     }
     written = []
@@ -263,6 +264,37 @@ def plot_steps_to_target(report: dict, path: Path) -> Path | None:
     ax.set_xlabel("global batch size (log2)")
     ax.set_ylabel("optimizer steps to target val_acc (log)")
     ax.set_title("Steps to target vs batch size (critical batch)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.savefig(path)
+    return path
+
+
+def plot_lr_vs_batch(report: dict, path: Path) -> Path | None:
+    """Re-tuned LR per batch size (report/lr.py), log-log: every LR tried (filled when it reached the target), the
+    tuned one per batch, and the linear and sqrt predictions from the baseline's LR."""
+    sec = report.get("lr_per_batch")
+    if not sec:
+        return None
+    fig, ax = _figure()
+    rows = sec["rows"]
+    b0, lr0 = sec["baseline_batch"], sec["baseline_lr"]
+    xs = [b0] + [r["global_batch_size"] for r in rows]
+    for r in rows:
+        for x in r["lrs"]:
+            ax.scatter([r["global_batch_size"]], [x["peak_lr"]], s=30, zorder=4, edgecolors="tab:blue",
+                       color="tab:blue" if x["time_to_target_s"] is not None else "white")
+    ax.plot([r["global_batch_size"] for r in rows], [r["tuned_lr"] for r in rows], marker="*", ms=12, color="black",
+            label="tuned (soonest to target)")
+    ax.plot(xs, [lr0 * b / b0 for b in xs], color="tab:red", ls="--", label="linear rule from the baseline")
+    ax.plot(xs, [lr0 * math.sqrt(b / b0) for b in xs], color="tab:green", ls=":", label="sqrt rule from the baseline")
+    ax.scatter([b0], [lr0], marker="s", color="tab:gray", zorder=5, label=f"baseline B={b0}")
+    ax.scatter([], [], color="tab:blue", label="LR tried: reached the target (hollow: did not)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("global batch size (log2)")
+    ax.set_ylabel("peak LR (log)")
+    ax.set_title("LR re-tuned per batch size vs the scaling rules")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.savefig(path)

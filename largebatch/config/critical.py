@@ -21,7 +21,7 @@ DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # what `largebatch probe` shows wh
 
 def check_factors(key: str, values: Any, source: str = "<study>", field: str = "search") -> list[float]:
     """around_critical's factors: on data.global_batch_size only; 1 to MAX_FACTORS positive finite numbers."""
-    example = f"{{around_critical: [0.25, 1, 4]}}"
+    example = "{around_critical: [0.25, 1, 4]}"
     if key != AROUND_KEY:
         raise BadInput(f"around_critical places batch sizes only; got it on {key!r}; move it to search."
                        f"{AROUND_KEY} or use {{grid: [..]}} here", source=source, field=field)

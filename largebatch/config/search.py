@@ -3,6 +3,11 @@
 that knows the kinds. around_critical (config/critical.py) is placed before the search: tune/critical.py replaces it
 with the grid it gives, so the searchers never see it.
 
+`per_batch: N` beside a sampled range (`optim.base_lr: {loguniform: [0.01, 3], per_batch: 6}`) re-tunes that setting
+at every batch size: the grid searcher draws N values for each combination of the other entries, seeded by the
+study seed and the batch size, so every rule and warmup at one batch size gets the same draws (Shallue et al. 2018
+re-tune the LR per batch size; the report compares the tuned LR with what each rule predicts).
+
 Its values() feed the grid searcher and the load-time resolve check, sample() the random searcher, to_tune() Ray
 Tune's search space (optuna). The study keeps the entries as the YAML wrote them (dicts): they are logged as is.
 """
@@ -11,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from largebatch.config.critical import AROUND_CRITICAL, check_factors
 from largebatch.config.resolve import resolve
@@ -20,6 +25,8 @@ from largebatch.config.tree import flatten, get_dotted, parse_trial, set_dotted
 from largebatch.errors import BadInput, did_you_mean
 
 SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", AROUND_CRITICAL)
+PER_BATCH = "per_batch"
+MAX_PER_BATCH = 100
 LISTED_KINDS = ("grid", "choice")  # the values are listed; the others are ranges [low, high]
 
 
@@ -27,16 +34,32 @@ LISTED_KINDS = ("grid", "choice")  # the values are listed; the others are range
 class SearchDomain:
     kind: str
     args: list  # the listed values (grid, choice) or [low, high] (uniform, loguniform, randint)
+    per_batch: Optional[int] = None  # draws per batch size (grid searcher), for a sampled range
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> "SearchDomain":
         """The domain of an entry already checked by parse() (load_study did)."""
-        kind, args = next(iter(entry.items()))
-        return cls(kind, args)
+        kind, args = next((k, v) for k, v in entry.items() if k != PER_BATCH)
+        return cls(kind, args, entry.get(PER_BATCH))
 
     @classmethod
     def parse(cls, entry: dict[str, Any], source: str = "<study>", field: str = "search") -> "SearchDomain":
-        """Check an entry's shape: one known kind; a non-empty list; ranges [low, high] with low < high."""
+        """Check an entry's shape: one known kind; a non-empty list; ranges [low, high] with low < high; per_batch
+        an int in 1..MAX_PER_BATCH beside a range."""
+        if PER_BATCH in entry and isinstance(entry, dict):
+            rest = {k: v for k, v in entry.items() if k != PER_BATCH}
+            n = entry[PER_BATCH]
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PER_BATCH:
+                raise BadInput(f"per_batch must be a whole number of draws per batch size, 1 to {MAX_PER_BATCH}; got "
+                               f"{n!r}", source=source, field=field)
+            domain = cls.parse(rest, source, field)
+            if domain.listed or domain.kind == AROUND_CRITICAL:
+                raise BadInput(f"per_batch goes with a sampled range (uniform, loguniform, randint), not {domain.kind}",
+                               source=source, field=field)
+            if field == "search.data.global_batch_size":
+                raise BadInput("per_batch re-tunes another setting at each batch size; the batch itself cannot have "
+                               "it", source=source, field=field)
+            return cls(domain.kind, domain.args, n)
         if len(entry) != 1 or next(iter(entry)) not in SEARCH_KINDS:
             raise BadInput(f"got {entry!r}; a search entry is one of {{grid: [..]}}, {{choice: [..]}}, "
                            f"{{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}}, {{randint: [lo, hi]}}",
@@ -84,6 +107,19 @@ class SearchDomain:
         if self.kind == "loguniform":
             return math.exp(rng.uniform(math.log(v[0]), math.log(v[1])))
         return rng.randrange(int(v[0]), int(v[1]))
+
+    def stratified(self, rng: random.Random, n: int) -> list[Any]:
+        """n draws of a range, one in each of n equal strata (of log-space for loguniform), in increasing order:
+        a few draws still cover the range (per_batch). randint draws may repeat when the range is narrow."""
+        lo, hi = float(self.args[0]), float(self.args[1])
+        if self.kind == "loguniform":
+            lo, hi = math.log(lo), math.log(hi)
+        u = [lo + (hi - lo) * (i + rng.random()) / n for i in range(n)]
+        if self.kind == "loguniform":
+            return [math.exp(x) for x in u]
+        if self.kind == "randint":
+            return [min(int(x), int(self.args[1]) - 1) for x in u]
+        return u
 
     def to_tune(self):
         """The Ray Tune domain (imports ray: call it on the driver only)."""

@@ -51,7 +51,7 @@ def parse_sets(items: list[str] | None, source: str = "--set") -> dict[str, Any]
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise BadInput(f"no such file; give the path of a study YAML (see tune_spaces/)", source=str(path))
+        raise BadInput("no such file; give the path of a study YAML (see tune_spaces/)", source=str(path))
     try:
         data = load_yaml_text(p.read_text())
     except yaml.YAMLError as e:
@@ -83,7 +83,10 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
     check_names(study.base, source)
     check_tuner_names(study.tuner, source)
     for key, domain in study.search.items():
-        check_search_key(study, key, domain, source)
+        if check_search_key(study, key, domain, source).per_batch and study.tuner.searcher != "grid":
+            raise BadInput(f"per_batch draws per batch size need tuner.searcher grid, got "
+                           f"{study.tuner.searcher!r}; set searcher: grid, or drop per_batch to sample {key} with "
+                           f"tuner.num_samples", source=source, field=f"search.{key}")
     if study.baseline is not None:
         baseline_trial(study, source)  # validates the overrides
     return check_task(study, source)

@@ -17,7 +17,10 @@ that wall-clock; `speed_basis` says which.
 The gap itself is Keskar et al. 2016 (arXiv 1609.04836); the recipes that close it are Goyal et al. 2017
 (arXiv 1706.02677, linear rule + warmup) and Hoffer et al. 2017 (arXiv 1705.08741, sqrt rule).
 
-With `budget.target_val_acc` and the instruments on, two more sections (report/sections.py, the fit in
+The headline is time to the baseline's quality (report/target.py): per recipe, the steps, examples and time to reach
+the baseline's value minus the tolerance (or budget.target_val_acc), read from each trial's per-epoch curve; the
+recommendation is the recipe within tolerance that gets there soonest (the Pareto front's fastest safe point when
+the records carry no curves). Two more sections (report/sections.py, the fit in
 largebatch/instruments/critical_batch.py):
 "Critical batch" fits McCandlish's S(B) = S_min + E_min/B to steps-to-target and sets B_crit = E_min/S_min beside the
 measured gradient noise scale; "Why" lists the noise scale per batch size and the sharpness per batch size and rule.
@@ -31,8 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from largebatch.errors import BadInput, unknown_choice
+from largebatch.report.lr import lr_section
+from largebatch.report.rank import DEFAULT_SCALE, Scale, pareto_front, per_batch_rows
 from largebatch.report.sections import critical_batch_section, why_section
 from largebatch.report.speed import choose_basis, speed_fields, step_times
+from largebatch.report.target import (
+    curve, recipe_to_target, recommend_by_target, target_value, time_to_target_section,
+)
 from largebatch.vocab import (
     MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
 )
@@ -67,31 +75,9 @@ class _Trial:
     variant: str = ""  # searched settings beyond batch/rule/warmup/optimizer/base_lr, e.g. "decay=step"
     batch_ramp: bool = False  # the batch changes during the trial (schedule.batch_ramp)
     extra: tuple[tuple[str, float], ...] = ()  # the finite INSTRUMENT_FIELDS of the record
+    curve: tuple = ()  # (steps, wall_s, metric) per evaluation (report/target.py), from the record's history
 
 
-@dataclass(frozen=True, slots=True)
-class _Scale:
-    """The metric's direction and the tolerance's units: `worse(a, b)` is how much a is worse than b, in those
-    units (negative when a is better)."""
-
-    mode: str = "max"
-    units: str = "points"
-    ref: float | None = None  # the baseline's value, the unit of a relative gap
-
-    def worse(self, a: float, b: float) -> float | None:
-        diff = (b - a) if self.mode == "max" else (a - b)
-        if self.units == "points":
-            return diff * 100.0
-        if self.units == "relative":
-            return diff / abs(self.ref) if self.ref else None
-        return diff
-
-    def key(self, v: float) -> float:
-        """Sort key: smaller is better."""
-        return -v if self.mode == "max" else v
-
-
-_DEFAULT = _Scale()
 
 
 def _finite(x: Any) -> float | None:
@@ -130,6 +116,7 @@ def _parse(rec: dict, metric: str) -> _Trial:
         variant=str(rec.get("variant") or ""),
         batch_ramp=bool(rec.get("batch_ramp", False)),
         extra=tuple((k, v) for k in INSTRUMENT_FIELDS if (v := _instrument(rec, k)) is not None),
+        curve=curve(rec.get("history"), metric.split("_", 1)[1]),
     )
 
 
@@ -194,7 +181,27 @@ def _aggregate(trials: list[_Trial], step_s: dict[int, float] | None = None, bas
 
 
 def _baseline(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None = None,
-              basis: str = "measured") -> dict | None:
+              basis: str = "measured", explicit: float | None = None, tol: float = 0.0,
+              scale: "Scale | None" = None) -> tuple[dict | None, dict | None]:
+    """(the baseline row, the target: {value, source} or None). The target is `explicit` when given, else the
+    baseline's value `tol` worse (report/target.py)."""
+    scale = scale or DEFAULT_SCALE
+    base = _baseline_row(trials, warnings, step_s, basis)
+    if explicit is not None:
+        target = {"value": float(explicit), "source": "budget.target_val_acc"}
+    elif base is not None:
+        target = {"value": target_value(base["acc_mean"], tol, scale.mode, scale.units),
+                  "source": f"baseline - tolerance {tol:g} {scale.units}"}
+    else:
+        return None, None
+    if base is not None:
+        base.update(recipe_to_target([t for t in trials if t.is_baseline], target["value"], scale.mode,
+                                     step_s or {}, basis))
+    return base, target
+
+
+def _baseline_row(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None,
+                  basis: str) -> dict | None:
     base = [t for t in trials if t.is_baseline]
     if not base:
         warnings.append("no baseline trial (is_baseline) in the study: gaps, speed-ups and max_safe_batch are unset")
@@ -228,8 +235,9 @@ def _baseline(trials: list[_Trial], warnings: list[str], step_s: dict[int, float
     }
 
 
-def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: _Scale = _DEFAULT,
-             step_s: dict[int, float] | None = None, basis: str = "measured") -> list[dict]:
+def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: Scale = DEFAULT_SCALE,
+             step_s: dict[int, float] | None = None, basis: str = "measured",
+             target: dict | None = None) -> list[dict]:
     # peak_lr joins the key so two `power` recipes with different alpha (same base_lr) stay apart.
     groups: dict[tuple, list[_Trial]] = {}
     for t in trials:
@@ -251,12 +259,16 @@ def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: _Sc
             **_aggregate(members, step_s, basis),
         }
         row.update(_versus_baseline(row["acc_mean"], row["time_s"], baseline, tol, scale))
+        row.update(recipe_to_target(members, target and target["value"], scale.mode, step_s or {}, basis))
+        if "target_reached" in row:  # the baseline's own time to target over this recipe's
+            b_t = (baseline or {}).get("time_to_target_s")
+            row["target_speedup"] = b_t / row["time_to_target_s"] if b_t and row["time_to_target_s"] else None
         rows.append(row)
     return rows
 
 
 def _versus_baseline(acc: float | None, wall: float | None, baseline: dict | None, tol: float,
-                     scale: _Scale = _DEFAULT) -> dict:
+                     scale: Scale = DEFAULT_SCALE) -> dict:
     if baseline is None:
         return {"gap_points": None, "speedup": None, "within_tolerance": None}
     b_acc, b_wall = baseline["acc_mean"], baseline["time_s"]  # the report's speed basis (report/speed.py)
@@ -269,74 +281,17 @@ def _versus_baseline(acc: float | None, wall: float | None, baseline: dict | Non
     }
 
 
-def _best(rows: list[dict], scale: _Scale = _DEFAULT) -> dict | None:
-    """Best acc_mean in the metric's direction; ties go to the faster, then to the first in sorted order."""
-    scored = [r for r in rows if r["acc_mean"] is not None]
-    if not scored:
-        return None
-    wall = lambda r: r["time_s"] if r["time_s"] is not None else math.inf  # noqa: E731
-    return min(scored, key=lambda r: (scale.key(r["acc_mean"]), wall(r)))
-
-
-def _per_batch(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
-    out = []
-    for batch in sorted({c["global_batch_size"] for c in configs}):
-        rows = [c for c in configs if c["global_batch_size"] == batch]
-        best = _best(rows, scale)
-        # "No scaling" beside it: rule none with the best recipe's optimizer and base LR, else the best rule-none.
-        none_rows = [c for c in rows if c["rule"] == "none"]
-        same = [c for c in none_rows if best and (c["optimizer"], c["base_lr"]) == (best["optimizer"], best["base_lr"])]
-        noscale = _best(same, scale) or _best(none_rows, scale)
-        entry = {
-            "global_batch_size": batch,
-            "n_recipes": len(rows),
-            "n_trials": sum(c["n_trials"] for c in rows),
-            "n_diverged": sum(c["n_diverged"] for c in rows),
-            "best": None if best is None else best["label"],
-        }
-        for k in ("rule", "warmup_epochs", "optimizer", "base_lr", "peak_lr", "acc_mean", "acc_std", "n_seeds",
-                  "gap_points", "within_tolerance", "steps", "speedup"):
-            entry[k] = None if best is None else best[k]
-        entry["wall_s"] = None if best is None else best["wall_s_mean"]
-        entry["projected_s"] = None if best is None else best["projected_s"]
-        entry["time_s"] = None if best is None else best["time_s"]
-        entry["noscale"] = None if noscale is None else noscale["label"]
-        entry["noscale_acc"] = None if noscale is None else noscale["acc_mean"]
-        entry["noscale_gap_points"] = None if noscale is None else noscale["gap_points"]
-        entry["sharpness"] = None if best is None else best["sharpness"]
-        entry["noscale_sharpness"] = None if noscale is None else noscale["sharpness"]
-        entry["gap_closed_points"] = (
-            scale.worse(noscale["acc_mean"], best["acc_mean"]) if best is not None and noscale is not None else None
-        )
-        out.append(entry)
-    return out
-
-
-def _pareto(configs: list[dict], scale: _Scale = _DEFAULT) -> list[dict]:
-    """Non-dominated recipes: minimise time_s (the report's speed basis), best acc_mean in the metric's direction.
-    Sorted by time_s, then best metric."""
-    pts = [c for c in configs if c["acc_mean"] is not None and c["time_s"] is not None]
-    k = lambda c: scale.key(c["acc_mean"])  # noqa: E731  (smaller is better)
-
-    def dominated(p: dict) -> bool:
-        return any(
-            q["time_s"] <= p["time_s"] and k(q) <= k(p)
-            and (q["time_s"] < p["time_s"] or k(q) < k(p))
-            for q in pts
-        )
-
-    front = [p for p in pts if not dominated(p)]
-    return sorted(front, key=lambda c: (c["time_s"], k(c), c["label"]))
-
-
 def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "best_val_acc", mode: str = "max",
-                 units: str | None = None, profile: dict | None = None) -> dict:
+                 units: str | None = None, profile: dict | None = None, target: float | None = None) -> dict:
     """Aggregate trial records into the study report (pure, JSON-able, deterministic order).
 
     metric: the per-trial figure to compare, best_<metric> or final_<metric> (e.g. best_val_acc, final_val_mse).
     mode: its direction, max or min. tolerance: how much worse than the baseline's mean a recipe may be, in
     `units` (points, absolute or relative; default points for max, absolute for min). profile: the study's
-    throughput profile (tune/throughput.py), whose step times make the speed axis (report/speed.py).
+    throughput profile (tune/throughput.py), whose step times make the speed axis (report/speed.py). target: an
+    explicit target value of the per-epoch metric (budget.target_val_acc); by default the baseline's value minus the
+    tolerance (report/target.py: steps, examples and time to it per recipe; the recommendation is the recipe within
+    tolerance that reaches it soonest, when the records carry per-epoch curves).
     """
     if metric.split("_", 1)[0] not in SUMMARIES or "_" not in metric:
         raise BadInput(f"got {metric!r}: the report compares a trial summary, best_<metric> or final_<metric> "
@@ -352,14 +307,24 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     warnings: list[str] = []
     step_s = step_times(profile)
     basis = choose_basis(trials, step_s, profile, warnings)
-    baseline = _baseline(trials, warnings, step_s, basis)
-    scale = _Scale(mode, units, baseline["acc_mean"] if baseline is not None else None)
-    configs = _configs(trials, baseline, float(tolerance), scale, step_s, basis)
-    per_batch = _per_batch(configs, scale)
+    ref = _baseline_row(trials, [], step_s, basis)
+    scale = Scale(mode, units, ref["acc_mean"] if ref is not None else None)
+    baseline, goal = _baseline(trials, warnings, step_s, basis, _finite(target), float(tolerance), scale)
+    if goal is not None:
+        goal = {"metric": metric.split("_", 1)[1], "mode": mode, **goal}
+    configs = _configs(trials, baseline, float(tolerance), scale, step_s, basis, goal)
+    per_batch = per_batch_rows(configs, scale)
     safe = [p["global_batch_size"] for p in per_batch if p["within_tolerance"]]
-    pareto = _pareto(configs, scale)
+    pareto = pareto_front(configs, scale)
     ok = [c for c in pareto if c["within_tolerance"]]
-    recommended = dict(ok[0]) if ok else None  # the front is sorted by time_s: first is fastest
+    to_target = time_to_target_section(configs, baseline, goal)
+    # soonest to the target when curves say so (report/target.py), else the fastest within tolerance on the front
+    recommended = recommend_by_target(configs) if to_target else None
+    if recommended is None and ok:
+        recommended = dict(ok[0])  # the front is sorted by time_s: first is fastest
+    if recommended is not None:
+        recommended["chosen_by"] = ("time_to_target" if to_target and recommended.get("time_to_target_s") is not None
+                                    else "pareto")
     if not trials:
         warnings.append("no trial records")
     counts = {"total": len(trials), **{s: sum(t.status == s for t in trials) for s in STATUSES}}
@@ -384,6 +349,8 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         "counts": counts,
         "failures": failures,
         "critical_batch": critical,
+        "time_to_target": to_target,
+        "lr_per_batch": lr_section(configs, mode),
         "why": why,
         "warnings": warnings,
         "speed_basis": basis,

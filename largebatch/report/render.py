@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from largebatch.report.lr import format_lr_section
 from largebatch.report.sections import format_sections
 from largebatch.report.speed import basis_note
 def _pct(acc: float | None, std: float | None = None) -> str:
@@ -54,8 +55,37 @@ def _time(c: dict, report: dict | None) -> str:
 def _config_line(c: dict | None, report: dict | None = None) -> str:
     if c is None:
         return "none"
-    return (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
+    line = (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
             f"{_time(c, report)}, speed-up {_num(c['speedup'], '.2f')}x")
+    if c.get("time_to_target_s") is not None:
+        line += (f"; to the target in {_num(c['steps_to_target'], '.0f')} steps, {_num(c['time_to_target_s'], '.1f')} s"
+                 f" ({_num(c.get('target_speedup'), '.2f')}x the baseline's time to target)")
+    return line
+
+
+def format_time_to_target(report: dict) -> list[str]:
+    """The headline table: per batch size, the recipe that reaches the target soonest (report/target.py)."""
+    tt = report.get("time_to_target")
+    if not tt:
+        return []
+    proj = _projected(report)
+    head = ["batch", "soonest recipe to target", "reached", "steps", "examples",
+            "projected s*" if proj else "wall-clock s", "speed-up to target"]
+    rows = [[str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
+             p["recipe"] or "none reached", f"{p['n_reached']}/{p['n_recipes']}", _num(p["steps_to_target"], ".0f"),
+             _num(p["examples_to_target"], ".0f"), _num(p["time_to_target_s"], ".1f"),
+             "-" if p["target_speedup"] is None else f"{p['target_speedup']:.2f}x"] for p in tt["per_batch"]]
+    value = _val(report, tt["value"]) if tt["metric"] == metric_label(report) else f"{tt['value']:.4g}"
+    sign = ">=" if tt.get("mode", "max") == "max" else "<="
+    return [f"Time to the baseline's quality: {tt['metric']} {sign} {value} ({tt['source']}), first reached at an "
+            f"epoch end; the baseline gets there in {_num(tt['baseline_steps'], '.0f')} steps, "
+            f"{_num(tt['baseline_time_s'], '.1f')} s", "", *_grid(head, rows), ""]
+
+
+def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
 
 
 def format_table(report: dict) -> str:
@@ -79,9 +109,7 @@ def format_table(report: dict) -> str:
             _num(p["steps"], "d"),
             "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
         ])
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows), ""]
+    out = [*format_time_to_target(report), *_grid(head, rows), ""]
     b = report["baseline"]
     mode = report.get("mode", "max")
     out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} {units}"
@@ -98,6 +126,10 @@ def format_table(report: dict) -> str:
         gns = report["critical_batch"]["grad_noise_scale_mean"]
         out.append(f"- critical batch: B_crit = {fit['B_crit']:.4g} (S_min {fit['S_min']:.4g} steps, E_min "
                    f"{fit['E_min']:.4g} examples); measured grad_noise_scale {_num(gns, '.4g')}")
+    for r in (report.get("lr_per_batch") or {}).get("rows", []):
+        out.append(f"- LR re-tuned at B={r['global_batch_size']}: peak LR {r['tuned_lr']:.4g} = "
+                   f"{r['tuned_over_linear']:.3g}x the linear rule's {r['predicted_linear']:.4g}, "
+                   f"{r['tuned_over_sqrt']:.3g}x the sqrt rule's {r['predicted_sqrt']:.4g}")
     out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
     out.append(f"- failures: {len(report['failures'])}")
     out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
@@ -117,7 +149,7 @@ def format_markdown(report: dict) -> str:
     speed = "projected time" if _projected(report) else "wall-clock"
     parts = ["# largebatch report", "", format_table(report), f"## Pareto front ({speed} vs {what})", ""]
     parts += [f"{i}. {_config_line(c, report)}" for i, c in enumerate(report["pareto"], 1)] or ["(empty)"]
-    sections = format_sections(report)
+    sections = "\n".join(format_lr_section(report)) + format_sections(report)
     return "\n".join(parts) + "\n" + ("\n" + sections if sections else "")
 
 

@@ -31,7 +31,7 @@ def critical_batch_section(configs: list[dict], warnings: list[str]) -> Optional
     fit = fit_critical_batch([p["global_batch_size"] for p in points], [p["steps_to_target"] for p in points])
     if fit is None:
         warnings.append(f"critical batch: no fit of S = S_min + E_min/B from {len(points)} batch size(s) that reached "
-                        f"budget.target_val_acc (needs 2 or more, with steps falling as B grows)")
+                        f"the target (needs 2 or more, with steps falling as B grows)")
     gns = [c["grad_noise_scale"] for c in configs if c.get("grad_noise_scale") is not None]
     gns_mean = _mean(gns)
     out = {"points": points, "fit": fit, "grad_noise_scale_mean": gns_mean,
@@ -81,7 +81,7 @@ def format_sections(report: dict) -> str:
     out: list[str] = []
     cb = report.get("critical_batch")
     if cb:
-        out += ["## Critical batch (steps to budget.target_val_acc)", "",
+        out += ["## Critical batch (steps to the target)", "",
                 "| batch | steps to target | examples to target | time to target (s) | region | recipe |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {p['global_batch_size']} | {_g(p['steps_to_target'], '.0f')} | "

@@ -96,6 +96,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tune.critical import log_placement, place_critical
     from largebatch.tune.extend import extension_searcher, find_extendable, reopen_parent
     from largebatch.tune.throughput import study_profile
+    from largebatch.tune.stopper import create_stopper
 
     t = study.tuner
     exp_name = name or study.name
@@ -108,6 +109,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     study, critical = place_critical(study, source, run_root)  # around_critical -> {grid: [..]}, else unchanged
     searcher, n_trials = create_searcher(study, {} if study.baseline is not None else None)
     scheduler = create_scheduler(study)
+    stopper = create_stopper(study)  # budget.stop_at_target: searched trials end at the baseline's quality
     train_sizes = _train_sizes(study, [base_tree, baseline_tree])
     preflight_storage(storage_path)
     preflight_tracking(tracking_uri)
@@ -179,6 +181,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                                             scheduler=scheduler, num_samples=n_trials, metric=t.metric,
                                             mode=t.mode, time_budget_s=t.time_budget_s),
                 run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=quiet.tune_verbose(),
+                                          stop=stopper,
                                           # in-process trials: Tune restarts a killed trial from its checkpoint
                                           # (TorchTrainer trials: Ray Train restarts their workers itself)
                                           failure_config=tune.FailureConfig(
@@ -202,7 +205,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                 display.stop()
                 progress.deactivate()
             study_s = time.time() - t0
-            marked = _mark_unfinished(tracker, exp_id, parent_id, grid)
+            marked = _mark_unfinished(tracker, exp_id, parent_id, grid, stopper.stopped if stopper else {})
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
             raise _abort(tracker, exp_id, exp_name, parent_id, e, resume_hint) from None
     finally:
@@ -216,6 +219,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
 def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,
                   study_text: str, n_trials: int, max_conc: int, storage_path: str, info: dict,
                   base_tree: dict) -> str:
+    from largebatch.report.target import explicit_target
     from largebatch.tracking import KIND_TAG
 
     parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
@@ -223,6 +227,7 @@ def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyC
         **{f"report.{k}": v for k, v in study.report.model_dump(mode="json").items()},  # tolerance and its units
         "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
         "report.tolerance": study.report.tolerance, "storage": redact_uri(storage_path),
+        "report.target": explicit_target(t.metric, study.base.budget.target_val_acc),
         "search_keys": ",".join(study.search)},
         tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
               "ray_nodes": str(info["nodes"]), "storage": redact_uri(storage_path), "run_name": run_name})
@@ -245,10 +250,10 @@ def _open_children(tracker, exp_id: str, parent_id: str) -> list:
     return [r for r in _child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
 
 
-def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> Optional[str]:
+def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid, at_target: Optional[dict] = None) -> Optional[str]:
     """Close every child run that did not log its own end: a trial whose last report was its final one (it could
     not log its end: MLflow was down) -> the status it reported; stopped by the scheduler (ASHA) -> stopped_early;
-    its Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
+    at_target: {Tune trial id: reason} of the trials the target stopper ended (tune/stopper.py). Its Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
     reason. Tune finished, so a run still open after that ended without a word: failed.
     Returns what could not be done when MLflow cannot be reached (None when all went through); never raises."""
     from largebatch.failures import describe
@@ -270,7 +275,8 @@ def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid) -> Optional[str
         if r is not None and err is None and m.get("is_final") and m.get("status") in FINAL_STATUSES:
             status, reason = m["status"], m.get("reason")
         elif r is not None and err is None:
-            status, reason = "stopped_early", "stopped by the scheduler (ASHA)"
+            status = "stopped_early"
+            reason = (at_target or {}).get(m.get("trial_id")) or "stopped by the scheduler (ASHA)"
         else:
             status = "failed"
             reason = describe(err) if err is not None else "the trial's process ended without a final report"

@@ -17,6 +17,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     a local folder, copied to s3:// storage, logged on the parent run, printed."""
     from largebatch.metrics import summary_name
     from largebatch.report import build_report, format_table, write_report
+    from largebatch.report.target import explicit_target
     from largebatch.tune.costs import costs_line, study_costs
     from largebatch.report_html import write_html
     from largebatch.storage import report_dir_for, upload_dir
@@ -35,7 +36,8 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
         records = _records_from_tune(grid, rt)
         unlogged.append(f"the trial records (read from Tune's results instead: {tracking_error(e)})")
     report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
-                          mode=t.mode or "max", units=study.report.tolerance_units, profile=profile)
+                          mode=t.mode or "max", units=study.report.tolerance_units, profile=profile,
+                          target=explicit_target(t.metric, study.base.budget.target_val_acc))
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,

@@ -16,16 +16,35 @@ from largebatch.registry import Registry
 
 
 def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
-    """The cartesian product of the grid/choice entries, in YAML order."""
+    """The cartesian product of the grid/choice entries, in YAML order; then, for each, `per_batch` draws of every
+    per-batch entry (config/search.py), seeded by the study seed, the key and the point's batch size."""
     keys, lists = [], []
+    per_batch = {k: d for k, e in study.search.items() if (d := SearchDomain.of(e)).per_batch}
     for key, entry in study.search.items():
         domain = SearchDomain.of(entry)
+        if key in per_batch:
+            continue
         if not domain.listed:
             raise BadInput(f"searcher 'grid' takes grid/choice entries only, got {domain.kind}; use searcher random "
                            f"or optuna for continuous ranges", field=f"search.{key}")
         keys.append(key)
         lists.append(domain.values())
-    return [dict(zip(keys, combo)) for combo in itertools.product(*lists)] if keys else [{}]
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*lists)] if keys else [{}]
+    return [drawn for p in points for drawn in _per_batch_draws(study, p, per_batch)] if per_batch else points
+
+
+def _per_batch_draws(study: StudyConfig, point: dict[str, Any], per_batch: dict[str, SearchDomain]
+                     ) -> list[dict[str, Any]]:
+    """The point with per_batch draws of each per-batch entry (several entries combine like grid entries), one in
+    each of per_batch equal strata of the range (log-space for loguniform: a few draws still span it). The draws
+    depend on the study seed, the key and the batch only; floats keep 3 significant digits (readable labels)."""
+    batch = point.get("data.global_batch_size", study.base.data.global_batch_size)
+    lists = []
+    for key, d in per_batch.items():
+        rng = random.Random(f"{study.base.seed}:{key}:{batch}")
+        draws = d.stratified(rng, d.per_batch)
+        lists.append([float(f"{v:.3g}") if isinstance(v, float) else v for v in draws])
+    return [{**point, **dict(zip(per_batch, combo))} for combo in itertools.product(*lists)]
 
 
 def random_points(study: StudyConfig, n: int, seed: int = 0) -> list[dict[str, Any]]:
