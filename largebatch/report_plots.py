@@ -200,7 +200,12 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
     written = []
     for name, draw in plots.items():
         path = out_dir / name
-        if draw(path) is not None:
+        try:
+            drawn = draw(path)
+        except Exception as e:  # a plot is a view of report.json (already written): never lose the study's end to it
+            print(f"[largebatch] warning: plot {name} not drawn: {type(e).__name__}: {e}", flush=True)
+            drawn = None
+        if drawn is not None:
             written.append(path)
         else:
             path.unlink(missing_ok=True)  # a stale plot from an earlier report would contradict this one
@@ -257,13 +262,19 @@ def plot_steps_to_target(report: dict, path: Path) -> Path | None:
     if gns:
         ax.axvline(gns, color="tab:purple", ls="--", lw=1, label=f"measured B_simple={gns:.3g}")
     ax.scatter(xs, ys, color="tab:blue", zorder=5, label="measured (best recipe per batch)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(bottom=min(ys + ([fit["S_min"]] if fit else [])) / 2)
+    return _log_log(fig, ax, path, "optimizer steps to target val_acc (log)",
+                    "Steps to target vs batch size (critical batch)")
+
+
+def _log_log(fig, ax, path: Path, ylabel: str, title: str) -> Path:
+    """A plot against the batch size on log-log axes: labels, grid, legend, saved."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("global batch size (log2)")
-    ax.set_ylabel("optimizer steps to target val_acc (log)")
-    ax.set_title("Steps to target vs batch size (critical batch)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.savefig(path)
@@ -290,15 +301,7 @@ def plot_lr_vs_batch(report: dict, path: Path) -> Path | None:
     ax.plot(xs, [lr0 * math.sqrt(b / b0) for b in xs], color="tab:green", ls=":", label="sqrt rule from the baseline")
     ax.scatter([b0], [lr0], marker="s", color="tab:gray", zorder=5, label=f"baseline B={b0}")
     ax.scatter([], [], color="tab:blue", label="LR tried: reached the target (hollow: did not)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("global batch size (log2)")
-    ax.set_ylabel("peak LR (log)")
-    ax.set_title("LR re-tuned per batch size vs the scaling rules")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.savefig(path)
-    return path
+    return _log_log(fig, ax, path, "peak LR (log)", "LR re-tuned per batch size vs the scaling rules")
 
 
 def plot_noise_and_sharpness(report: dict, path: Path) -> Path | None:

@@ -107,3 +107,11 @@ def test_lr_section_is_absent_without_an_lr_search_and_drawn_with_one(tmp_path):
     assert "lr_vs_batch.png" in paths
     md = (tmp_path / "report.md").read_text()
     assert "## LR per batch size (re-tuned) vs the scaling rules" in md and "| 4096 | 3 | 1 |" in md
+
+
+def test_a_plot_that_fails_is_skipped_with_a_warning_not_the_report(tmp_path, capsys):
+    r = build_report(lr_study(), tolerance=0.5)
+    r["lr_per_batch"]["rows"][0]["lrs"] = [("not", "a", "dict")]  # a plot bug must not lose the study's end
+    paths = {p.name for p in write_report(r, lr_study(), tmp_path)}
+    assert "lr_vs_batch.png" not in paths and "report.json" in paths and "learning_curves.png" in paths
+    assert "warning: plot lr_vs_batch.png not drawn: TypeError" in capsys.readouterr().out
