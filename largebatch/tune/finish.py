@@ -58,8 +58,8 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
             unlogged.append(f"the report upload to {redact_uri(out_dir)} ({redact_uri(str(e))})")
     tracker.log_artifacts(parent_id, local_dir, "report")
     _describe_runs(tracker, parent_id, records, report)
-    tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0},
-                      "completed")
+    tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0,
+                                  **_headline(report)}, "completed")
     tracker.end_run(parent_id)
     unlogged += [f"MLflow: {u}" for u in tracker.unlogged]
     print(format_table(report))
@@ -72,6 +72,16 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
               flush=True)
     print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
     return report
+
+
+def _headline(report: dict) -> dict[str, float]:
+    """The time-to-target headline as parent-run metrics (report/target.py), where the report has it."""
+    tt, rec = report.get("time_to_target") or {}, report.get("recommended") or {}
+    out = {"target_value": tt.get("value"), "baseline_time_to_target_s": tt.get("baseline_time_s"),
+           "recommended_time_to_target_s": rec.get("time_to_target_s"),
+           "recommended_target_speedup": rec.get("target_speedup"),
+           "recommended_global_batch_size": rec.get("global_batch_size")}
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
 
 def _records_from_tune(grid, rt: StudyRuntime) -> list[dict]:

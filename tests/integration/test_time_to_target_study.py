@@ -71,6 +71,10 @@ def test_time_to_target_study_stops_at_the_target_and_compares_the_tuned_lr(loca
             assert p["examples_to_target"] == p["steps_to_target"] * p["global_batch_size"]
     rec = report["recommended"]
     assert rec["chosen_by"] == "time_to_target" and rec["time_to_target_s"] is not None
+    parent = client.get_run(study["parent_run_id"]).data.metrics  # the headline on the study's MLflow run
+    assert abs(parent["target_value"] - tt["value"]) < 1e-9
+    assert parent["recommended_global_batch_size"] == rec["global_batch_size"]
+    assert abs(parent["recommended_time_to_target_s"] - rec["time_to_target_s"]) < 1e-9
     # the LR section compares each batch size's tuned LR with the rules' predictions from the baseline's 0.05
     sec = report["lr_per_batch"]
     assert sec is not None and {row["global_batch_size"] for row in sec["rows"]} == {128, 256}
