@@ -124,8 +124,9 @@ def format_table(report: dict) -> str:
     fit = (report.get("critical_batch") or {}).get("fit")
     if fit:
         gns = report["critical_batch"]["grad_noise_scale_mean"]
-        out.append(f"- critical batch: B_crit = {fit['B_crit']:.4g} (S_min {fit['S_min']:.4g} steps, E_min "
-                   f"{fit['E_min']:.4g} examples); measured grad_noise_scale {_num(gns, '.4g')}")
+        out.append(f"- critical batch (steps to the target): B_crit = {fit['B_crit']:.4g} (S_min {fit['S_min']:.4g} "
+                   f"steps, E_min {fit['E_min']:.4g} examples)"
+                   + ("" if gns is None else f"; measured grad_noise_scale {gns:.4g}"))
     for r in (report.get("lr_per_batch") or {}).get("rows", []):
         out.append(f"- LR re-tuned at B={r['global_batch_size']}: peak LR {r['tuned_lr']:.4g} = "
                    f"{r['tuned_over_linear']:.3g}x the linear rule's {r['predicted_linear']:.4g}, "
