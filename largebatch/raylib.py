@@ -63,16 +63,51 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    """SIGTERM a child we started (a server, a `ray start --block` node), SIGKILL it if it does not go in time."""
+def descendants(root: int) -> set[int]:
+    """Every live process below `root`, from /proc (empty where there is no /proc)."""
+    parents: dict[int, Optional[int]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - out
+        out |= frontier
+    return out
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0, tree_wait_s: float = 10.0) -> None:
+    """SIGTERM a child we started (a server, a `ray start --block` node), SIGKILL it if it does not go in time; then
+    the processes it had started. A `ray start --block` node stops its own processes on SIGTERM, but a node's
+    dashboard and runtime-env agents have outlived it (reparented to init) when it went before them: those are
+    ours too, so they get `tree_wait_s` to go by themselves, then SIGKILL. Only the PIDs seen below it are touched."""
     if proc.poll() is not None:
         return
+    tree = descendants(proc.pid)
     proc.terminate()
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+    deadline = time.time() + tree_wait_s
+    while (left := {p for p in tree if is_running(p)}) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def write_private_token(folder: Path) -> Path:

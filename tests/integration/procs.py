@@ -1,33 +1,13 @@
 """Processes by PID, from /proc: the tests find what a command started by walking down from its PID, never by
-process name (other Ray instances may run on the machine)."""
+process name (other Ray instances may run on the machine). The walk itself is the product's (largebatch/raylib.py
+stops a node's whole tree the same way)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
+from largebatch.raylib import descendants, is_running as alive
 
-def parent_of(pid: int) -> Optional[int]:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def descendants(root: int) -> set[int]:
-    """Every live process below `root`."""
-    parents = {int(p.name): parent_of(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
-    out, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - out
-        out |= frontier
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
+__all__ = ["alive", "cmdline", "descendants"]
 
 
 def cmdline(pid: int) -> str:
