@@ -123,7 +123,22 @@ def cmd_validate(args) -> int:
             print(f"    {k:<18} {v:.6g}" if isinstance(v, float) else f"    {k:<18} {v}")
     if study.search:
         print(f"  search: {', '.join(f'{k} {v}' for k, v in study.search.items())}")
+    print(f"  trials: {_trial_count(study)}")
     return 0
+
+
+def _trial_count(study) -> str:
+    """How many trials `tune` will run, as the searcher lists them (tune/searchers.py, Ray-free)."""
+    from largebatch.config.critical import AROUND_CRITICAL
+    from largebatch.tune.searchers import grid_points
+
+    seeds = len(study.tuner.seeds)
+    if any(AROUND_CRITICAL in entry for entry in study.search.values()):
+        return "the batch grid is placed from B_noise when the study starts (largebatch probe)"
+    points = (len(grid_points(study)) if study.tuner.searcher == "grid" else 1) * study.tuner.num_samples
+    base = f" + {seeds} baseline" if study.baseline is not None else ""
+    return f"{points * seeds + (seeds if study.baseline is not None else 0)} ({points} search point(s) x {seeds} " \
+           f"seed(s){base})"
 
 
 def _check_writable_file(path: str) -> None:

@@ -10,6 +10,7 @@ import yaml
 
 from largebatch.config.names import check_names, check_tuner_names
 from largebatch.config.schema import StudyConfig, TrialConfig
+from largebatch.config.critical import AROUND_CRITICAL
 from largebatch.config.search import check_search_key
 from largebatch.config.tree import _parse, apply_overrides, parse_trial
 from largebatch.errors import BadInput
@@ -82,11 +83,17 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
     study = _parse(StudyConfig, raw, source)
     check_names(study.base, source)
     check_tuner_names(study.tuner, source)
-    for key, domain in study.search.items():
-        if check_search_key(study, key, domain, source).per_batch and study.tuner.searcher != "grid":
+    for key, entry in study.search.items():
+        domain = check_search_key(study, key, entry, source)
+        grid = study.tuner.searcher == "grid"
+        if domain.per_batch and not grid:
             raise BadInput(f"per_batch draws per batch size need tuner.searcher grid, got "
                            f"{study.tuner.searcher!r}; set searcher: grid, or drop per_batch to sample {key} with "
                            f"tuner.num_samples", source=source, field=f"search.{key}")
+        if grid and not (domain.listed or domain.per_batch or domain.kind == AROUND_CRITICAL):
+            raise BadInput(f"searcher 'grid' takes grid/choice entries only, got {domain.kind}; use searcher random "
+                           f"or optuna for continuous ranges, or add per_batch: N to draw N values per batch size",
+                           source=source, field=f"search.{key}")
     if study.baseline is not None:
         baseline_trial(study, source)  # validates the overrides
     return check_task(study, source)

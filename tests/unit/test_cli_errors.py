@@ -61,6 +61,8 @@ CASES = {
     "per-batch-random-searcher": ({"search.optim.base_lr": {"loguniform": [0.01, 1.0], "per_batch": 2},
                                    "tuner.searcher": "random"}, [],
                                   ["search.optim.base_lr", "need tuner.searcher grid", "'random'"]),
+    "grid-searcher-with-a-range": ({"search.optim.base_lr": {"uniform": [0.01, 0.1]}}, [],
+                                   ["search.optim.base_lr", "searcher 'grid' takes grid/choice entries only"]),
     "unknown-search-kind": ({"search.optim.base_lr": {"normal": [1, 2]}}, [], ["search.optim.base_lr", "normal"]),
     "search-key-missing": ({"search.optim.lr": {"grid": [0.1]}}, [], ["search.optim.lr", "no such trial setting"]),
     "grid-value-invalid": ({"search.scaling.rule": {"grid": ["none", "linaer"]}}, [],

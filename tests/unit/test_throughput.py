@@ -225,7 +225,8 @@ def test_study_batches_are_the_baselines_and_every_searched_one(tmp_path):
     ({"tuner": {"profile": False}}, "tuner.profile is false"),
     ({"tuner": {"workers_per_trial": 2}}, "2 workers per trial"),
     ({"search": {"model.hidden_sizes": {"grid": [[32], [64]]}}}, "model.hidden_sizes"),
-    ({"search": {"data.global_batch_size": {"randint": [16, 256]}}}, "sampled from a range"),
+    ({"search": {"data.global_batch_size": {"randint": [16, 256]}}, "tuner": {"searcher": "random"}},
+     "sampled from a range"),
 ])
 def test_what_is_not_profiled_says_why(tmp_path, over, words):
     assert words in tp.skip_reason(_study(tmp_path, **over))
