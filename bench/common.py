@@ -80,11 +80,18 @@ def _jsonable(x: Any) -> Any:
 
 
 def figure(name: str, value: Optional[float], *, goal: str = "", unit: str = "", met: Optional[bool] = None,
-           shown: Optional[str] = None) -> dict[str, Any]:
-    """One row of the summary table. `value` is the number (a ratio unless `unit` says otherwise)."""
+           shown: Optional[str] = None, key: Optional[str] = None) -> dict[str, Any]:
+    """One row of the summary table. `value` is the number (a ratio unless `unit` says otherwise). `key` names the
+    row of run_all.GOALS (the issue's goal table) this figure answers, if any. A missing value never meets a goal."""
+    missing = value is None or not math.isfinite(value)
     if shown is None:
-        shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3g}{unit}"
-    return {"figure": name, "value": value, "unit": unit, "goal": goal, "measured": shown, "met": met}
+        shown = "n/a" if missing else f"{value:.3g}{unit}"
+    if missing and met is not None:
+        met = False
+    row = {"figure": name, "value": value, "unit": unit, "goal": goal, "measured": shown, "met": met}
+    if key:
+        row["key"] = key
+    return row
 
 
 # ---------------------------------------------------------------- statistics and alternation
@@ -291,3 +298,31 @@ def start_ray(num_cpus: int = 2, trial_slots: int = 2,
             "ray_instances_on_machine": ray_instances(),
             "child_env": {k: os.environ.get(k) for k in CHILD_ENV}, "setup_hook": setup_hook,
             "cpus": int(ray.cluster_resources().get("CPU", 0))}
+
+
+def start_largebatch_ray() -> dict[str, Any]:
+    """Ray as `largebatch tune` starts it (largebatch.raylib.init_ray): a local head node as this process's child
+    (`ray start --head --block` on free ports, its own auth token), whose environment carries RAY_ADDRESS and
+    TRAIN_ENV to every Ray process, so Train's internal actors find this cluster and no other. Timed; for child
+    processes only. `stop_largebatch_ray()` stops the head by PID (never `ray stop`)."""
+    t = time.time()
+    import ray  # noqa: F401
+    import ray.train.torch  # noqa: F401  (timed: the import is part of what a user waits for)
+
+    t_import = time.time() - t
+    from largebatch.raylib import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)  # a local head of our own, never a cluster named by the environment
+    t = time.time()
+    info = init_ray()
+    init_s = time.time() - t
+    return {"import_ray_s": t_import, "ray_init_s": init_s, "how": "largebatch.raylib.init_ray (local head)",
+            "train_env": {k: os.environ.get(k) for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                                                         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")},
+            "ray_instances_on_machine": ray_instances(), "setup_hook": None, "cpus": info["cpus"]}
+
+
+def stop_largebatch_ray() -> None:
+    from largebatch.raylib import shutdown_ray
+
+    shutdown_ray()

@@ -26,8 +26,26 @@ BENCHMARKS = {
     "ray_overhead": "bench.ray_overhead",
     "time_to_accuracy": "bench.time_to_accuracy",
     "search_efficiency": "bench.search_efficiency",
+    "epoch_cost": "bench.epoch_cost",
+    "demo_study": "bench.demo_study",
 }
-NEEDS_RAY = ("ray_overhead", "time_to_accuracy", "search_efficiency")  # --no-ray skips these; scaling drops 2 workers
+# --no-ray skips these; scaling drops 2 workers
+NEEDS_RAY = ("ray_overhead", "time_to_accuracy", "search_efficiency", "epoch_cost", "demo_study")
+
+# Issue #14's goal table ("Cheap trials"): (key of the figure rows that answer it, figure, before, goal). A figure
+# row carries the key (common.figure(..., key=...)); several rows with one key (the loop at three batch sizes) are
+# shown together and meet the goal only if each does.
+GOALS = [
+    ("demo_share", "training seconds / trial-seconds, `make demo` study (tune_spaces/fashion-mnist.yaml)", "0.40",
+     ">= 0.85"),
+    ("demo_over_ideal", "`make demo` study wall-clock / (sum of training seconds / concurrent slots)", "3.2", "<= 1.3"),
+    ("startup_share", "start-up / whole trial, 2-worker digits smoke trial", "0.53", "<= 0.30"),
+    ("asha_vs_grid", "ASHA trial-seconds / grid trial-seconds, same space", "1.41", "<= 0.40"),
+    ("asha_gap", "grid best - ASHA best (points)", "0.93", "<= 0.3"),
+    ("loop", "loop / hand-written loop, B=32 / 256 / 2048", "0.88 / 0.96 / 0.94", ">= 0.97 each"),
+    ("epoch_fixed", "per-epoch fixed cost (eval + checkpoint + report) / epoch training time, 4,000-example dataset, "
+                    "B=1024 (MLP, 30 epochs)", "about 8", "<= 0.5"),
+]
 
 
 def run_one(name: str, *, quick: bool, results_dir: Path, options: Optional[dict] = None) -> dict[str, Any]:
@@ -65,7 +83,8 @@ def summary_markdown(results_dir: Path) -> str:
         p = results_dir / f"{name}.json"
         if p.is_file():
             payloads.append(json.loads(p.read_text()))
-    lines = ["| benchmark | figure | goal | measured | met |", "| --- | --- | --- | --- | --- |"]
+    lines = goals_markdown(payloads) + ["", "All figures:", ""]
+    lines += ["| benchmark | figure | goal | measured | met |", "| --- | --- | --- | --- | --- |"]
     for pl in payloads:
         for row in pl.get("summary", []):
             met = {True: "yes", False: "**no**", None: "-"}[row.get("met")]
@@ -84,16 +103,33 @@ def summary_markdown(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def goals_markdown(payloads: list[dict]) -> list[str]:
+    """The issue's goal table, filled from the figure rows that carry its keys."""
+    lines = ["Goals of issue #14 (cheap trials):", "",
+             "| figure | before | goal | measured | met | benchmark |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, name, before, goal in GOALS:
+        rows = [(pl, row) for pl in payloads for row in pl.get("summary", []) if row.get("key") == key]
+        if not rows:
+            lines.append(f"| {name} | {before} | {goal} | not run | - | - |")
+            continue
+        measured = " / ".join(row["measured"] for _, row in rows)
+        mets = [row.get("met") for _, row in rows]
+        met = "-" if any(m is None for m in mets) else "yes" if all(mets) else "**no**"
+        benches = sorted({f"{pl['benchmark']}{' (quick)' if pl.get('quick') else ''}" for pl, _ in rows})
+        lines.append(f"| {name} | {before} | {goal} | {measured} | {met} | {', '.join(benches)} |")
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:  # internal: a Ray benchmark's child process (common.run_child)
         return common.child_main(*argv[1:4])
     ap = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes: minutes, not the ~35 minutes of a full run")
+    ap.add_argument("--quick", action="store_true", help="small sizes: minutes, not the hour of a full run")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help=f"run only this benchmark (repeatable, or comma-separated): {', '.join(BENCHMARKS)}")
     ap.add_argument("--no-ray", action="store_true",
-                    help="in-process benchmarks only (loop_overhead, data_path, scaling at 1 worker)")
+                    help="in-process benchmarks only (loop_overhead, data_path, loader_path, scaling at 1 worker)")
     ap.add_argument("--results-dir", type=Path, default=None,
                     help="where the JSON and summary.md go (default bench/results, or bench/results/quick with --quick)")
     args = ap.parse_args(argv)

@@ -3,9 +3,13 @@
 The space is tune_spaces/fashion-mnist.yaml's (3 batches x 3 rules x 2 warmups + the baseline), reduced to
 20000 training examples and 4 epochs so both studies finish in about 10 minutes. Both run through `run_study`
 (the `largebatch tune` path: Tune, Train, MLflow) in one child process with its own Ray and MLflow, one after
-the other. Compute is trial-seconds: the sum over trials of start-up + training wall-clock (`startup_s` +
-`wall_s`, read back from MLflow; an ASHA-stopped trial counts up to its last report). Goal: ASHA's compute <= 40%
-of the grid's, with its best val_acc within 0.5 points of the grid's best.
+the other. The study's tuner defaults apply, so its 1-worker trials run in Tune's trial process
+(`tuner.in_process: true`, train/inprocess.py): each trial's MLflow run carries the tag `trial_runner` and the
+JSON counts how many trials had it (`in_process_trials`), with each trial's `startup_s` and `wall_s`.
+Compute is trial-seconds: the sum over trials of start-up + training wall-clock (`startup_s` + `wall_s`, read back
+from MLflow; an ASHA-stopped trial counts up to its last report). ASHA's first rung is raised past the searched
+warmups (tune/schedulers.py `asha_grace_epochs`: 2 epochs here). Goal (issue #14): ASHA's compute <= 40% of the
+grid's, with its best val_acc within 0.3 points of the grid's best (the baseline is left out of both bests).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from bench import common
 
 NAME = "search_efficiency"
 GOAL_SHARE = 0.40
-TOLERANCE_POINTS = 0.5
+TOLERANCE_POINTS = 0.3
 FULL_SETS = {"data.train_subset": 20000, "budget.epochs": 4}
 QUICK_SETS = {"data.train_subset": 4000, "budget.epochs": 2,
               "search.data.global_batch_size": {"grid": [256, 1024]}, "search.scaling.rule": {"grid": ["linear"]},
@@ -46,6 +50,7 @@ def child(spec: dict) -> dict[str, Any]:
     from largebatch.config import load_study
     from largebatch.records import records_from_mlflow
     from largebatch.tune.driver import run_study
+    from largebatch.tune.schedulers import asha_grace_epochs
 
     ray_info = common.start_ray()
     root = common.short_tmpdir()
@@ -61,16 +66,30 @@ def child(spec: dict) -> dict[str, Any]:
                            mlflow_uri=f"sqlite:///{root}/mlflow.db", run_root=root)
         s = report["study"]
         records = records_from_mlflow(s["tracking_uri"], s["experiment_id"], s["parent_run_id"])
+        runners = _trial_runners(s["tracking_uri"], [r["run_id"] for r in records])
         out[scheduler] = {
             "study_s": time.time() - t,
+            "asha_grace_epochs": asha_grace_epochs(study),
+            "costs": {k: s.get(k) for k in ("training_s", "trial_s", "startup_s", "training_share",
+                                            "study_over_ideal")},
             "n_trials": s["n_trials"],
             "recommended": report.get("recommended"),
             "trials": [{k: r.get(k) for k in ("name", "is_baseline", "status", "global_batch_size", "rule",
-                                              "warmup_epochs", "best_val_acc", "startup_s", "wall_s", "steps")}
-                       for r in records],
+                                              "warmup_epochs", "best_val_acc", "startup_s", "wall_s", "fit_s",
+                                              "steps")}
+                       | {"trial_runner": runners.get(r["run_id"])} for r in records],
         }
     stop.set()
     return {"ray": ray_info, "studies": out, "resources_timeline": samples}
+
+
+def _trial_runners(tracking_uri: str, run_ids: list[str]) -> dict[str, Any]:
+    """Each trial run's `trial_runner` tag: "in_process" for a trial trained in Tune's trial process, None for one
+    that went through Ray Train's TorchTrainer (train/inprocess.py sets it; train/ray_worker.py does not)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    return {rid: client.get_run(rid).data.tags.get("trial_runner") for rid in run_ids}
 
 
 def compute(trials: list[dict]) -> dict[str, float]:
@@ -111,11 +130,18 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     gap = (best(grid["trials"]) - best(asha["trials"])) * 100
     stopped = sum(t["status"] == "stopped_early" for t in asha["trials"])
     n_cut = cut_short(grid["trials"], asha["trials"])
+    every = grid["trials"] + asha["trials"]
+    in_process = sum(t.get("trial_runner") == "in_process" for t in every)
     summary = [
-        common.figure("ASHA trial-seconds / grid trial-seconds (start-up + training)", share * 100, unit="%",
-                      goal=f"<= {GOAL_SHARE:.0%}", met=share <= GOAL_SHARE),
+        common.figure("ASHA trial-seconds / grid trial-seconds (start-up + training)", share, unit="",
+                      goal=f"<= {GOAL_SHARE:.2f}", met=share <= GOAL_SHARE, key="asha_vs_grid"),
         common.figure("grid best val_acc - ASHA best val_acc", gap, unit=" points",
-                      goal=f"<= {TOLERANCE_POINTS}", met=gap <= TOLERANCE_POINTS),
+                      goal=f"<= {TOLERANCE_POINTS}", met=gap <= TOLERANCE_POINTS, key="asha_gap"),
+        common.figure("trials trained in Tune's trial process (tuner.in_process)", common.ratio(in_process, len(every)),
+                      shown=f"{in_process} / {len(every)}"),
+        common.figure("median trial start-up, grid / ASHA", common.median(t["startup_s"] for t in grid["trials"]),
+                      unit=" s", shown=f"{common.median(t['startup_s'] for t in grid['trials']):.2f} s / "
+                                       f"{common.median(t['startup_s'] for t in asha['trials']):.2f} s"),
         common.figure("ASHA / grid, training seconds only (start-up excluded)",
                       common.ratio(ca["train_s"], cg["train_s"]) * 100, unit="%"),
         common.figure("ASHA / grid, study wall-clock", common.ratio(asha["study_s"], grid["study_s"]) * 100, unit="%"),
@@ -127,7 +153,8 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "settings": {"study": str(common.STUDY_FILE.relative_to(common.REPO_ROOT)), "sets": sets,
-                     "asha": "grace_period_epochs 1, reduction_factor 2 (the study's tuner defaults)",
+                     "asha": f"grace period {asha.get('asha_grace_epochs')} epochs (tuner.grace_period_epochs 1 raised past the "
+                             f"searched warmups), reduction_factor 2 (the study's tuner defaults)",
                      "compute": "sum over trials of startup_s + wall_s, from MLflow"},
         "compute": {"grid": cg, "asha": ca},
         "compute_share": share,
@@ -137,6 +164,8 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
         "gap_points": gap,
         "asha_stopped_early": stopped,  # as recorded: includes trials Tune stopped at max_t after their last epoch
         "asha_cut_short": n_cut,
+        "in_process_trials": in_process,
+        "trials": len(every),
         "startup_share_of_compute": {"grid": common.ratio(cg["startup_s"], cg["trial_s"]),
                                      "asha": common.ratio(ca["startup_s"], ca["trial_s"])},
         "ray": got["ray"],

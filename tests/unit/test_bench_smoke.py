@@ -35,7 +35,12 @@ def results(tmp_path_factory):
 def test_every_in_process_benchmark_writes_its_json_and_the_summary(results):
     assert sorted(p.stem for p in results.glob("*.json")) == sorted(IN_PROCESS)
     summary = (results / "summary.md").read_text()
-    assert summary.startswith("| benchmark | figure | goal | measured | met |")
+    assert summary.startswith("Goals of issue #14")
+    assert "| figure | before | goal | measured | met | benchmark |" in summary
+    assert "\n| benchmark | figure | goal | measured | met |\n" in summary
+    # --no-ray: the loop's goal row is filled, the Ray benchmarks' rows say they did not run
+    assert "| loop / hand-written loop, B=32 / 256 / 2048 | 0.88 / 0.96 / 0.94 | >= 0.97 each | " in summary
+    assert "| not run | - | - |" in summary
     for name in IN_PROCESS:
         assert f"| {name} (quick) |" in summary
     assert "CPUs (`nproc`)" in summary
@@ -86,3 +91,34 @@ def test_loader_path_shares(results):
     for row in r["rows"]:
         assert all(_positive_finite(v) for v in row["seconds"].values())
         assert all(math.isfinite(row[k]) and row[k] < 1 for k in ("share_w0", "share_w1", "share_batched_w0"))
+
+
+def test_goal_rows_join_their_figures_and_meet_only_if_all_do():
+    from bench import common
+    from bench.run_all import GOALS, goals_markdown
+
+    payloads = [{"benchmark": "loop_overhead", "quick": False, "summary": [
+        common.figure("B=32", 0.99, goal=">= 0.97", met=True, key="loop"),
+        common.figure("B=256", 0.95, goal=">= 0.97", met=False, key="loop"),
+        common.figure("unrelated", 1.0)]},
+        {"benchmark": "epoch_cost", "quick": True, "summary": [
+            common.figure("fixed", float("nan"), goal="<= 0.5", met=True, key="epoch_fixed")]}]
+    lines = goals_markdown(payloads)
+    assert len([ln for ln in lines if ln.startswith("| ") and "---" not in ln]) == len(GOALS) + 1
+    loop = next(ln for ln in lines if ln.startswith("| loop / hand-written"))
+    assert "| 0.99 / 0.95 | **no** | loop_overhead |" in loop
+    fixed = next(ln for ln in lines if ln.startswith("| per-epoch fixed cost"))
+    assert "| n/a | **no** | epoch_cost (quick) |" in fixed  # a missing figure never meets its goal
+
+
+def test_epoch_cost_figures_from_a_trial_history():
+    from bench.epoch_cost import per_trial
+
+    # 4 epochs of 3 steps at B=1024: training 0.03 s (throughput), evaluation 0.06 s, 0.01 s between epochs
+    epochs = [{"epoch": e, "steps": 3.0 * (e + 1), "global_batch_size": 1024.0, "throughput": 3072 / 0.03,
+               "epoch_s": 0.09, "wall_s": 0.09 + 0.1 * e} for e in range(4)]
+    got = per_trial(epochs)
+    assert got["epochs_counted"] == 2  # epochs 2 and 3: epoch 0 has no predecessor, epoch 1 holds the first report
+    assert math.isclose(got["fixed_over_train"], (0.1 - 0.03) / 0.03)
+    assert math.isclose(got["eval_over_train"], 2.0)
+    assert math.isclose(got["rest_over_train"], 0.01 / 0.03)
