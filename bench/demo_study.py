@@ -52,8 +52,7 @@ def child(spec: dict) -> dict[str, Any]:
                "trial_runner": client.get_run(r["run_id"]).data.tags.get("trial_runner")} for r in records]
     return {"study": {k: v for k, v in s.items() if k not in ("tracking_uri", "storage")},
             "run_study_call_s": call_s, "recommended": report.get("recommended"), "trials": trials,
-            # concurrent trials, as study_costs used them (study_over_ideal = study_s / (training_s / slots))
-            "slots": round(common.ratio(s.get("study_over_ideal", 0.0) * s.get("training_s", 0.0), s.get("study_s")), 3)}
+            "slots": s.get("slots")}  # concurrent trials, as study_costs used them
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -198,6 +198,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
         try:
             # each batch size's step time measured alone, before any trial shares the machine (tune/throughput.py)
             profile = study_profile(study, tracker, parent_id, base_tree, baseline_tree, run_root, target is not None)
+            profile_s = time.time() - t0
             display.start()
             try:
                 grid = tuner.fit()
@@ -213,6 +214,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             shutdown_ray()
     return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
                         slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
+                        profile_s=profile_s,
                         profile=profile)
 
 

@@ -12,7 +12,7 @@ from largebatch.tune.runtime import StudyRuntime
 
 def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked: Optional[str], study_s: float,
                  n_trials: int, slots: int, exp_name: str, run_root: str,
-                 mlflow_uri: Optional[str], profile: Optional[dict] = None) -> dict[str, Any]:
+                 mlflow_uri: Optional[str], profile: Optional[dict] = None, profile_s: float = 0.0) -> dict[str, Any]:
     """The report, after Tune is done: built from MLflow (from Tune's results if MLflow cannot be read), written to
     a local folder, copied to s3:// storage, logged on the parent run, printed."""
     from largebatch.metrics import summary_name
@@ -42,7 +42,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,
                        "n_trials": n_trials}
-    report["study"].update(study_costs(records, study_s, slots))
+    report["study"].update(study_costs(records, study_s, slots, profile_s))
     out_dir = report_dir_for(storage_path, run_name, run_root)
     # an s3:// report is written here first and stays (the copy to read if the upload fails)
     local_dir = Path(run_root) / run_name / "report" if out_dir.startswith("s3://") else Path(out_dir)

@@ -15,3 +15,10 @@ def test_study_costs_split_training_from_trial_time():
 def test_study_costs_without_trials_do_not_divide_by_zero():
     c = study_costs([], study_s=3.0, slots=2)
     assert c["training_share"] == 0.0 and c["study_over_ideal"] == 0.0
+
+
+def test_the_throughput_profile_is_reported_apart_from_the_search():
+    records = [{"wall_s": 4.0, "fit_s": 5.0, "startup_s": 1.0}, {"wall_s": 4.0, "fit_s": 5.0, "startup_s": 1.0}]
+    c = study_costs(records, study_s=10.0, slots=2, profile_s=2.0)
+    assert c["study_over_ideal"] == 8.0 / 4.0 and c["profile_s"] == 2.0 and c["slots"] == 2
+    assert "(throughput profile 2 s)" in costs_line(c, 10.0)
