@@ -289,6 +289,7 @@ class TrainBackend:
 # small named actor; the process that called fit() (train/trial.py `fit_outcome`) takes it and ends the actor.
 # Detached, because the worker that creates it exits when the run ends; it exists only after such an outage.
 OUTCOME_ACTOR_PREFIX = "largebatch-outcome-"
+OUTCOME_NAMESPACE = "largebatch"  # named: a detached actor in a job's anonymous namespace draws a raylet warning
 
 
 class _OutcomeBox:
@@ -304,10 +305,11 @@ def leave_outcome(run_name: str, payload: dict) -> None:
 
     name = OUTCOME_ACTOR_PREFIX + run_name
     try:
-        ray.kill(ray.get_actor(name))  # a stale one (an earlier run of the same name)
+        ray.kill(ray.get_actor(name, namespace=OUTCOME_NAMESPACE))  # a stale one (an earlier run of that name)
     except ValueError:
         pass
-    box = ray.remote(_OutcomeBox).options(name=name, lifetime="detached", num_cpus=0).remote(payload)
+    box = ray.remote(_OutcomeBox).options(name=name, namespace=OUTCOME_NAMESPACE, lifetime="detached",
+                                          num_cpus=0).remote(payload)
     ray.get(box.get.remote())  # alive and holding it before this worker goes
 
 
@@ -318,7 +320,7 @@ def take_outcome(run_name: Optional[str]) -> Optional[dict]:
     if not run_name:
         return None
     try:
-        box = ray.get_actor(OUTCOME_ACTOR_PREFIX + run_name)
+        box = ray.get_actor(OUTCOME_ACTOR_PREFIX + run_name, namespace=OUTCOME_NAMESPACE)
     except ValueError:
         return None
     try:

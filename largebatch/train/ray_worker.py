@@ -20,7 +20,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     from largebatch.tasks import build_data, task_of
     from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
-    from largebatch.train.persist import UNPERSISTED_TAG, CheckpointKeeper, TrainBackend, leave_outcome
+    from largebatch.train.persist import KEPT_KEY, UNPERSISTED_TAG, CheckpointKeeper, TrainBackend, leave_outcome
     from largebatch.tracking import EpochLogger
 
     spec: TrialSpec = config["spec"]
@@ -79,7 +79,8 @@ def train_func(config: dict[str, Any]) -> None:
             # the run's Result would carry an older epoch (train/persist.py): leave this one for fit_outcome
             kept = Path(keeper.kept, HISTORY_FILE) if keeper.kept is not None else None
             history = json.loads(kept.read_text())["history"] if kept is not None else [dict(final)]
-            leave_outcome(ctx_ray.get_experiment_name(), {"metrics": final, "history": history})
+            leave_outcome(ctx_ray.get_experiment_name(), {"metrics": {**final, KEPT_KEY: keeper.final_kept},
+                                                          "history": history})
             if logger is not None:
                 logger.set_tags({UNPERSISTED_TAG: keeper.final_kept})
         if logger is not None:
