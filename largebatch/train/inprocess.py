@@ -7,13 +7,13 @@ process (tasks/build.py `cached_data`), and Tune reuses the process across trial
 
 Failures: a killed process is restarted by Tune (tuner.max_failures) from the trial's last checkpoint, and the
 epochs already logged are not logged again; an exception raised by the loop fails the trial at once (it would
-raise again on a retry).
+raise again on a retry). Storage that does not take a checkpoint fails nothing: the epoch is reported without it
+and the checkpoint is kept locally until a later one is persisted (train/persist.py).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +31,7 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
     from largebatch.failures import describe, format_failure
     from largebatch.tasks import cached_data, task_of
     from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
+    from largebatch.train.persist import UNPERSISTED_TAG, CheckpointKeeper, TuneBackend
     from largebatch.tracking import EpochLogger
 
     # the same thread count as a Train worker with this CPU share: equal threads give equal float results
@@ -39,17 +40,17 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
     history: list[dict] = []
     t_fit = time.time()
     logger: Optional[EpochLogger] = None
+    keeper: Optional[CheckpointKeeper] = None
 
     def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
         if logger is not None:
-            logger.log_epoch(metrics)
+            logger.log_epoch(metrics)  # first: the epoch's metrics do not wait for (or depend on) storage
         if ckpt_dir:
             history[:] = json.loads(Path(ckpt_dir, HISTORY_FILE).read_text())["history"]
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
-        if ckpt_dir:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)  # Tune has persisted its copy
+        keeper.report(metrics, ckpt_dir)  # to Tune, with the checkpoint if storage takes it (else kept locally)
 
     try:
+        keeper = CheckpointKeeper(TuneBackend())
         cfg = spec.cfg
         task = task_of(cfg)
         data = cached_data(task, cfg)
@@ -71,6 +72,8 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
             ctx = WorkerContext(rank=0, world=1, device=device, restore_dir=restore_dir, report=report,
                                 t_submit=spec.t_submit)
             final = dict(train_worker(res, ctx, data, task))
+        if keeper.final_kept and logger is not None:
+            logger.set_tags({UNPERSISTED_TAG: keeper.final_kept})
         if logger is not None:
             logger.close()  # epochs MLflow missed while it was down go out now (a bounded wait)
     except Exception as e:

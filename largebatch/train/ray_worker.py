@@ -1,12 +1,12 @@
 """The Ray Train entry point (`train_loop_per_worker`): turns Ray's context into a WorkerContext.
 
 The trial arrives resolved (`TrialSpec`, train/spec.py); the worker checks it against its worker group and the data it
-loaded, and trains.
+loaded, and trains. Rank 0 hands its checkpoints to storage itself (train/persist.py `TrainBackend`), so storage
+that does not take one fails nothing: the epoch is reported without it and the checkpoint is kept locally.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,10 +17,10 @@ from largebatch.train.spec import TrialSpec
 
 def train_func(config: dict[str, Any]) -> None:
     import ray.train
-    from ray.train import Checkpoint
 
     from largebatch.tasks import build_data, task_of
     from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
+    from largebatch.train.persist import KEPT_KEY, UNPERSISTED_TAG, CheckpointKeeper, TrainBackend, leave_outcome
     from largebatch.tracking import EpochLogger
 
     spec: TrialSpec = config["spec"]
@@ -42,14 +42,16 @@ def train_func(config: dict[str, Any]) -> None:
     res = spec.check(world, data.train_size)
     # MLflow: rank 0 only, the child run id travels in the config (a restarted worker logs to the same run)
     logger = EpochLogger.from_spec(spec.tracking) if rank == 0 else None
+    # only rank 0 saves checkpoints (train/loop.py); every rank reports every epoch, as Ray Train requires
+    keeper = CheckpointKeeper(TrainBackend()) if rank == 0 else None
 
     def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
         if logger is not None:
-            logger.log_epoch(metrics)
-        checkpoint = Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
-        ray.train.report({k: v for k, v in metrics.items()}, checkpoint=checkpoint)
-        if ckpt_dir:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)  # Ray has persisted its copy
+            logger.log_epoch(metrics)  # first: the epoch's metrics do not wait for (or depend on) storage
+        if keeper is not None:
+            keeper.report(dict(metrics), ckpt_dir)  # with the checkpoint if storage takes it (else kept locally)
+        else:
+            ray.train.report(dict(metrics), checkpoint=None)
 
     restore = ray.train.get_checkpoint()
     with (restore.as_directory() if restore else _null()) as restore_dir:
@@ -72,7 +74,15 @@ def train_func(config: dict[str, Any]) -> None:
             print(f"[largebatch] ranks on {len(set(node_ids))} node(s); {world} workers, "
                   f"per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} accum, "
                   f"peak lr {res.peak_lr:.4g}", flush=True)
-        train_worker(res, ctx, data, task)
+        final = train_worker(res, ctx, data, task)
+        if keeper is not None and keeper.final_kept:
+            # the run's Result would carry an older epoch (train/persist.py): leave this one for fit_outcome
+            kept = Path(keeper.kept, HISTORY_FILE) if keeper.kept is not None else None
+            history = json.loads(kept.read_text())["history"] if kept is not None else [dict(final)]
+            leave_outcome(ctx_ray.get_experiment_name(), {"metrics": {**final, KEPT_KEY: keeper.final_kept},
+                                                          "history": history})
+            if logger is not None:
+                logger.set_tags({UNPERSISTED_TAG: keeper.final_kept})
         if logger is not None:
             logger.close()  # epochs MLflow missed while it was down go out now (a bounded wait)
 

@@ -82,12 +82,20 @@ def read_history(checkpoint) -> tuple[list[dict], dict]:
     return data["history"], data["state"]
 
 
-def outcome(result, t_fit: float) -> dict[str, Any]:
-    """The trial's final metrics + history from a Train Result; a raised error becomes status 'failed'."""
+def outcome(result, t_fit: float, left: Optional[dict] = None) -> dict[str, Any]:
+    """The trial's final metrics + history from a Train Result; a raised error becomes status 'failed'. `left`: the
+    last report and history rank 0 left because storage did not take its last checkpoint (train/persist.py); the
+    Result's metrics and checkpoint are then an older epoch's, and not read."""
     from largebatch.failures import describe, format_failure
 
-    history, _ = read_history(getattr(result, "checkpoint", None))
-    final = dict(result.metrics or {}) if result is not None else {}
+    if left is not None:
+        history, final = list(left["history"]), dict(left["metrics"])
+    else:
+        final = dict(result.metrics or {}) if result is not None else {}
+        try:
+            history, _ = read_history(getattr(result, "checkpoint", None))
+        except Exception:  # storage went away after it took the checkpoint: its own report is its last epoch
+            history = [dict(final)] if "epoch" in final else []
     final.pop("checkpoint_path", None)
     if getattr(result, "error", None) is not None:
         final["status"] = "failed"
@@ -103,12 +111,14 @@ def fit_outcome(trainer) -> dict[str, Any]:
     """trainer.fit() -> the outcome dict; a run that fails for good becomes status 'failed', never an exception."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
+    from largebatch.train.persist import take_outcome
+
     t_fit = time.time()
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
         result = _FailedResult(e)
-    return outcome(result, t_fit)
+    return outcome(result, t_fit, take_outcome(getattr(trainer.run_config, "name", None)))
 
 
 def run_trial(res: "Resolved | TrialSpec", *, run_name: str, storage_path: str, cpus_per_worker: int = 1,
