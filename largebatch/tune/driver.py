@@ -202,6 +202,15 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             display.start()
             try:
                 grid = tuner.fit()
+            except Exception as e:
+                # once every trial has ended, Ray reads the study's results back from storage (tune/tune.py `run` ->
+                # ExperimentAnalysis): with S3 down that raises, though nothing is lost (docs/design.md §10)
+                grid = progress.ended_results()
+                if grid is None:
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                print(redact_uri(f"[largebatch] Tune could not read the results back from {storage_path} "
+                                 f"({type(e).__name__}: {first}); using the trials it ended with"), flush=True)
             finally:
                 display.stop()
                 progress.deactivate()

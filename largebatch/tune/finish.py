@@ -30,6 +30,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     # From here on nothing stops on MLflow or S3 being down (docs/design.md §10): the report is always written to a
     # local folder first; what could not be logged or uploaded is said in one line, with where the report is.
     unlogged: list[str] = [] if marked is None else [marked]
+    unlogged += _unpersisted_checkpoints(grid, rt)
     try:
         records = with_retry(lambda: records_from_mlflow(tracking_uri, exp_id, parent_id))
     except Exception as e:
@@ -139,3 +140,20 @@ def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -
             tracker.set_note(r["run_id"], trial_note(r["status"], r, r.get("reason")))
     tracker.set_note(parent_id, format_table(report) + "\n\nThe whole report with its plots: artifacts, "
                                 "report/report.html")
+
+
+def _unpersisted_checkpoints(grid, rt: StudyRuntime) -> list[str]:
+    """Trials whose last checkpoint storage did not take (train/persist.py): where each one is on local disk."""
+    from largebatch.train.persist import KEPT_KEY
+
+    out = []
+    for r in grid:
+        m = dict(getattr(r, "metrics", None) or {})
+        if not (m.get("is_final") and m.get(KEPT_KEY)):
+            continue
+        try:
+            name = rt.label(*rt.trial_spec(dict(r.config or {})))
+        except Exception:
+            name = str(m.get("trial_id") or "?")
+        out.append(f"the last checkpoint of trial {name} to {redact_uri(rt.storage_path)} (kept at {m[KEPT_KEY]})")
+    return out

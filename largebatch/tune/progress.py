@@ -17,6 +17,7 @@ from largebatch.console import StudyDisplay
 from largebatch.tune.runtime import StudyRuntime
 
 _ACTIVE: Optional["_Study"] = None
+_ENDED: Optional[list] = None  # Tune's trials when its loop ended with every trial finished (on_experiment_end)
 _ERROR_TEXT_MAX = 64 * 1024  # bytes of a trial's error file read for its last line
 
 
@@ -37,8 +38,8 @@ class _Study:
 
 
 def activate(display: StudyDisplay, runtime: "StudyRuntime") -> None:
-    global _ACTIVE
-    _ACTIVE = _Study(display, runtime)
+    global _ACTIVE, _ENDED
+    _ACTIVE, _ENDED = _Study(display, runtime), None
 
 
 def deactivate() -> None:
@@ -56,6 +57,18 @@ def failure_reason(trial) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else "the trial failed (see its error.txt in the run folder)"
     return last.removeprefix("RuntimeError: ")[:300]
+
+
+def ended_results() -> Optional[list]:
+    """The study's trials as result records (config, metrics, checkpoint, error, path: what Tune's ResultGrid
+    gives), if Tune's loop ran to its end with every trial finished; else None."""
+    from types import SimpleNamespace
+
+    if _ENDED is None:
+        return None
+    return [SimpleNamespace(config=t.config, metrics=dict(t.last_result or {}), checkpoint=t.checkpoint,
+                            error=RuntimeError(f"trial {t.trial_id} failed") if t.status == "ERROR" else None,
+                            path=t.path) for t in _ENDED]
 
 
 class StudyProgress(tune.Callback):
@@ -88,6 +101,11 @@ class StudyProgress(tune.Callback):
         if _ACTIVE is not None:
             _ACTIVE.display.trial_finished(trial.trial_id, dict(trial.last_result or {}),
                                            failed_reason=failure_reason(trial))
+
+    def on_experiment_end(self, trials, **info):
+        # Tune's loop is over; after this, Ray reads the results back from storage (tune/tune.py `run`)
+        global _ENDED
+        _ENDED = list(trials) if all(t.status in ("TERMINATED", "ERROR") for t in trials) else None
 
     def on_step_begin(self, iteration, trials, **info):
         # a resumed study: trials that finished before the driver died count as done (no line of their own)

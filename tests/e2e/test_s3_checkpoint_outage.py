@@ -392,8 +392,6 @@ def test_a_train_run_whose_last_checkpoint_s3_never_takes_reports_its_own_end(s3
                 if a["name"].startswith(OUTCOME_ACTOR_PREFIX)]  # taken and ended
 
 
-@pytest.mark.xfail(strict=True, reason="the study's end is tune/driver.py + tune/finish.py: Tuner.fit() raises when Ray "
-                                       "cannot read the results back from S3 (the patch is in the h15 hand-over)")
 def test_a_study_ending_while_s3_is_down_finishes_and_names_the_local_checkpoint(s3_up, tmp_path, capfd):
     """S3 stops after the trial's first checkpoint and stays down past the study's end: the study still finishes,
     the report stays on local disk, and one line names the trial whose last checkpoint is only on local disk."""

@@ -13,17 +13,7 @@ import pytest
 from largebatch.train import persist
 from largebatch.train.persist import KEPT_KEY, CheckpointKeeper, StorageFailure, probe_storage
 
-
-class Clock:
-    def __init__(self):
-        self.t, self.sleeps = 0.0, []
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.sleeps.append(s)
-        self.t += s
+from fake_clock import Clock
 
 
 class FakeStorage:

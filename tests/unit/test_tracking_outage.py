@@ -14,21 +14,11 @@ from largebatch import tracking
 from largebatch.errors import BadInput
 from largebatch.tracking import EpochLogger, Tracker, preflight_tracking, unreachable, with_retry
 
+from fake_clock import Clock
+
 
 class Down(ConnectionError):
     """What requests raises under MLflow's client when nothing listens."""
-
-
-class Clock:
-    def __init__(self):
-        self.t, self.sleeps = 0.0, []
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.sleeps.append(s)
-        self.t += s
 
 
 def test_unreachable_tells_an_outage_from_a_refusal():
