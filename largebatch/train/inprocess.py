@@ -38,7 +38,7 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     device = torch.device("cuda", 0) if spec.use_gpu else torch.device("cpu")  # Ray shows the trial its own GPU as 0
     history: list[dict] = []
-    t_fit = time.time()
+    t_fit = spec.t_submit or time.time()  # from when the trial was asked for: its MLflow run creation counts
     logger: Optional[EpochLogger] = None
     keeper: Optional[CheckpointKeeper] = None
 

@@ -107,13 +107,14 @@ def outcome(result, t_fit: float, left: Optional[dict] = None) -> dict[str, Any]
     return final
 
 
-def fit_outcome(trainer) -> dict[str, Any]:
-    """trainer.fit() -> the outcome dict; a run that fails for good becomes status 'failed', never an exception."""
+def fit_outcome(trainer, t_start: Optional[float] = None) -> dict[str, Any]:
+    """trainer.fit() -> the outcome dict; a run that fails for good becomes status 'failed', never an exception.
+    fit_s counts from `t_start` (when the trial was asked for) when given, else from here."""
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     from largebatch.train.persist import take_outcome
 
-    t_fit = time.time()
+    t_fit = t_start or time.time()
     try:
         result = trainer.fit()
     except TrainingFailedError as e:

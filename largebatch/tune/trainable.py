@@ -74,9 +74,9 @@ def _fit_with_ray_train(spec: TrialSpec, rt: StudyRuntime, trial_id: str) -> dic
     trainer = make_trainer(spec, run_name=f"{rt.run_name}-{trial_id}", storage_path=rt.storage_path,
                            max_failures=rt.max_failures, callbacks=[TuneReportCallback()],
                            placement_strategy=rt.placement_strategy)
-    t_fit = time.time()
+    t_fit = spec.t_submit or time.time()  # from when the trial was asked for: its MLflow run creation counts
     try:
-        return fit_outcome(trainer)
+        return fit_outcome(trainer, t_fit)
     except Exception as e:  # Ray itself failed under the trial (its controller or workers killed, e.g. OOM)
         from largebatch.failures import describe, format_failure
 
