@@ -69,17 +69,27 @@ def format_time_to_target(report: dict) -> list[str]:
     if not tt:
         return []
     proj = _projected(report)
-    head = ["batch", "soonest recipe to target", "reached", "steps", "examples",
+    head = ["batch", "soonest recipe to target", "reached", "steps (crossed after)", "examples",
             "projected s*" if proj else "wall-clock s", "speed-up to target"]
     rows = [[str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
-             p["recipe"] or "none reached", f"{p['n_reached']}/{p['n_recipes']}", _num(p["steps_to_target"], ".0f"),
+             p["recipe"] or "none reached", f"{p['n_reached']}/{p['n_recipes']}", _steps(p),
              _num(p["examples_to_target"], ".0f"), _num(p["time_to_target_s"], ".1f"),
              "-" if p["target_speedup"] is None else f"{p['target_speedup']:.2f}x"] for p in tt["per_batch"]]
     value = _val(report, tt["value"]) if tt["metric"] == metric_label(report) else f"{tt['value']:.4g}"
     sign = ">=" if tt.get("mode", "max") == "max" else "<="
+    after = tt.get("baseline_steps_after")
     return [f"Time to the baseline's quality: {tt['metric']} {sign} {value} ({tt['source']}), first reached at an "
             f"epoch end; the baseline gets there in {_num(tt['baseline_steps'], '.0f')} steps, "
-            f"{_num(tt['baseline_time_s'], '.1f')} s", "", *_grid(head, rows), ""]
+            f"{_num(tt['baseline_time_s'], '.1f')} s" + ("" if after is None else
+                                                         f" (it crossed after step {after:.0f}: evaluations are at "
+                                                         f"epoch ends)"), "", *_grid(head, rows), ""]
+
+
+def _steps(p: dict) -> str:
+    if p["steps_to_target"] is None:
+        return "-"
+    after = p.get("steps_after")
+    return _num(p["steps_to_target"], ".0f") + ("" if after is None else f" ({after:.0f})")
 
 
 def _grid(head: list[str], rows: list[list[str]]) -> list[str]:

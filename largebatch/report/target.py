@@ -65,6 +65,17 @@ def first_reach(points: Iterable[tuple[int, Optional[float], float]], target: fl
     return None
 
 
+def last_miss(points: Iterable[tuple[int, Optional[float], float]], target: float, mode: str) -> int:
+    """Steps at the evaluation before the first one meeting the target (0 when the first one does): the target
+    was crossed somewhere after it, so steps to target lie in (last_miss, first_reach]."""
+    before = 0
+    for steps, _wall, value in points:
+        if meets(value, target, mode):
+            return before
+        before = steps
+    return before
+
+
 def recipe_to_target(trials: list, target: Optional[float], mode: str, step_s: dict[int, float], basis: str
                      ) -> dict[str, Any]:
     """Steps, examples and time to target of one recipe (report/build.py _Trial rows, its seeds); the figures are
@@ -84,6 +95,8 @@ def recipe_to_target(trials: list, target: Optional[float], mode: str, step_s: d
     else:
         times = [h[1] for h in hits]
     out["steps_to_target"] = statistics.fmean(steps)
+    # evaluations happen at epoch ends: the crossing lies after the last evaluation below the target
+    out["steps_after"] = statistics.fmean(last_miss(t.curve, target, mode) for t in scored)
     out["examples_to_target"] = statistics.fmean(steps) * batch
     out["time_to_target_s"] = statistics.fmean(times) if all(x is not None for x in times) else None
     return out
@@ -104,10 +117,12 @@ def time_to_target_section(configs: list[dict], baseline: Optional[dict], target
             "global_batch_size": batch, "n_recipes": len(at), "n_reached": len(reached),
             "recipe": None if best is None else best["label"],
             **{k: None if best is None else best[k] for k in ("rule", "warmup_epochs", "peak_lr", "steps_to_target",
+                                                               "steps_after",
                                                                "examples_to_target", "time_to_target_s",
                                                                "target_speedup", "acc_mean")},
         })
     return {**target, "baseline_steps": None if baseline is None else baseline.get("steps_to_target"),
+            "baseline_steps_after": None if baseline is None else baseline.get("steps_after"),
             "baseline_time_s": None if baseline is None else baseline.get("time_to_target_s"), "per_batch": rows}
 
 

@@ -156,3 +156,13 @@ def test_create_stopper_only_with_stop_at_target_and_a_baseline():
     assert create_stopper(load_study(path)) is None
     s = create_stopper(load_study(path, {"budget.stop_at_target": True, "tuner.seeds": [0, 1, 2]}))
     assert s is not None and s.n_baseline == 3 and s.target is None and s.key == "val_acc"
+
+
+def test_the_crossing_is_bracketed_by_the_evaluation_before_it():
+    r = build_report(study(), tolerance=0.5, profile=PROFILE)
+    tt = r["time_to_target"]
+    assert (tt["baseline_steps_after"], tt["baseline_steps"]) == (4 * 3750, 5 * 3750)
+    rows = {p["global_batch_size"]: p for p in tt["per_batch"]}
+    assert (rows[256]["steps_after"], rows[256]["steps_to_target"]) == (3 * 234, 4 * 234)
+    table = format_table(r)
+    assert "(it crossed after step 15000: evaluations are at epoch ends)" in table and "| 936 (702)" in table
