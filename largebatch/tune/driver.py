@@ -144,6 +144,10 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             if extending is not None:
                 parent_id = extending["parent_id"]
                 reopen_parent(tracker, extending, run_name, study_text, stamp)
+                if stopper is not None:  # no baseline runs in an extension: the finished one sets the target
+                    from largebatch.records import records_from_mlflow
+
+                    stopper.learn_from_records(records_from_mlflow(tracking_uri, exp_id, parent_id))
             else:
                 parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
                                           max_conc, storage_path, info, base_tree)

@@ -8,6 +8,10 @@ tolerance as report/target.py does, so the report and the stopper aim at the sam
 arrive before then run on; the report reads every trial's steps to target from its per-epoch curve anyway, so what
 the stopper changes is compute, never the figures. The baseline itself is never stopped. With budget.target_val_acc
 set the loop stops its own trial (train/loop.py); this stopper applies the same value to every trial.
+
+An extension (`--extend`) runs no baseline: its target comes from the baseline trials the study already finished.
+A resumed study (`--resume`) gets the stopper Tune pickled when the study started, which learns the target only if
+its baseline is still to finish.
 """
 from __future__ import annotations
 
@@ -64,6 +68,16 @@ class TargetStopper(_stopper_base()):
 
     def stop_all(self) -> bool:
         return False
+
+    def learn_from_records(self, records: list[dict[str, Any]]) -> None:
+        """An extension (tune/extend.py) runs no baseline: the target comes from the baseline trials the study
+        already finished (records.py records), when every seed of them has a result."""
+        if self.target is not None:
+            return
+        best = [float(r[self.summary]) for r in records if r.get("is_baseline") and r.get("status") == "completed"
+                and isinstance(r.get(self.summary), (int, float)) and r[self.summary] == r[self.summary]]
+        if best and len(best) >= self.n_baseline:
+            self.target = target_value(statistics.fmean(best), self.tolerance, self.mode, self.units)
 
 
 def create_stopper(study) -> Optional[TargetStopper]:

@@ -26,6 +26,27 @@ def _raw() -> dict:
     }
 
 
+def _check_stops(client, searched, target: float) -> dict[int, set]:
+    """Every searched trial that reached the target stopped at exactly that epoch (with its reason); the others used
+    the whole cap. Returns the LRs tried per batch size."""
+    lrs: dict[int, set] = {}
+    reached_any = False
+    for r in searched:
+        lrs.setdefault(int(r.data.params["data.global_batch_size"]), set()).add(float(r.data.params["optim.base_lr"]))
+        accs = [p.value for p in sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda p: p.step)]
+        first = next((i for i, a in enumerate(accs) if a >= target - 1e-12), None)
+        if first is None:  # never there: it used its whole cap
+            assert len(accs) == CAP_EPOCHS and r.data.tags["status"] == "completed", (accs, target)
+        else:  # stopped at the first epoch that reached it (or ended there, at its last epoch)
+            reached_any = True
+            assert len(accs) == first + 1, (accs, target)
+            if first + 1 < CAP_EPOCHS:
+                assert r.data.tags["status"] == "stopped_early"
+                assert r.data.tags["reason"].startswith("reached the target val_acc")
+    assert reached_any, "no searched trial reached the target: the test proves nothing"
+    return lrs
+
+
 def test_time_to_target_study_stops_at_the_target_and_compares_the_tuned_lr(local_ray, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -47,21 +68,7 @@ def test_time_to_target_study_stops_at_the_target_and_compares_the_tuned_lr(loca
     assert abs(tt["value"] - target) < 1e-9
 
     searched = [r for r in runs if r.data.params["arm"] == "search"]
-    lrs = {int(r.data.params["data.global_batch_size"]): set() for r in searched}
-    reached_any = False
-    for r in searched:
-        lrs[int(r.data.params["data.global_batch_size"])].add(float(r.data.params["optim.base_lr"]))
-        accs = [p.value for p in sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda p: p.step)]
-        first = next((i for i, a in enumerate(accs) if a >= target - 1e-12), None)
-        if first is None:  # never there: it used its whole cap
-            assert len(accs) == CAP_EPOCHS and r.data.tags["status"] == "completed", (accs, target)
-        else:  # stopped at the first epoch that reached it (or ended there, at its last epoch)
-            reached_any = True
-            assert len(accs) == first + 1, (accs, target)
-            if first + 1 < CAP_EPOCHS:
-                assert r.data.tags["status"] == "stopped_early"
-                assert r.data.tags["reason"].startswith("reached the target val_acc")
-    assert reached_any, "no searched trial reached the target: the test proves nothing"
+    lrs = _check_stops(client, searched, target)
     assert all(len(v) == 2 for v in lrs.values()) and lrs[128] != lrs[256]  # 2 draws per batch, per batch
 
     rows = {p["global_batch_size"]: p for p in tt["per_batch"]}
@@ -84,3 +91,17 @@ def test_time_to_target_study_stops_at_the_target_and_compares_the_tuned_lr(loca
     md = (tmp_path / "runs").rglob("report.md")
     text = next(md).read_text()
     assert "Time to the baseline's quality: val_acc >=" in text
+
+    # --extend with a new batch size: no baseline runs, the finished one sets the target, the new trials stop at it
+    raw = _raw()
+    raw["search"]["data.global_batch_size"] = {"grid": [64, 128, 256]}
+    path.write_text(yaml.safe_dump(raw))
+    before = {r.info.run_id for r in runs}
+    extended = run_study(load_study(path), source=str(path), study_text=path.read_text(),
+                         run_root=str(tmp_path / "runs"), live=False, extend=True)
+    assert extended["study"]["parent_run_id"] == study["parent_run_id"]
+    new = [r for r in client.search_runs([study["experiment_id"]],
+                                         filter_string=f"tags.mlflow.parentRunId = '{study['parent_run_id']}'")
+           if r.info.run_id not in before]
+    assert {int(r.data.params["data.global_batch_size"]) for r in new} == {64} and len(new) == 2
+    _check_stops(client, new, target)

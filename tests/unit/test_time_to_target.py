@@ -166,3 +166,16 @@ def test_the_crossing_is_bracketed_by_the_evaluation_before_it():
     assert (rows[256]["steps_after"], rows[256]["steps_to_target"]) == (3 * 234, 4 * 234)
     table = format_table(r)
     assert "(it crossed after step 15000: evaluations are at epoch ends)" in table and "| 936 (702)" in table
+
+
+def test_an_extension_learns_the_target_from_the_finished_baseline():
+    from largebatch.tune.stopper import TargetStopper
+
+    s = TargetStopper("val_acc", "max", 0.5, "points", n_baseline=2)
+    records = [{"is_baseline": True, "status": "completed", "best_val_acc": 0.90},
+               {"is_baseline": False, "status": "completed", "best_val_acc": 0.99}]
+    s.learn_from_records(records)
+    assert s.target is None  # one of two seeds
+    s.learn_from_records(records + [{"is_baseline": True, "status": "completed", "best_val_acc": 0.92}])
+    assert s.target == pytest.approx(0.905)
+    assert s("x", _result("search", 0.91)) is True
