@@ -295,6 +295,9 @@ def plot_lr_vs_batch(report: dict, path: Path) -> Path | None:
         for x in r["lrs"]:
             ax.scatter([r["global_batch_size"]], [x["peak_lr"]], s=30, zorder=4, edgecolors="tab:blue",
                        color="tab:blue" if x["time_to_target_s"] is not None else "white")
+    div = [(r["global_batch_size"], lr) for r in rows for lr in r.get("diverged_lrs") or []]
+    if div:
+        ax.scatter([b for b, _ in div], [lr for _, lr in div], marker="x", color="tab:red", zorder=4, label="diverged")
     ax.plot([r["global_batch_size"] for r in rows], [r["tuned_lr"] for r in rows], marker="*", ms=12, color="black",
             label="tuned (soonest to target)")
     ax.plot(xs, [lr0 * b / b0 for b in xs], color="tab:red", ls="--", label="linear rule from the baseline")

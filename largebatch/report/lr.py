@@ -32,13 +32,15 @@ def lr_section(configs: list[dict], mode: str = "max") -> Optional[dict[str, Any
         else:
             best = min(at, key=lambda c: ((-1 if mode == "max" else 1) * c["acc_mean"], c["label"]))
         linear, sqrt = lr0 * batch / b0, lr0 * math.sqrt(batch / b0)
+        diverged = sorted({c["peak_lr"] for c in configs if c["global_batch_size"] == batch and c.get("peak_lr")
+                           and not c.get("is_baseline") and c.get("status") == "diverged"})
         lrs = sorted(c["peak_lr"] for c in reached)
         rows.append({
             "global_batch_size": batch, "n_lrs": len(at), "best": best["label"], "chosen_by":
             "time_to_target" if reached else "metric", "tuned_lr": best["peak_lr"], "acc_mean": best["acc_mean"],
             "time_to_target_s": best.get("time_to_target_s"), "predicted_linear": linear, "predicted_sqrt": sqrt,
             "tuned_over_linear": best["peak_lr"] / linear, "tuned_over_sqrt": best["peak_lr"] / sqrt,
-            "reaching_lr_range": [lrs[0], lrs[-1]] if lrs else None,
+            "reaching_lr_range": [lrs[0], lrs[-1]] if lrs else None, "diverged_lrs": diverged,
             "lrs": [{"peak_lr": c["peak_lr"], "acc_mean": c["acc_mean"], "time_to_target_s": c.get("time_to_target_s")}
                     for c in sorted(at, key=lambda c: (c["peak_lr"], c["label"]))],
         })
@@ -54,12 +56,13 @@ def format_lr_section(report: dict) -> list[str]:
     out = ["## LR per batch size (re-tuned) vs the scaling rules", "",
            f"Predictions from the baseline's peak LR {sec['baseline_lr']:.4g} at B={sec['baseline_batch']}: linear "
            f"lr_0 B/B_0, sqrt lr_0 (B/B_0)^0.5.", "",
-           "| batch | LRs tried | tuned peak LR | linear | sqrt | tuned/linear | tuned/sqrt | LRs reaching the target |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| batch | LRs tried | tuned peak LR | linear | sqrt | tuned/linear | tuned/sqrt | LRs reaching the target | "
+           "diverged at |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sec["rows"]:
         span = "-" if r["reaching_lr_range"] is None else f"{r['reaching_lr_range'][0]:.3g} to {r['reaching_lr_range'][1]:.3g}"
         out.append(f"| {r['global_batch_size']} | {r['n_lrs']} | {r['tuned_lr']:.4g} | {r['predicted_linear']:.4g} | "
-                   f"{r['predicted_sqrt']:.4g} | {r['tuned_over_linear']:.3g} | {r['tuned_over_sqrt']:.3g} | {span} |")
+                   f"{r['predicted_sqrt']:.4g} | {r['tuned_over_linear']:.3g} | {r['tuned_over_sqrt']:.3g} | {span} | "
+                   f"{', '.join(f'{x:.3g}' for x in r.get('diverged_lrs') or []) or '-'} |")
     out += ["", "- tuned: the recipe " + ("soonest to the target" if any(r["chosen_by"] == "time_to_target"
                                                                          for r in sec["rows"]) else
                                          "with the best metric") + " at each batch size; a ratio of 1 is a rule that "

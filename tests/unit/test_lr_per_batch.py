@@ -82,6 +82,7 @@ def lr_study():
         _rec(256, 0.05, [0.80, 0.88, 0.896]), _rec(256, 0.16, [0.85, 0.897]), _rec(256, 0.5, [0.70, 0.80]),
         # B=4096: only lr 1.0 reaches it (linear predicts 2.56, sqrt 0.16)
         _rec(4096, 0.2, [0.6, 0.7, 0.8]), _rec(4096, 1.0, [0.7, 0.85, 0.9]), _rec(4096, 3.0, [0.5, 0.6, 0.6]),
+        {**_rec(4096, 10.0, [0.1]), "status": "diverged", "best_val_acc": None, "history": []},
     ]
 
 
@@ -96,6 +97,7 @@ def test_tuned_lr_against_the_rules_predictions():
     assert rows[4096]["tuned_lr"] == 1.0
     assert rows[4096]["tuned_over_linear"] == pytest.approx(1.0 / 2.56)
     assert rows[4096]["tuned_over_sqrt"] == pytest.approx(1.0 / 0.16)
+    assert rows[4096]["diverged_lrs"] == [10.0] and rows[256]["diverged_lrs"] == []
     assert r["recommended"]["global_batch_size"] == 256  # measured basis: 2 s of wall-clock vs 3 s at B=4096
 
 
@@ -106,7 +108,7 @@ def test_lr_section_is_absent_without_an_lr_search_and_drawn_with_one(tmp_path):
     paths = {p.name for p in write_report(r, lr_study(), tmp_path)}
     assert "lr_vs_batch.png" in paths
     md = (tmp_path / "report.md").read_text()
-    assert "## LR per batch size (re-tuned) vs the scaling rules" in md and "| 4096 | 3 | 1 |" in md
+    assert "## LR per batch size (re-tuned) vs the scaling rules" in md and "| 4096 | 3 | 1 |" in md and "| 10 |" in md
 
 
 def test_a_plot_that_fails_is_skipped_with_a_warning_not_the_report(tmp_path, capsys):
