@@ -276,6 +276,8 @@ def cmd_report(args) -> int:
     from largebatch.tune.throughput import logged_profile  # the study's isolated profile: the same speed axis
 
     report = build_report(records, **options, profile=logged_profile(uri, parent_id))
+    report["study"] = {"name": args.experiment, "parent_run_id": parent_id, "experiment_id": exp_id,
+                       "n_trials": len(records)}  # what a rebuilt report knows of its study (the HTML title)
     if args.out:
         from largebatch.report_html import write_html
 

@@ -99,5 +99,6 @@ def test_report_rebuilt_from_mlflow_equals_the_written_one(study_run, capsys):
     rc = main(["report", "--mlflow", report["study"]["tracking_uri"], "--experiment", "it-digits", "--json"])
     assert rc == 0
     rebuilt = json.loads(capsys.readouterr().out)
+    assert rebuilt.pop("study")["parent_run_id"] == report["study"]["parent_run_id"]
     written = {k: v for k, v in report.items() if k != "study"}
     assert rebuilt == json.loads(json.dumps(written, default=str))

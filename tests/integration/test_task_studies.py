@@ -77,6 +77,7 @@ def test_user_task_report_follows_the_min_direction(regression_study, capsys):
     capsys.readouterr()
     assert main(["report", "--mlflow", regression_study["uri"], "--experiment", "teacher-regression", "--json"]) == 0
     rebuilt = json.loads(capsys.readouterr().out)
+    assert rebuilt.pop("study")["name"] == "teacher-regression"
     assert rebuilt == json.loads(json.dumps({k: v for k, v in r.items() if k != "study"}, default=str))
 
 
