@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import yaml
 
 from largebatch.config import load_study
 from largebatch.raylib import stop_process
+from netwait import wait_http
 
 VENV_BIN = Path(sys.executable).parent
 DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "largebatch-test-key", "AWS_SECRET_ACCESS_KEY": "largebatch-test-secret-value",
@@ -47,19 +47,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except Exception:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
-
-
 class MlflowServer:
     """`mlflow server` on a fixed port and SQLite store, so it can be stopped and started again as the same server."""
 
@@ -76,7 +63,7 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", (self.root / "artifacts").as_uri()],
             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=self.root)
-        _wait_http(self.url + "/health", self.proc, log)
+        wait_http(self.url + "/health", 120, self.proc, log)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -170,7 +157,7 @@ def s3_server(tmp_path, monkeypatch):
                             env={**os.environ, **DUMMY_AWS}, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(url, proc, log, 60)
+        wait_http(url, 60, proc, log)
         for k, v in {**DUMMY_AWS, "AWS_ENDPOINT_URL": url, "AWS_EC2_METADATA_DISABLED": "true"}.items():
             monkeypatch.setenv(k, v)
         import boto3
