@@ -251,7 +251,12 @@ def _training_process(in_process: bool) -> int:
     return actors[0].pid
 
 
-@pytest.mark.parametrize("in_process", [True, False], ids=["in_process", "ray_train"])
+# In-process trials only. A Ray Train (TorchTrainer) run fails if S3 goes away between a checkpoint's copy and the
+# controller registering it (its checkpoint snapshot write is not retryable: docs/design.md §8), and a test that
+# stops S3 from outside cannot keep out of that window: a full CI run hit it once in the ray_train variant. The
+# Train path's own keep-and-retry is covered by the run whose last checkpoint S3 never takes (below) and, with a
+# fake storage, by tests/unit/test_checkpoint_persist.py.
+@pytest.mark.parametrize("in_process", [True], ids=["in_process"])
 def test_s3_down_mid_trial_loses_no_epoch_and_checkpoints_resume(s3_up, tmp_path, in_process):
     from largebatch.train.persist import UNPERSISTED_TAG
 
