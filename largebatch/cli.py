@@ -136,9 +136,9 @@ def _trial_count(study) -> str:
     if any(AROUND_CRITICAL in entry for entry in study.search.values()):
         return "the batch grid is placed from B_noise when the study starts (largebatch probe)"
     points = (len(grid_points(study)) if study.tuner.searcher == "grid" else 1) * study.tuner.num_samples
-    base = f" + {seeds} baseline" if study.baseline is not None else ""
-    return f"{points * seeds + (seeds if study.baseline is not None else 0)} ({points} search point(s) x {seeds} " \
-           f"seed(s){base})"
+    baseline = seeds if study.baseline is not None else 0
+    return f"{points * seeds + baseline} ({points} search point(s) x {seeds} seed(s)" + \
+        (f" + {baseline} baseline)" if baseline else ")")
 
 
 def _check_writable_file(path: str) -> None:

@@ -180,28 +180,24 @@ def _aggregate(trials: list[_Trial], step_s: dict[int, float] | None = None, bas
     }
 
 
-def _baseline(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None = None,
-              basis: str = "measured", explicit: float | None = None, tol: float = 0.0,
-              scale: "Scale | None" = None) -> tuple[dict | None, dict | None]:
-    """(the baseline row, the target: {value, source} or None). The target is `explicit` when given, else the
-    baseline's value `tol` worse (report/target.py)."""
-    scale = scale or DEFAULT_SCALE
-    base = _baseline_row(trials, warnings, step_s, basis)
+def _target(trials: list[_Trial], base: dict | None, explicit: float | None, tol: float, scale: Scale,
+            metric: str, step_s: dict[int, float], basis: str) -> dict | None:
+    """The target ({metric, mode, value, source}): `explicit` when given, else the baseline's value `tol` worse
+    (report/target.py); None without either. The baseline row gains its own steps and time to it."""
     if explicit is not None:
-        target = {"value": float(explicit), "source": "budget.target_val_acc"}
+        goal = {"value": float(explicit), "source": "budget.target_val_acc"}
     elif base is not None:
-        target = {"value": target_value(base["acc_mean"], tol, scale.mode, scale.units),
-                  "source": f"baseline - tolerance {tol:g} {scale.units}"}
+        goal = {"value": target_value(base["acc_mean"], tol, scale.mode, scale.units),
+                "source": f"baseline - tolerance {tol:g} {scale.units}"}
     else:
-        return None, None
+        return None
     if base is not None:
-        base.update(recipe_to_target([t for t in trials if t.is_baseline], target["value"], scale.mode,
-                                     step_s or {}, basis))
-    return base, target
+        base.update(recipe_to_target([t for t in trials if t.is_baseline], goal["value"], scale.mode, step_s, basis))
+    return {"metric": metric.split("_", 1)[1], "mode": scale.mode, **goal}
 
 
-def _baseline_row(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None,
-                  basis: str) -> dict | None:
+def _baseline(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None = None,
+              basis: str = "measured") -> dict | None:
     base = [t for t in trials if t.is_baseline]
     if not base:
         warnings.append("no baseline trial (is_baseline) in the study: gaps, speed-ups and max_safe_batch are unset")
@@ -307,11 +303,9 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     warnings: list[str] = []
     step_s = step_times(profile)
     basis = choose_basis(trials, step_s, profile, warnings)
-    ref = _baseline_row(trials, [], step_s, basis)
-    scale = Scale(mode, units, ref["acc_mean"] if ref is not None else None)
-    baseline, goal = _baseline(trials, warnings, step_s, basis, _finite(target), float(tolerance), scale)
-    if goal is not None:
-        goal = {"metric": metric.split("_", 1)[1], "mode": mode, **goal}
+    baseline = _baseline(trials, warnings, step_s, basis)
+    scale = Scale(mode, units, baseline["acc_mean"] if baseline is not None else None)
+    goal = _target(trials, baseline, _finite(target), float(tolerance), scale, metric, step_s, basis)
     configs = _configs(trials, baseline, float(tolerance), scale, step_s, basis, goal)
     per_batch = per_batch_rows(configs, scale)
     safe = [p["global_batch_size"] for p in per_batch if p["within_tolerance"]]

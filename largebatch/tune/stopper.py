@@ -87,6 +87,6 @@ def create_stopper(study) -> Optional[TargetStopper]:
     budget, t = study.base.budget, study.tuner
     if not budget.stop_at_target or study.baseline is None:
         return None
-    return TargetStopper(t.metric, t.mode or "max", study.report.tolerance,
-                         study.report.tolerance_units or ("points" if (t.mode or "max") == "max" else "absolute"),
+    # load_study filled in tuner.mode and report.tolerance_units from the metric's direction (config/study.py)
+    return TargetStopper(t.metric, t.mode, study.report.tolerance, study.report.tolerance_units,
                          n_baseline=len(t.seeds), explicit=explicit_target(t.metric, budget.target_val_acc))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,19 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from largebatch.raylib import stop_process, write_private_token
+from largebatch.raylib import free_port, stop_process, write_private_token
 from netwait import wait_http  # noqa: F401  (the e2e tests import it from here)
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "largebatch-test-key", "AWS_SECRET_ACCESS_KEY": "largebatch-test-secret-value",
              "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 stop = stop_process  # SIGTERM, then SIGKILL after the timeout: the servers these tests start, by PID

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from largebatch.raylib import stop_process
+from largebatch.raylib import free_port, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -50,17 +50,11 @@ PER_EPOCH = ("val_loss", "val_acc", "train_loss", "lr", "steps", "wall_s")
 RETRY_S = 5  # how long a trial's last checkpoint waits for S3 (LARGEBATCH_STORAGE_RETRY_S; 60 by default)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class S3Server:
     """moto_server on a fixed port, stopped (by PID) and started again on it."""
 
     def __init__(self, root: Path):
-        self.root, self.port, self.proc, self.starts = root, _free_port(), None, 0
+        self.root, self.port, self.proc, self.starts = root, free_port(), None, 0
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:

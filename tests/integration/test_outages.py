@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from largebatch.config import load_study
-from largebatch.raylib import stop_process
+from largebatch.raylib import free_port, stop_process
 from netwait import wait_http
 
 VENV_BIN = Path(sys.executable).parent
@@ -41,17 +40,11 @@ EPOCHS = 5
 PER_EPOCH = ("val_loss", "val_acc", "train_loss", "lr", "steps", "wall_s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MlflowServer:
     """`mlflow server` on a fixed port and SQLite store, so it can be stopped and started again as the same server."""
 
     def __init__(self, root: Path):
-        self.root, self.port = root, _free_port()
+        self.root, self.port = root, free_port()
         self.url, self.proc, self.starts = f"http://127.0.0.1:{self.port}", None, 0
 
     def start(self) -> None:
@@ -151,7 +144,7 @@ def test_mlflow_down_mid_study_every_epoch_logged_once(local_ray, mlflow_server,
 # ---------------------------------------------------------------- S3
 @pytest.fixture
 def s3_server(tmp_path, monkeypatch):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "moto.log"
     proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             env={**os.environ, **DUMMY_AWS}, stdout=log.open("w"), stderr=subprocess.STDOUT)

@@ -6,24 +6,22 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch import nn
 
 from largebatch.config import TrialConfig, parse_trial, resolve
 from largebatch.data import load_dataset
 from largebatch.errors import BadInput
+from largebatch.raylib import free_port
 from largebatch.instruments.critical_batch import fit_critical_batch
 from largebatch.instruments.noise_scale import GradNoiseScale, noise_estimates
 from largebatch.instruments.sharpness import top_hessian_eigenvalue
 from largebatch.models import GhostBatchNorm2d
 from largebatch.report import build_report, format_markdown, write_report
-from largebatch.train import loop as loop_mod
 from largebatch.train.loop import WorkerContext, train_worker
 
 # ---------------------------------------------------------------- synthetic linear regression, known covariance
@@ -96,12 +94,6 @@ def test_noise_scale_unavailable_with_one_worker_and_no_accumulation():
     assert gns.epoch_metrics() == {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -146,7 +138,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_noise_scale_under_ddp_comm_hook_two_gloo_workers(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["grads_ok"] and r1["grads_ok"]
     assert r0["value"] == pytest.approx(r0["analytic"], rel=0.25)
