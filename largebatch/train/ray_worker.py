@@ -69,11 +69,15 @@ def train_func(config: dict[str, Any]) -> None:
             dist.all_gather_object(gathered, node_ids[0])
             node_ids = gathered
         if rank == 0:
+            import torch.distributed as dist
+
+            backend = dist.get_backend() if dist.is_initialized() else "none"  # nccl on GPUs, gloo on CPUs
             if logger is not None:
-                logger.set_tags({"node_ids": ",".join(node_ids), "num_nodes": len(set(node_ids))})
-            print(f"[largebatch] ranks on {len(set(node_ids))} node(s); {world} workers, "
-                  f"per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} accum, "
-                  f"peak lr {res.peak_lr:.4g}", flush=True)
+                logger.set_tags({"node_ids": ",".join(node_ids), "num_nodes": len(set(node_ids)),
+                                 "process_group": backend, "device": str(device)})
+            print(f"[largebatch] ranks on {len(set(node_ids))} node(s); {world} workers on {device} "
+                  f"({backend} process group), per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} "
+                  f"accum, peak lr {res.peak_lr:.4g}", flush=True)
         final = train_worker(res, ctx, data, task)
         if keeper is not None and keeper.final_kept:
             # the run's Result would carry an older epoch (train/persist.py): leave this one for fit_outcome
