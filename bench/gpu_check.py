@@ -109,7 +109,7 @@ def run_case(tree: dict, device: torch.device, epochs: int) -> dict[str, Any]:
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        _sync(device)
+        torch.cuda.synchronize(device)
 
 
 def hand_loop(tree: dict, device: torch.device, epochs: int) -> float:
@@ -192,6 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             failed.append(name)
     c = out["cases"]
     hand = hand_loop(cases["loop_b256"][0], device, e)
+    hand_1024 = hand_loop(cases["mlp_fp32"][0], device, e)
     ratios = {"bf16/fp32 mlp": c["mlp_bf16"].get("examples_per_s", 0) / max(c["mlp_fp32"].get("examples_per_s", 0), 1),
               "bf16/fp32 resnet": (c["resnet_bf16"].get("examples_per_s", 0)
                                    / max(c["resnet_fp32"].get("examples_per_s", 0), 1)),
@@ -199,8 +200,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                   / max(c["mlp_bf16"].get("examples_per_s", 0), 1)),
               "loader2/device-tensors bf16 mlp": (c["mlp_bf16_loader2"].get("examples_per_s", 0)
                                                   / max(c["mlp_bf16"].get("examples_per_s", 0), 1)),
-              "loop/hand B=256 fp32 mlp": c["loop_b256"].get("examples_per_s", 0) / hand}
-    out["hand_b256_examples_per_s"] = hand
+              "loop/hand B=256 fp32 mlp": c["loop_b256"].get("examples_per_s", 0) / hand,
+              "loop/hand B=1024 fp32 mlp": c["mlp_fp32"].get("examples_per_s", 0) / hand_1024}
+    out["hand_examples_per_s"] = {"B=256": hand, "B=1024": hand_1024}
     out["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
     out["failed"] = failed
     print(f"gpu-check: ratios {out['ratios']}", flush=True)

@@ -31,6 +31,7 @@ from largebatch.metrics import best_of
 from largebatch.vocab import INSTRUMENT_METRICS
 from largebatch.optim import create_optimizer
 from largebatch.tasks import Task, TaskData, build_data, task_of
+from largebatch.train.stepsums import StepSums
 
 CKPT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -258,8 +259,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         t_epoch = time.time()
         net.train()
         # loss_sum, then the sum per train metric, on the device (no .item() here); the counts are host integers
-        sums = torch.zeros(1 + len(train_metrics), dtype=torch.float64, device=device)
-        counts = [0] * len(train_metrics)
+        step_sums = StepSums(train_metrics, device)
         steps_done = 0  # examples seen = steps_done * B over all ranks: counted here, not on the device
         for i_step, micro in enumerate(train_feed.steps(perm, B, ctx.rank, world, accum)):
             if lrs[i_step] != lr:
@@ -277,13 +277,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 for h in step_hooks:  # e.g. the local micro-batch |g|^2 (device tensor, no sync)
                     h.after_backward(i, accum)
-                if train_metrics:  # one fused add per micro-step
-                    values = [m.fn(out.detach(), yb) for m in train_metrics]
-                    for j, v in enumerate(values):
-                        counts[j] += v.numel()
-                    sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
-                else:
-                    sums += loss.detach().double() * len(yb)
+                # kept, not reduced: StepSums.flush() computes the train metrics and sums at the divergence check
+                step_sums.add(loss.detach(), len(yb), out.detach(), yb)
             for h in step_hooks:  # e.g. |G_big|^2 of the all-reduced gradient, EMAs on device (no sync)
                 h.after_sync(B, micro_batch)
             apply_update(opt, scaler, model, o.grad_clip_norm)
@@ -291,6 +286,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
             steps_done += 1
             if step % DIVERGENCE_CHECK_STEPS == 0 or i_step + 1 == steps_now:
                 # divergence check: a CPU sync point (+1 scalar all-reduce), all ranks decide together
+                sums = step_sums.flush()
                 chk = _all_reduce_sum(torch.stack([sums[0], loss.detach().double()]), world)
                 running, last = chk.tolist()
                 if not math.isfinite(running) or not math.isfinite(last):
@@ -303,7 +299,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         train_s = time.time() - t_epoch
 
         # sums and the metric counts of every rank in one all-reduce
-        tot = _all_reduce_sum(torch.cat([sums, sums.new_tensor(counts)]), world).tolist()  # sync point: once per epoch
+        sums = step_sums.flush()  # empty after the last step's check unless the epoch had no step
+        tot = _all_reduce_sum(torch.cat([sums, sums.new_tensor(step_sums.counts)]), world).tolist()  # once per epoch
         if status == "diverged":
             val = {"val_loss": float("nan"), **{f"val_{m.name}": float("nan") for m in task.metrics}}
         else:
