@@ -169,3 +169,25 @@ def test_the_loop_evaluates_on_the_subset_and_logs_it(subset):
     assert sorted(seen) == sorted(want)  # the subset's examples (labels, in multiset)
     # the trial's MLflow params are the flattened config (tune/trainable.py): the subset is among them
     assert safe_params(flatten(cfg.model_dump(mode="json")))["data.eval_subset"] == str(subset)
+
+
+def test_extend_keeps_trials_logged_before_eval_subset_existed_unless_the_study_now_sets_it():
+    """A run recorded before data.eval_subset was a setting has no such param: it holds the trial whose subset is
+    unset (what it did: the whole split), not one that now evaluates on a subset."""
+    from types import SimpleNamespace
+
+    from largebatch.config import baseline_trial
+    from largebatch.tune.extend import new_trials, study_trials
+
+    old = load_study(SMOKE, {"tuner.seeds": [0]})
+    base, baseline = old.base.model_dump(mode="json"), baseline_trial(old).model_dump(mode="json")
+    items = study_trials(old, base, baseline, "s.yaml")
+    finished = [SimpleNamespace(data=SimpleNamespace(params={**{k: v for k, v in i["_params"].items()
+                                                                if k != "data.eval_subset"}, "arm": i["arm"]}))
+                for i in items]
+    assert all(i["_params"]["data.eval_subset"] == "None" for i in items)
+    assert new_trials(items, finished) == ([], len(items))  # nothing to rerun
+    sub = load_study(SMOKE, {"tuner.seeds": [0], "data.eval_subset": 100})
+    new, kept = new_trials(study_trials(sub, sub.base.model_dump(mode="json"),
+                                        baseline_trial(sub).model_dump(mode="json"), "s.yaml"), finished)
+    assert kept == 0 and len(new) == len(items)  # a subset is a different trial
