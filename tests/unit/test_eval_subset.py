@@ -150,8 +150,8 @@ def _counting_task(n_seen: list[int], seen: list[int]) -> Task:
 
 @pytest.mark.parametrize("subset", [50, None])
 def test_the_loop_evaluates_on_the_subset_and_logs_it(subset):
-    tree = {"data": {"dataset": "digits", "global_batch_size": 64, "eval_subset": subset}, "model": {"hidden_sizes": [16]},
-            "optim": {"base_lr": 0.05, "base_batch_size": 64}, "budget": {"epochs": 1}}
+    tree = {"data": {"dataset": "digits", "global_batch_size": 64, "eval_subset": subset},
+            "model": {"hidden_sizes": [16]}, "optim": {"base_lr": 0.05, "base_batch_size": 64}, "budget": {"epochs": 1}}
     cfg = parse_trial(tree)
     n_seen: list[int] = []
     seen: list[int] = []
