@@ -25,6 +25,9 @@ class DataConfig(_Strict):
     dataset: str = "fashion-mnist"
     path: Optional[str] = None  # local folder / .npz file / s3:// prefix; None = the dataset's default location
     train_subset: Optional[int] = Field(None, gt=0)  # first N of a seeded permutation, for quick runs
+    # evaluate on the first N of a fixed permutation (seed EVAL_SUBSET_SEED, never cfg.seed) of the eval split: the
+    # same examples for every trial, seed and epoch; None = the whole split (tasks/build.py)
+    eval_subset: Optional[int] = Field(None, gt=0)
     global_batch_size: int = Field(16, gt=0, le=2**24)  # examples per optimizer step, over all workers and micro-steps
     # memory cap on one forward pass; forces accumulation. "auto": each worker finds the largest micro-batch that fits
     # before training (on a GPU: halve until no out-of-memory error; on a CPU: within auto_memory_mb of activations)

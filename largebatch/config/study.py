@@ -11,7 +11,7 @@ import yaml
 from largebatch.config.names import check_names, check_tuner_names
 from largebatch.config.schema import StudyConfig, TrialConfig
 from largebatch.config.critical import AROUND_CRITICAL
-from largebatch.config.search import check_search_key
+from largebatch.config.search import check_search_key, search_values
 from largebatch.config.tree import _parse, apply_overrides, parse_trial
 from largebatch.errors import BadInput
 
@@ -99,10 +99,21 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
     return check_task(study, source)
 
 
+def eval_subsets(study: StudyConfig) -> list[tuple[str, int]]:
+    """(field, value) of every data.eval_subset the study's trials may take: base's, and a grid/choice search's."""
+    out = [("base.data.eval_subset", study.base.data.eval_subset)] if study.base.data.eval_subset else []
+    entry = study.search.get("data.eval_subset")
+    if entry is not None:
+        out += [("search.data.eval_subset", v) for v in search_values(entry) if v]
+    return out
+
+
 def check_task(study: StudyConfig, source: str) -> StudyConfig:
     """Before any trial: the task loads and has its parts, its data items are tensors, and tuner.metric is one it
     reports. Returns the study with tuner.mode and report.tolerance_units filled in from the metric's direction."""
     from largebatch.tasks import build_data, load_task
+    from largebatch.tasks.api import split_len
+    from largebatch.tasks.build import too_many_eval
 
     def at(field: str, e: BadInput) -> BadInput:
         msg = str(e)
@@ -111,12 +122,22 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
         return BadInput(msg, source=source, field="base." + (e.field or field))
 
     t = study.base.task
+    subsets = eval_subsets(study)
     try:
         task = load_task(t.name, t.kwargs)
-        if task.train_size is None:  # a user task: look at its data once (item 0 of each split)
-            build_data(task, study.base)
+        if task.train_size is None or subsets:  # a user task, or an eval subset: look at its data once (item 0 of
+            # each split, and the eval split's length, against which every data.eval_subset is checked here)
+            base = study.base
+            if subsets:
+                base = base.model_copy(update={"data": base.data.model_copy(update={"eval_subset": None})})
+            n_eval = split_len(build_data(task, base).eval)
     except BadInput as e:
         raise at("task.name", e) from None
+    # a search over the data itself: each trial checks the subset against its own eval split
+    if not any(k in ("data.dataset", "data.path") or k.startswith("task.") for k in study.search):
+        for field, k in subsets:
+            if k > n_eval:
+                raise BadInput(too_many_eval(k, n_eval, study.base, task.name or t.name), source=source, field=field)
     reported = task.reported()
     metric = study.tuner.metric
     if metric not in reported:

@@ -71,7 +71,8 @@ class Task:
     name: str = ""
     ray_data: Optional[Callable[["TrialConfig"], Any]] = None
     # data(cfg) reads only task.*, data.dataset/path/train_subset and seed, so a process that runs several trials
-    # builds it once (tasks/build.py cached_data); False for a task whose data depends on other fields
+    # builds it once (tasks/build.py cached_data, keyed also by data.eval_subset, which the builder applies after
+    # data(cfg)); False for a task whose data depends on other fields
     cache_data: bool = True
 
     def reported(self) -> dict[str, str]:

@@ -51,8 +51,33 @@ def subset(split: Split, k: int, seed: int) -> Split:
     return Subset(split, keep.tolist())
 
 
+# data.eval_subset draws from this permutation of the eval split, whatever cfg.seed is: every trial, seed and epoch
+# of a study is evaluated on the same examples, so their val_* compare on equal footing
+EVAL_SUBSET_SEED = 0
+
+
+def too_many_eval(k: int, n: int, cfg, name: str) -> str:
+    what = repr(cfg.data.dataset) if name == "classification" else f"task {name!r}"
+    return f"got {k}, more than the {n} eval examples of {what}; use at most {n}, or leave it unset to evaluate on " \
+           f"the whole split"
+
+
+def eval_subset(data: TaskData, cfg, name: str) -> TaskData:
+    """data with its eval split cut to the first data.eval_subset examples of the fixed (EVAL_SUBSET_SEED)
+    permutation: a larger N keeps the examples of a smaller one and adds more."""
+    k = cfg.data.eval_subset
+    if k is None:
+        return data
+    n = split_len(data.eval)
+    if k > n:
+        raise BadInput(too_many_eval(k, n, cfg, name), field="data.eval_subset")
+    if k == n:
+        return data
+    return TaskData(train=data.train, eval=subset(data.eval, k, EVAL_SUBSET_SEED), info=data.info)
+
+
 def build_data(task: Task, cfg) -> TaskData:
-    """task.data(cfg), cut to data.train_subset (when the task did not already) and checked."""
+    """task.data(cfg), cut to data.train_subset (when the task did not already) and data.eval_subset, and checked."""
     data = task.data(cfg)
     if not isinstance(data, TaskData):
         raise BadInput(f"task {task.name or cfg.task.name!r}: data() returned {type(data).__name__}, not a TaskData",
@@ -63,7 +88,7 @@ def build_data(task: Task, cfg) -> TaskData:
             raise BadInput("a task whose training data is a Ray Dataset takes no data.train_subset; give a smaller "
                            "dataset (e.g. ds.limit(n) in ray_data)", field="data.train_subset")
         check_split(data.eval, "eval", name)
-        return data
+        return eval_subset(data, cfg, name)
     check_split(data.train, "train", name)
     check_split(data.eval, "eval", name)
     k = cfg.data.train_subset
@@ -73,7 +98,7 @@ def build_data(task: Task, cfg) -> TaskData:
                        field="data.train_subset")
     if k is not None and k < n:
         data = TaskData(train=subset(data.train, k, cfg.seed), eval=data.eval, info=data.info)
-    return data
+    return eval_subset(data, cfg, name)
 
 
 def train_size(task: Task, cfg) -> int:
@@ -94,9 +119,9 @@ cache_stats = {"hits": 0, "misses": 0}
 
 
 def cache_key(task: Task, cfg) -> str:
-    """What data(cfg) may read for a cacheable task: the task, its kwargs, the dataset, path, subset and seed."""
+    """What build_data(cfg) may read for a cacheable task: the task, its kwargs, the dataset, path, subsets, seed."""
     return json.dumps({"task": cfg.task.model_dump(mode="json"), "dataset": cfg.data.dataset, "path": cfg.data.path,
-                       "subset": cfg.data.train_subset, "seed": cfg.seed,
+                       "subset": cfg.data.train_subset, "eval_subset": cfg.data.eval_subset, "seed": cfg.seed,
                        "impl": f"{getattr(task.data, '__module__', '')}.{getattr(task.data, '__qualname__', '')}"},
                       sort_keys=True, default=str)
 

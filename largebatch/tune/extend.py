@@ -85,12 +85,13 @@ def finished_runs(tracking_uri: str, exp_id: str, parent_id: str) -> list:
 
 def new_trials(items: list[dict[str, Any]], finished: list) -> tuple[list[dict[str, Any]], int]:
     """(the trials no finished child run holds, how many are kept): a run holds a trial when its arm and every
-    logged config param match."""
+    logged config param match. A param the run lacks matches an unset ("None") value: a setting added to the schema
+    since (e.g. data.eval_subset), whose unset default is what the run did."""
     done = [(r.data.params.get("arm"), r.data.params) for r in finished]
     new, kept = [], 0
     for item in items:
         params = item["_params"]
-        if any(arm == item["arm"] and all(p.get(k) == v for k, v in params.items()) for arm, p in done):
+        if any(arm == item["arm"] and all(p.get(k, "None") == v for k, v in params.items()) for arm, p in done):
             kept += 1
         else:
             new.append({k: v for k, v in item.items() if k != "_params"})

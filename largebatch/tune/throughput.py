@@ -42,10 +42,10 @@ MAX_STEPS = 300
 MIN_TIMED = 5  # timed steps kept after warm-up, even past the time budget
 ARTIFACT = "throughput.json"
 CACHE_DIR = "throughput"
-# searched keys that leave a step's cost unchanged (the LR and its schedule, the budget, the seed, the batch itself:
-# profiled per batch); any other searched key may change it, and the profile is skipped
-_COST_FREE = ("data.global_batch_size", "data.train_subset", "scaling.", "schedule.", "budget.", "optim.base_lr",
-              "optim.base_batch_size", "seed", "checkpoint.", "report.")
+# searched keys that leave a step's cost unchanged (the LR and its schedule, the budget, the seed, the evaluation
+# subset, the batch itself: profiled per batch); any other searched key may change it, and the profile is skipped
+_COST_FREE = ("data.global_batch_size", "data.train_subset", "data.eval_subset", "scaling.", "schedule.", "budget.",
+              "optim.base_lr", "optim.base_batch_size", "seed", "checkpoint.", "report.")
 
 
 def machine_fingerprint() -> dict[str, Any]:

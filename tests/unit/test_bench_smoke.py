@@ -122,3 +122,24 @@ def test_epoch_cost_figures_from_a_trial_history():
     assert math.isclose(got["fixed_over_train"], (0.1 - 0.03) / 0.03)
     assert math.isclose(got["eval_over_train"], 2.0)
     assert math.isclose(got["rest_over_train"], 0.01 / 0.03)
+
+
+def test_epoch_cost_reports_the_eval_subset_against_its_goal_and_the_full_split_as_a_contrast():
+    from bench.epoch_cost import analyse, study_sets
+
+    def trial(eval_s: float, subset: str) -> dict:
+        return {"seed": 0, "trial_runner": "in_process", "eval_subset": subset,
+                "epochs": [{"epoch": e, "steps": 3.0 * (e + 1), "global_batch_size": 1024.0,
+                            "throughput": 3072 / 0.03, "epoch_s": 0.03 + eval_s,
+                            "wall_s": (0.03 + eval_s + 0.01) * (e + 1)} for e in range(5)]}
+
+    sets = study_sets(5, [0])
+    assert sets["search.data.eval_subset"] == {"grid": [1000, None]}  # both variants in the one study
+    got = analyse({"trials": [trial(0.005, "1000"), trial(0.04, "None")]}, sets)
+    rows = {r["figure"]: r for r in got["summary"]}
+    goal = next(r for r in got["summary"] if r.get("key") == "epoch_fixed")
+    assert "1,000-example validation subset" in goal["figure"]
+    assert math.isclose(goal["value"], (0.005 + 0.01) / 0.03) and goal["met"] is True
+    contrast = next(r for name, r in rows.items() if name.startswith("contrast"))
+    assert math.isclose(contrast["value"], (0.04 + 0.01) / 0.03) and contrast["goal"] == "" and "key" not in contrast
+    assert [r for r in got["summary"] if r.get("key") == "epoch_fixed"] == [goal]  # one goal row

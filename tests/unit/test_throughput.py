@@ -216,6 +216,8 @@ def test_study_batches_are_the_baselines_and_every_searched_one(tmp_path):
 
     s = _study(tmp_path)
     assert tp.skip_reason(s) is None
+    # the evaluation subset is no part of a training step: searching it keeps the profile
+    assert tp.skip_reason(_study(tmp_path, search={"data.eval_subset": {"grid": [100, 200]}})) is None
     trees = tp.study_batches(s, s.base.model_dump(mode="json"), baseline_trial(s).model_dump(mode="json"))
     assert list(trees) == [16, 64, 128]
     assert all(t["data"]["global_batch_size"] == b for b, t in trees.items())
