@@ -103,7 +103,8 @@ def run_case(tree: dict, device: torch.device, epochs: int) -> dict[str, Any]:
     final = train_worker(resolve(cfg, 1), WorkerContext(device=device, report=report))
     rates = [h["throughput"] for h in history[1:]] or [history[-1]["throughput"]]
     return {"status": final["status"], "examples_per_s": statistics.median(rates), "wall_s": round(time.time() - t, 2),
-            "epochs": len(history), "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
+            "epochs": len(history),
+            "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
             **{k: round(v, 4) for k, v in final.items() if k.startswith("val_") and isinstance(v, float)}}
 
 

@@ -1,15 +1,17 @@
 """Search efficiency (docs/design.md §9): an ASHA study vs the exhaustive grid (FIFO) on the same space.
 
 The space is tune_spaces/fashion-mnist.yaml's (3 batches x 3 rules x 2 warmups + the baseline), reduced to
-20000 training examples and 4 epochs so both studies finish in about 10 minutes. Both run through `run_study`
+20000 training examples; 10 epochs, the study's own budget (with 4, a first rung past the 2-epoch warmups left ASHA
+one cut at half the budget, so it could not cost less than about half the grid). Both run through `run_study`
 (the `largebatch tune` path: Tune, Train, MLflow) in one child process with its own Ray and MLflow, one after
 the other. The study's tuner defaults apply, so its 1-worker trials run in Tune's trial process
 (`tuner.in_process: true`, train/inprocess.py): each trial's MLflow run carries the tag `trial_runner` and the
 JSON counts how many trials had it (`in_process_trials`), with each trial's `startup_s` and `wall_s`.
 Compute is trial-seconds: the sum over trials of start-up + training wall-clock (`startup_s` + `wall_s`, read back
 from MLflow; an ASHA-stopped trial counts up to its last report). ASHA's first rung is raised past the searched
-warmups (tune/schedulers.py `asha_grace_epochs`: 2 epochs here). Goal (issue #14): ASHA's compute <= 40% of the
-grid's, with its best val_acc within 0.3 points of the grid's best (the baseline is left out of both bests).
+warmups (tune/schedulers.py `asha_grace_epochs`: 2 epochs here). Goal (issue #14): ASHA's compute over the searched space <= 40% of the
+grid's, with its best val_acc within 0.3 points of the grid's best. The baseline is left out of both (it is no point
+of the space, and both studies train it alike, to the end); the share with the baseline counted is a contrast row.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from bench import common
 NAME = "search_efficiency"
 GOAL_SHARE = 0.40
 TOLERANCE_POINTS = 0.3
-FULL_SETS = {"data.train_subset": 20000, "budget.epochs": 4}
+FULL_SETS = {"data.train_subset": 20000, "budget.epochs": 10}
 QUICK_SETS = {"data.train_subset": 4000, "budget.epochs": 2,
               "search.data.global_batch_size": {"grid": [256, 1024]}, "search.scaling.rule": {"grid": ["linear"]},
               "search.schedule.warmup_epochs": {"grid": [0]}}
@@ -126,15 +128,18 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     """The figures, from the child's raw per-trial records (kept in the JSON, so the analysis can be re-run)."""
     grid, asha = got["studies"]["fifo"], got["studies"]["asha"]
     cg, ca = compute(grid["trials"]), compute(asha["trials"])
-    share = common.ratio(ca["trial_s"], cg["trial_s"])
+    sg, sa = (compute([t for t in ts if not t["is_baseline"]]) for ts in (grid["trials"], asha["trials"]))
+    share = common.ratio(sa["trial_s"], sg["trial_s"])
+    share_all = common.ratio(ca["trial_s"], cg["trial_s"])
     gap = (best(grid["trials"]) - best(asha["trials"])) * 100
     stopped = sum(t["status"] == "stopped_early" for t in asha["trials"])
     n_cut = cut_short(grid["trials"], asha["trials"])
     every = grid["trials"] + asha["trials"]
     in_process = sum(t.get("trial_runner") == "in_process" for t in every)
     summary = [
-        common.figure("ASHA trial-seconds / grid trial-seconds (start-up + training)", share, unit="",
-                      goal=f"<= {GOAL_SHARE:.2f}", met=share <= GOAL_SHARE, key="asha_vs_grid"),
+        common.figure("ASHA trial-seconds / grid trial-seconds (start-up + training), searched trials", share,
+                      unit="", goal=f"<= {GOAL_SHARE:.2f}", met=share <= GOAL_SHARE, key="asha_vs_grid"),
+        common.figure("same, the baseline counted too (trained alike by both)", share_all, unit=""),
         common.figure("grid best val_acc - ASHA best val_acc", gap, unit=" points",
                       goal=f"<= {TOLERANCE_POINTS}", met=gap <= TOLERANCE_POINTS, key="asha_gap"),
         common.figure("trials trained in Tune's trial process (tuner.in_process)", common.ratio(in_process, len(every)),
@@ -157,7 +162,9 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
                              f"searched warmups), reduction_factor 2 (the study's tuner defaults)",
                      "compute": "sum over trials of startup_s + wall_s, from MLflow"},
         "compute": {"grid": cg, "asha": ca},
+        "compute_searched": {"grid": sg, "asha": sa},
         "compute_share": share,
+        "compute_share_with_baseline": share_all,
         "best_val_acc": {"grid": best(grid["trials"]), "asha": best(asha["trials"]),
                          "grid_incl_baseline": best(grid["trials"], False),
                          "asha_incl_baseline": best(asha["trials"], False)},

@@ -185,7 +185,9 @@ class _Runner:
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         self.amp = _autocast(device, cfg.precision)
         self.train_metrics = [m for m in task.metrics if m.train]
-        self.sums = torch.zeros(1 + len(self.train_metrics), dtype=torch.float64, device=device)
+        from largebatch.train.stepsums import StepSums
+
+        self.step_sums = StepSums(self.train_metrics, device)
         self.steps = 0
         self._stream = self._batches()
 
@@ -207,7 +209,7 @@ class _Runner:
         from largebatch.train.loop import DIVERGENCE_CHECK_STEPS, apply_update
 
         task, opt, scaler, o = self.task, self.opt, self.scaler, self.cfg.optim
-        accum, metrics, sums = self.res.grad_accum_steps, self.train_metrics, self.sums
+        accum, step_sums = self.res.grad_accum_steps, self.step_sums
         times: list[float] = []
         cpu: list[float] = []
         t_start = t0 = time.perf_counter()
@@ -219,15 +221,11 @@ class _Runner:
                     loss = task.loss(out, yb)
                 scaled = loss if accum == 1 else loss / accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                if metrics:
-                    values = [m.fn(out.detach(), yb) for m in metrics]
-                    sums += torch.stack([loss.detach() * len(yb), *(v.sum() for v in values)]).double()
-                else:
-                    sums += loss.detach().double() * len(yb)
+                step_sums.add(loss.detach(), len(yb), out.detach(), yb)
             apply_update(opt, scaler, self.model, o.grad_clip_norm)
             self.steps += 1
-            if self.steps % DIVERGENCE_CHECK_STEPS == 0:
-                torch.stack([sums[0], loss.detach().double()]).tolist()  # the loop's periodic sync
+            if self.steps % DIVERGENCE_CHECK_STEPS == 0:  # the loop's periodic flush and sync
+                torch.stack([step_sums.flush()[0], loss.detach().double()]).tolist()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             t1, c1 = time.perf_counter(), time.thread_time()
