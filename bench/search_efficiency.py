@@ -159,7 +159,7 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     return {
         "settings": {"study": str(common.STUDY_FILE.relative_to(common.REPO_ROOT)), "sets": sets,
                      "asha": f"grace period {asha.get('asha_grace_epochs')} epochs (tuner.grace_period_epochs 1 raised past the "
-                             f"searched warmups), reduction_factor 2 (the study's tuner defaults)",
+                             f"searched warmups), reduction_factor 3 (the study's tuner default)",
                      "compute": "sum over trials of startup_s + wall_s, from MLflow"},
         "compute": {"grid": cg, "asha": ca},
         "compute_searched": {"grid": sg, "asha": sa},

@@ -148,7 +148,7 @@ class TunerConfig(_Strict):
     searcher: str = "grid"
     scheduler: str = "fifo"
     grace_period_epochs: int = Field(1, gt=0)  # asha
-    reduction_factor: float = Field(2.0, gt=1.0)  # asha
+    reduction_factor: float = Field(3.0, gt=1.0)  # asha: keep the best 1/3 at each rung (Hyperband's eta = 3)
     num_samples: int = Field(1, gt=0)  # grid: repeats of the grid; random/optuna: samples
     max_concurrent: Optional[int] = Field(None, gt=0)
     workers_per_trial: int = Field(1, gt=0)

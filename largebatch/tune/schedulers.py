@@ -21,7 +21,7 @@ def _fifo(study: StudyConfig):
 @SCHEDULERS.register("asha", "stop the worse trials early at epoch milestones (tuner.grace_period_epochs, raised past any searched warmup; "
                              "tuner.reduction_factor); stopped trials count as stopped_early")
 def _asha(study: StudyConfig):
-    from ray.tune.schedulers import ASHAScheduler
+    from largebatch.tune.asha import SearchASHA
 
     t = study.tuner
     grace = asha_grace_epochs(study)
@@ -29,8 +29,9 @@ def _asha(study: StudyConfig):
     # stop_last_trials=False: a trial reaching max_t ends by itself, so it logs its final status and fit_s
     # (with the default, Tune kills it at its last epoch and it would be recorded stopped_early)
     # one report per epoch: a rung is a number of passes over the data, the same examples for every batch size
-    return ASHAScheduler(time_attr="training_iteration", grace_period=grace, max_t=max_t,
-                         reduction_factor=t.reduction_factor, stop_last_trials=False)
+    # the baseline stays out of the rungs (tune/asha.py): searched trials are compared with each other only
+    return SearchASHA(time_attr="training_iteration", grace_period=grace, max_t=max_t,
+                      reduction_factor=t.reduction_factor, stop_last_trials=False)
 
 
 def asha_grace_epochs(study: StudyConfig) -> int:
