@@ -143,3 +143,16 @@ def test_epoch_cost_reports_the_eval_subset_against_its_goal_and_the_full_split_
     contrast = next(r for name, r in rows.items() if name.startswith("contrast"))
     assert math.isclose(contrast["value"], (0.04 + 0.01) / 0.03) and contrast["goal"] == "" and "key" not in contrast
     assert [r for r in got["summary"] if r.get("key") == "epoch_fixed"] == [goal]  # one goal row
+
+
+def test_gpu_check_dry_runs_every_case_on_the_cpu(tmp_path):
+    # the GPU check's cases and ratios, on the CPU at a tiny size (on a GPU machine `make gpu-check` runs them for real)
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--quick", "--subset", "1024",
+                           "--json", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert set(got["cases"]) == {"mlp_fp32", "mlp_bf16", "mlp_bf16_loader0", "mlp_bf16_loader2", "resnet_fp32",
+                                 "resnet_bf16", "loop_b256", "charlm_bf16"}
+    assert all(c["status"] == "completed" for c in got["cases"].values()), got["cases"]
+    assert got["failed"] == [] and all(_positive_finite(v) for v in got["ratios"].values()), got["ratios"]
