@@ -56,30 +56,15 @@ def _tree(base: dict, **over: Any) -> dict:
 def host_dataset_task(**_: Any):
     """The classification task with its training split as a host-memory Dataset (with `__getitems__`, so the
     DataLoader takes whole batches): the loop reads it through a DataLoader with pinned memory on CUDA."""
-    from torch.utils.data import Dataset
-
+    from bench.loader_path import BatchedItems
     from largebatch.tasks import TaskData
     from largebatch.tasks.classification import classification
-
-    class HostSplit(Dataset):
-        def __init__(self, x: torch.Tensor, y: torch.Tensor):
-            self.x, self.y = x, y
-
-        def __len__(self) -> int:
-            return int(self.x.shape[0])
-
-        def __getitem__(self, i: int):
-            return self.x[i], self.y[i]
-
-        def __getitems__(self, idx: list[int]):
-            t = torch.as_tensor(idx)
-            return self.x.index_select(0, t), self.y.index_select(0, t)
 
     base = classification()
 
     def data(cfg) -> TaskData:
         d = base.data(cfg)
-        return TaskData(train=HostSplit(*d.train), eval=d.eval, info=d.info)
+        return TaskData(train=BatchedItems(*d.train), eval=d.eval, info=d.info)
 
     return dataclasses.replace(base, data=data, name="classification-host-dataset", cache_data=False)
 

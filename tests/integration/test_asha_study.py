@@ -6,9 +6,7 @@ would cut it there, because the baseline's value is in the rung's record. Here i
 trains to its budget; the second, far worse, is cut at the first rung (tune/asha.py)."""
 from __future__ import annotations
 
-import yaml
-
-from largebatch.config import load_study
+from studies import run_study_dict
 
 EPOCHS = 6
 
@@ -27,18 +25,7 @@ def _raw() -> dict:
 
 
 def test_asha_keeps_the_baseline_out_of_its_rungs(local_ray, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from largebatch.tune.driver import run_study
-
-    path = tmp_path / "it-asha.yaml"
-    path.write_text(yaml.safe_dump(_raw()))
-    report = run_study(load_study(path), source=str(path), study_text=path.read_text(),
-                       run_root=str(tmp_path / "runs"), live=False)
-    study = report["study"]
-    client = MlflowClient(study["tracking_uri"])
-    runs = client.search_runs([study["experiment_id"]],
-                              filter_string=f"tags.mlflow.parentRunId = '{study['parent_run_id']}'")
+    _, client, runs = run_study_dict(_raw(), tmp_path)
 
     def curve(r) -> list[float]:
         return [p.value for p in sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda p: p.step)]

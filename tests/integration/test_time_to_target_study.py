@@ -5,9 +5,7 @@ One trial at a time, so the baseline (first in the searcher's order) ends before
 searched trial then knows the target, and the stopper's effect on each is exact."""
 from __future__ import annotations
 
-import yaml
-
-from largebatch.config import load_study
+from studies import run_study_dict
 
 CAP_EPOCHS = 8
 
@@ -48,18 +46,8 @@ def _check_stops(client, searched, target: float) -> dict[int, set]:
 
 
 def test_time_to_target_study_stops_at_the_target_and_compares_the_tuned_lr(local_ray, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from largebatch.tune.driver import run_study
-
-    path = tmp_path / "it-target.yaml"
-    path.write_text(yaml.safe_dump(_raw()))
-    report = run_study(load_study(path), source=str(path), study_text=path.read_text(),
-                       run_root=str(tmp_path / "runs"), live=False)
+    report, client, runs = run_study_dict(_raw(), tmp_path)
     study = report["study"]
-    client = MlflowClient(study["tracking_uri"])
-    runs = client.search_runs([study["experiment_id"]],
-                              filter_string=f"tags.mlflow.parentRunId = '{study['parent_run_id']}'")
     assert len(runs) == 5  # the baseline + 2 batches x 2 LRs
     (base,) = [r for r in runs if r.data.params["arm"] == "baseline"]
     assert len(client.get_metric_history(base.info.run_id, "val_acc")) == 3  # its own budget, never stopped
@@ -95,13 +83,9 @@ def test_time_to_target_study_stops_at_the_target_and_compares_the_tuned_lr(loca
     # --extend with a new batch size: no baseline runs, the finished one sets the target, the new trials stop at it
     raw = _raw()
     raw["search"]["data.global_batch_size"] = {"grid": [64, 128, 256]}
-    path.write_text(yaml.safe_dump(raw))
     before = {r.info.run_id for r in runs}
-    extended = run_study(load_study(path), source=str(path), study_text=path.read_text(),
-                         run_root=str(tmp_path / "runs"), live=False, extend=True)
+    extended, _, after = run_study_dict(raw, tmp_path, extend=True)
     assert extended["study"]["parent_run_id"] == study["parent_run_id"]
-    new = [r for r in client.search_runs([study["experiment_id"]],
-                                         filter_string=f"tags.mlflow.parentRunId = '{study['parent_run_id']}'")
-           if r.info.run_id not in before]
+    new = [r for r in after if r.info.run_id not in before]
     assert {int(r.data.params["data.global_batch_size"]) for r in new} == {64} and len(new) == 2
     _check_stops(client, new, target)

@@ -1,4 +1,5 @@
-"""Broken task factories for the CLI's bad-input table (imported by name from a study's task.name)."""
+"""Broken task factories for the CLI's bad-input table (imported by name from a study's task.name), and a
+Dataset whose items name themselves."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +32,16 @@ class _Lists(Dataset):
 def list_items() -> Task:
     return Task(data=lambda cfg: TaskData(train=_Lists(), eval=_Lists()), model=lambda cfg, d: torch.nn.Linear(2, 1),
                 loss=torch.nn.functional.mse_loss)
+
+
+class Indexed(Dataset):
+    """Item i is (x=[i, i], y=i): a batch or a split shows which examples it holds."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i), float(i)]), torch.tensor(i)

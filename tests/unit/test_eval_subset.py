@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch.utils.data import Dataset
 
 from largebatch.config import flatten, load_study, parse_trial, resolve
 from largebatch.errors import BadInput
@@ -18,22 +17,10 @@ from largebatch.tasks import Metric, Task, TaskData, build_data, cached_data, lo
 from largebatch.tasks.build import cache_key, clear_cache
 from largebatch.tracking import safe_params
 from largebatch.train.loop import WorkerContext, train_worker
+from task_fixtures import Indexed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = REPO_ROOT / "tune_spaces" / "digits-smoke.yaml"
-
-
-class Numbered(Dataset):
-    """Item i is (x=[i, i], y=i): a split shows which examples it holds."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        return torch.tensor([float(i), float(i)]), torch.tensor(i)
 
 
 def _task(eval_split, **over) -> Task:
@@ -57,7 +44,7 @@ def _cfg(**data) -> object:
     return parse_trial({"seed": seed, "data": data})
 
 
-@pytest.mark.parametrize("make", [_tensor_eval, Numbered], ids=["tensors", "dataset"])
+@pytest.mark.parametrize("make", [_tensor_eval, Indexed], ids=["tensors", "dataset"])
 def test_the_subset_is_the_first_n_of_one_fixed_permutation_whatever_the_seed(make):
     task = _task(make(200))
     a = _held(build_data(task, _cfg(eval_subset=30, seed=0)).eval)
@@ -72,7 +59,7 @@ def test_the_subset_is_the_first_n_of_one_fixed_permutation_whatever_the_seed(ma
 
 
 def test_the_training_split_is_untouched_and_train_subset_still_follows_the_seed():
-    task = Task(data=lambda cfg: TaskData(train=Numbered(100), eval=Numbered(50)),
+    task = Task(data=lambda cfg: TaskData(train=Indexed(100), eval=Indexed(50)),
                 model=lambda cfg, d: torch.nn.Linear(2, 1), loss=torch.nn.functional.mse_loss)
     d = build_data(task, _cfg(eval_subset=10))
     assert len(d.train) == 100 and len(d.eval) == 10

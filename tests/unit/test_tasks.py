@@ -17,21 +17,9 @@ from largebatch.data.feed import LoaderFeed, TensorFeed
 from largebatch.errors import BadInput
 from largebatch.tasks import Metric, Task, TaskData, build_data, load_task
 from largebatch.train.loop import WorkerContext, train_worker
+from task_fixtures import Indexed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class Indexed(Dataset):
-    """Item i is (x=[i, i], y=i): a batch shows which examples it holds."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        return torch.tensor([float(i), float(i)]), torch.tensor(i)
 
 
 def _global_batches(feed, perm, B, world, accum):
