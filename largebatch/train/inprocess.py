@@ -68,8 +68,7 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
                 logger.set_tags({"node_ids": ray.get_runtime_context().get_node_id(), "num_nodes": 1,
                                  "trial_runner": "in_process", "device": str(device)})
             print(f"[largebatch] in-process trial: 1 worker on {device}, batch {res.per_worker_batch} x "
-                  f"{res.grad_accum_steps} "
-                  f"accum, peak lr {res.peak_lr:.4g}", flush=True)
+                  f"{res.grad_accum_steps} accum, peak lr {res.peak_lr:.4g}", flush=True)
             ctx = WorkerContext(rank=0, world=1, device=device, restore_dir=restore_dir, report=report,
                                 t_submit=spec.t_submit)
             final = dict(train_worker(res, ctx, data, task))

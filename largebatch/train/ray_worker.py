@@ -17,6 +17,7 @@ from largebatch.train.spec import TrialSpec
 
 def train_func(config: dict[str, Any]) -> None:
     import ray.train
+    import torch.distributed as dist
 
     from largebatch.tasks import build_data, task_of
     from largebatch.train.loop import HISTORY_FILE, WorkerContext, train_worker
@@ -63,14 +64,10 @@ def train_func(config: dict[str, Any]) -> None:
         # where the DDP ranks landed (one all_gather at start-up): recorded on the trial's MLflow run
         node_ids = [ray.get_runtime_context().get_node_id()]
         if world > 1:
-            import torch.distributed as dist
-
             gathered: list = [None] * world
             dist.all_gather_object(gathered, node_ids[0])
             node_ids = gathered
         if rank == 0:
-            import torch.distributed as dist
-
             backend = dist.get_backend() if dist.is_initialized() else "none"  # nccl on GPUs, gloo on CPUs
             if logger is not None:
                 logger.set_tags({"node_ids": ",".join(node_ids), "num_nodes": len(set(node_ids)),

@@ -11,13 +11,13 @@ and a class made inside a factory function would not unpickle on --resume.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from largebatch.tune.runtime import is_baseline_sample
 
-def is_baseline(trial: Any) -> bool:
-    return (getattr(trial, "config", None) or {}).get("arm") == "baseline"
+
+def is_baseline(trial) -> bool:
+    return is_baseline_sample(getattr(trial, "config", None))
 
 
 class SearchASHA(ASHAScheduler):

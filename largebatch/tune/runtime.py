@@ -12,6 +12,12 @@ from largebatch.config import apply_overrides, parse_trial, resolve
 from largebatch.train.spec import TrialSpec
 
 
+def is_baseline_sample(config: Any) -> bool:
+    """Whether a Tune sample `{arm, seed, overrides}` is a baseline trial (the scheduler and the stopper leave those
+    to run their whole budget)."""
+    return (config or {}).get("arm") == "baseline"
+
+
 def trial_label(summary: dict[str, Any], arm: str, overrides: dict[str, Any], seed: int, n_seeds: int) -> str:
     """Readable child-run name, e.g. 'B=1024 linear warmup=2ep' (docs/design.md §2.4)."""
     w = summary["warmup_epochs"]

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from largebatch.metrics import SUMMARIES, summary_name
 from largebatch.report.target import meets, target_value
+from largebatch.tune.runtime import is_baseline_sample
 
 
 def per_epoch_metric(metric: str) -> str:
@@ -45,9 +46,8 @@ class TargetStopper(_stopper_base()):
         self.stopped: dict[str, str] = {}  # trial id -> why it was stopped (the MLflow run's reason)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        config = result.get("config") or {}
         value = result.get(self.key)
-        if config.get("arm") == "baseline":
+        if is_baseline_sample(result.get("config")):
             best = result.get(self.summary)
             if result.get("is_final") and isinstance(best, (int, float)) and best == best:
                 self.baseline[trial_id] = float(best)
