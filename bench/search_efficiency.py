@@ -111,7 +111,7 @@ def best(trials: list[dict], search_only: bool = True) -> float:
 
 def run(quick: bool = False) -> dict[str, Any]:
     sets = QUICK_SETS if quick else FULL_SETS
-    got = common.run_child("bench.search_efficiency:child", {"sets": sets, "schedulers": ["fifo", "asha"]},
+    got = common.run_child("bench.search_efficiency:child", {"sets": sets, "schedulers": ["fifo", "sha", "asha"]},
                            timeout_s=900 if quick else 2400, log_name="search_efficiency")
     return analyse(got, sets)
 
@@ -124,59 +124,76 @@ def cut_short(grid: list[dict], asha: list[dict]) -> int:
                                  or 0))
 
 
+def _stats(grid: dict, other: dict) -> dict[str, Any]:
+    """One early-stopping study against the grid: compute shares (searched trials; with the baseline), best gap."""
+    cg, co = compute(grid["trials"]), compute(other["trials"])
+    sg, so = (compute([t for t in ts if not t["is_baseline"]]) for ts in (grid["trials"], other["trials"]))
+    return {"compute": co, "compute_searched": so, "share": common.ratio(so["trial_s"], sg["trial_s"]),
+            "share_all": common.ratio(co["trial_s"], cg["trial_s"]),
+            "train_share": common.ratio(co["train_s"], cg["train_s"]),
+            "wall_share": common.ratio(other["study_s"], grid["study_s"]),
+            "gap": (best(grid["trials"]) - best(other["trials"])) * 100,
+            "best": best(other["trials"]), "best_incl_baseline": best(other["trials"], False),
+            "stopped_early": sum(t["status"] == "stopped_early" for t in other["trials"]),
+            "cut_short": cut_short(grid["trials"], other["trials"]), "n": len(other["trials"])}
+
+
 def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
-    """The figures, from the child's raw per-trial records (kept in the JSON, so the analysis can be re-run)."""
-    grid, asha = got["studies"]["fifo"], got["studies"]["asha"]
-    cg, ca = compute(grid["trials"]), compute(asha["trials"])
-    sg, sa = (compute([t for t in ts if not t["is_baseline"]]) for ts in (grid["trials"], asha["trials"]))
-    share = common.ratio(sa["trial_s"], sg["trial_s"])
-    share_all = common.ratio(ca["trial_s"], cg["trial_s"])
-    gap = (best(grid["trials"]) - best(asha["trials"])) * 100
-    stopped = sum(t["status"] == "stopped_early" for t in asha["trials"])
-    n_cut = cut_short(grid["trials"], asha["trials"])
-    every = grid["trials"] + asha["trials"]
+    """The figures, from the child's raw per-trial records (kept in the JSON, so the analysis can be re-run).
+    The goal rows are successive halving's (tuner.scheduler: sha, tune/sha.py: order-free); ASHA's are contrast
+    rows (asynchronous: what it costs depends on the trial order)."""
+    studies = got["studies"]
+    grid = studies["fifo"]
+    cg = compute(grid["trials"])
+    st = {k: _stats(grid, studies[k]) for k in ("sha", "asha") if k in studies}
+    every = [t for s in studies.values() for t in s["trials"]]
     in_process = sum(t.get("trial_runner") == "in_process" for t in every)
-    summary = [
-        common.figure("ASHA trial-seconds / grid trial-seconds (start-up + training), searched trials", share,
-                      unit="", goal=f"<= {GOAL_SHARE:.2f}", met=share <= GOAL_SHARE, key="asha_vs_grid"),
-        common.figure("same, the baseline counted too (trained alike by both)", share_all, unit=""),
-        common.figure("grid best val_acc - ASHA best val_acc", gap, unit=" points",
-                      goal=f"<= {TOLERANCE_POINTS}", met=gap <= TOLERANCE_POINTS, key="asha_gap"),
+    summary = []
+    for k, label in (("sha", "successive halving (sha)"), ("asha", "ASHA")):
+        if k not in st:
+            continue
+        x, goal = st[k], k == "sha"
+        summary += [
+            common.figure(f"{label} trial-seconds / grid trial-seconds (start-up + training), searched trials",
+                          x["share"], unit="", goal=f"<= {GOAL_SHARE:.2f}" if goal else "",
+                          met=x["share"] <= GOAL_SHARE if goal else None, key="asha_vs_grid" if goal else None),
+            common.figure(f"  {label}: same, the baseline counted too (trained alike by both)", x["share_all"], unit=""),
+            common.figure(f"  {label}: grid best val_acc - its best val_acc", x["gap"], unit=" points",
+                          goal=f"<= {TOLERANCE_POINTS}" if goal else "",
+                          met=x["gap"] <= TOLERANCE_POINTS if goal else None, key="asha_gap" if goal else None),
+            common.figure(f"  {label} / grid, training seconds only (start-up excluded)", x["train_share"] * 100,
+                          unit="%"),
+            common.figure(f"  {label} / grid, study wall-clock", x["wall_share"] * 100, unit="%"),
+            common.figure(f"  {label}: trials cut short / trials", common.ratio(x["cut_short"], x["n"]), unit="",
+                          shown=f"{x['cut_short']} / {x['n']}"),
+        ]
+    summary += [
         common.figure("trials trained in Tune's trial process (tuner.in_process)", common.ratio(in_process, len(every)),
                       shown=f"{in_process} / {len(every)}"),
-        common.figure("median trial start-up, grid / ASHA", common.median(t["startup_s"] for t in grid["trials"]),
-                      unit=" s", shown=f"{common.median(t['startup_s'] for t in grid['trials']):.2f} s / "
-                                       f"{common.median(t['startup_s'] for t in asha['trials']):.2f} s"),
-        common.figure("ASHA / grid, training seconds only (start-up excluded)",
-                      common.ratio(ca["train_s"], cg["train_s"]) * 100, unit="%"),
-        common.figure("ASHA / grid, study wall-clock", common.ratio(asha["study_s"], grid["study_s"]) * 100, unit="%"),
-        common.figure("start-up share of trial-seconds, grid / ASHA", common.ratio(cg["startup_s"], cg["trial_s"]) * 100,
-                      unit="%", shown=f"{common.ratio(cg['startup_s'], cg['trial_s']):.0%} / "
-                                      f"{common.ratio(ca['startup_s'], ca['trial_s']):.0%}"),
-        common.figure("trials ASHA cut short / trials", common.ratio(n_cut, len(asha["trials"])), unit="",
-                      shown=f"{n_cut} / {len(asha['trials'])}"),
+        common.figure("median trial start-up, grid", common.median(t["startup_s"] for t in grid["trials"]), unit=" s"),
+        common.figure("start-up share of the grid's trial-seconds", common.ratio(cg["startup_s"], cg["trial_s"]) * 100,
+                      unit="%"),
     ]
     return {
         "settings": {"study": str(common.STUDY_FILE.relative_to(common.REPO_ROOT)), "sets": sets,
-                     "asha": f"grace period {asha.get('asha_grace_epochs')} epochs (tuner.grace_period_epochs 1 raised past the "
-                             f"searched warmups), reduction_factor 3 (the study's tuner default)",
+                     "early_stopping": f"grace period {grid.get('asha_grace_epochs')} epochs (tuner.grace_period_epochs 1 "
+                                       f"raised past the searched warmups), reduction_factor 3 (the study's tuner "
+                                       f"default), for both sha and asha",
                      "compute": "sum over trials of startup_s + wall_s, from MLflow"},
-        "compute": {"grid": cg, "asha": ca},
-        "compute_searched": {"grid": sg, "asha": sa},
-        "compute_share": share,
-        "compute_share_with_baseline": share_all,
-        "best_val_acc": {"grid": best(grid["trials"]), "asha": best(asha["trials"]),
-                         "grid_incl_baseline": best(grid["trials"], False),
-                         "asha_incl_baseline": best(asha["trials"], False)},
-        "gap_points": gap,
-        "asha_stopped_early": stopped,  # as recorded: includes trials Tune stopped at max_t after their last epoch
-        "asha_cut_short": n_cut,
+        "compute": {"grid": cg, **{k: v["compute"] for k, v in st.items()}},
+        "compute_searched": {"grid": compute([t for t in grid["trials"] if not t["is_baseline"]]),
+                             **{k: v["compute_searched"] for k, v in st.items()}},
+        "compute_share": {k: v["share"] for k, v in st.items()},
+        "compute_share_with_baseline": {k: v["share_all"] for k, v in st.items()},
+        "best_val_acc": {"grid": best(grid["trials"]), "grid_incl_baseline": best(grid["trials"], False),
+                         **{k: v["best"] for k, v in st.items()}},
+        "gap_points": {k: v["gap"] for k, v in st.items()},
+        "stopped_early": {k: v["stopped_early"] for k, v in st.items()},  # as recorded
+        "cut_short": {k: v["cut_short"] for k, v in st.items()},
         "in_process_trials": in_process,
         "trials": len(every),
-        "startup_share_of_compute": {"grid": common.ratio(cg["startup_s"], cg["trial_s"]),
-                                     "asha": common.ratio(ca["startup_s"], ca["trial_s"])},
         "ray": got["ray"],
-        "studies": got["studies"],
+        "studies": studies,
         "resources_timeline": got.get("resources_timeline"),
         "summary": summary,
     }

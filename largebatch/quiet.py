@@ -27,8 +27,12 @@ Where each line came from, and the switch that turns it off (Ray 2.60, MLflow 3.
   trial has saved `num_to_keep` checkpoints since the last snapshot, and short in-process trials checkpoint often;
   the snapshot is cheap on local disk, the advice is not for the user (TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_
   SYNC_THRESHOLD_S=0).
+- Tune's "Remote file not found: .../result.json" each time a trial paused at a rung (tuner.scheduler: sha) resumes:
+  Tune's result-file loggers look for their earlier files in storage, where they were never uploaded; the trial's
+  results are in MLflow and its checkpoint in storage, so nothing is lost (the "ray.tune.logger.logger" logger at
+  ERROR).
 
-Warnings and errors still show: every level above stays at WARNING, except the two duplicates named above.
+Warnings and errors still show: every level above stays at WARNING, except the duplicates and the notice named above.
 `--verbose` leaves Ray's and MLflow's defaults untouched. A variable the user set himself is never overridden.
 """
 from __future__ import annotations
@@ -44,6 +48,7 @@ VERBOSE_ENV = "LARGEBATCH_VERBOSE"
 DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
               "TUNE_WARN_THRESHOLD_S": "10", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # read by the processes of our own local head (trial drivers, Train controllers and workers)
+TUNE_RESULT_FILES_LOGGER = "ray.tune.logger.logger"  # "Remote file not found" on resuming a paused trial
 LOCAL_HEAD_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
@@ -54,10 +59,12 @@ def configure(verbose: bool) -> None:
     if verbose:
         # Ray processes of the local head inherit it: the trial's Train controller and workers follow suit
         os.environ[VERBOSE_ENV] = "1"
+        logging.getLogger(TUNE_RESULT_FILES_LOGGER).setLevel(logging.NOTSET)
         return
     os.environ.pop(VERBOSE_ENV, None)
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)
+    logging.getLogger(TUNE_RESULT_FILES_LOGGER).setLevel(logging.ERROR)
     if "mlflow" in sys.modules:  # imported already: its logger read the variable too early
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
 

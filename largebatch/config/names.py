@@ -62,3 +62,11 @@ def check_tuner_names(tuner: TunerConfig, source: str) -> None:
     for field, value, registry in [("searcher", tuner.searcher, SEARCHERS), ("scheduler", tuner.scheduler, SCHEDULERS)]:
         if value not in registry:
             raise BadInput(unknown_choice(field, value, registry.names()), source=source, field=f"tuner.{field}")
+    if tuner.scheduler == "sha" and (tuner.workers_per_trial != 1 or not tuner.in_process):
+        raise BadInput(SHA_NEEDS_IN_PROCESS + f"; got workers_per_trial {tuner.workers_per_trial}, in_process "
+                       f"{str(tuner.in_process).lower()}", source=source, field="tuner.scheduler")
+
+
+SHA_NEEDS_IN_PROCESS = ("'sha' pauses trials at its rungs and resumes them from there, which only trials trained in "
+                        "Tune's own process do (tuner.workers_per_trial 1, tuner.in_process true); use 'asha' for "
+                        "multi-worker trials")

@@ -105,6 +105,9 @@ class CheckpointConfig(_Strict):
     every_epochs: Optional[int] = Field(None, gt=0)
     every_s: Optional[float] = Field(60.0, gt=0, allow_inf_nan=False)
     num_to_keep: int = Field(2, gt=0)
+    # also after these epochs (1-based): tuner.scheduler sha sets its rungs here, so a trial paused at a rung
+    # resumes from that epoch
+    at_epochs: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list, max_length=64)
 
 
 class InstrumentsConfig(_Strict):
@@ -147,8 +150,8 @@ class TunerConfig(_Strict):
     mode: Optional[Literal["max", "min"]] = None  # None: the metric's own direction
     searcher: str = "grid"
     scheduler: str = "fifo"
-    grace_period_epochs: int = Field(1, gt=0)  # asha
-    reduction_factor: float = Field(3.0, gt=1.0)  # asha: keep the best 1/3 at each rung (Hyperband's eta = 3)
+    grace_period_epochs: int = Field(1, gt=0)  # asha, sha
+    reduction_factor: float = Field(3.0, gt=1.0)  # asha, sha: keep the best 1/3 at each rung (Hyperband's eta = 3)
     num_samples: int = Field(1, gt=0)  # grid: repeats of the grid; random/optuna: samples
     max_concurrent: Optional[int] = Field(None, gt=0)
     workers_per_trial: int = Field(1, gt=0)

@@ -80,6 +80,6 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
         return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": history,
                 "fit_s": time.time() - t_fit}
     final.setdefault("status", "completed" if history else "failed")
-    final["fit_s"] = time.time() - t_fit
+    final["fit_s"] = time.time() - t_fit + float(final.get("fit_before_s") or 0.0)
     final["history"] = history
     return final

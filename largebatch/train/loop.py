@@ -165,7 +165,8 @@ def apply_update(opt, scaler, model: torch.nn.Module, grad_clip_norm: Optional[f
 
 def checkpoint_due(c, epoch: int, since_last_s: float) -> bool:
     """After epoch `epoch` (0-based): has the checkpoint cadence come round? (The last epoch always saves.)"""
-    return bool((c.every_epochs and (epoch + 1) % c.every_epochs == 0) or (c.every_s and since_last_s >= c.every_s))
+    return bool((c.every_epochs and (epoch + 1) % c.every_epochs == 0) or (c.every_s and since_last_s >= c.every_s)
+                or (epoch + 1) in c.at_epochs)
 
 
 def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData | None = None,
@@ -226,6 +227,9 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
 
     # ---- resume: the checkpoint carries the schedule position; schedules are pure functions of the step
     start_epoch, step, wall_offset, history = 0, 0, 0.0, []
+    # start-up and trial time of the earlier runs of this trial (a restart, or a resume from a pause at a sha rung),
+    # up to their checkpoint: a trial's start-up counts every start
+    startup_before, fit_before = 0.0, 0.0
     target: dict[str, Any] = {}
     if ctx.restore_dir:
         # weights_only: tensors and plain containers only, never arbitrary pickles (storage is untrusted input)
@@ -236,13 +240,15 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
             scaler.load_state_dict(ck["scaler"])
         start_epoch, step, wall_offset = ck["epoch"] + 1, ck["step"], ck["wall_s"]
         history, target = ck.get("history", []), ck.get("target", {})
+        startup_before, fit_before = float(ck.get("startup_s", 0.0)), float(ck.get("fit_s", 0.0))
 
     status, reason, metrics = "completed", None, {}
     lr = float("nan")  # the LR last written to the optimizer
     no_context = contextlib.nullcontext()  # reusable: no context object made per step
     amp = _autocast(device, cfg.precision)
     t0 = t_ckpt = time.time()
-    startup_s = (t0 - ctx.t_submit) if ctx.t_submit else (t0 - t_setup)
+    t_start = ctx.t_submit or t_setup
+    startup_s = startup_before + (t0 - t_start)
 
     for epoch in range(start_epoch, res.epochs):
         # the batch of this epoch's phase (schedule.batch_ramp grows it at milestones; one phase without a ramp)
@@ -327,7 +333,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == "diverged", is_rank0=ctx.is_rank0)
         for h in hooks:  # every rank calls every hook; rank-0-only work (sharpness) comes last, after all collectives
             metrics.update(h.epoch_end(end))
-        metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "is_final": done,
+        metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "fit_before_s": fit_before, "is_final": done,
                    "peak_lr": res.peak_lr, **target}
         if reason:
             metrics["reason"] = reason
@@ -336,7 +342,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
 
         ckpt_dir = None
         if ctx.is_rank0 and (done or checkpoint_due(cfg.checkpoint, epoch, time.time() - t_ckpt)):
-            state = {"epoch": epoch, "step": step, "wall_s": wall_s, "target": target}
+            state = {"epoch": epoch, "step": step, "wall_s": wall_s, "target": target, "startup_s": startup_s,
+                     "fit_s": fit_before + (time.time() - t_start)}
             ckpt_dir = _save_checkpoint(model, opt, scaler, state, history)
             t_ckpt = time.time()
         ctx.report(metrics, ckpt_dir)

@@ -102,7 +102,8 @@ def outcome(result, t_fit: float, left: Optional[dict] = None) -> dict[str, Any]
         final["reason"] = describe(result.error)
         final["traceback"] = format_failure(result.error)
     final.setdefault("status", "failed" if not history else "completed")
-    final["fit_s"] = time.time() - t_fit  # start-up + training + teardown, as the user waits for it
+    final["fit_s"] = time.time() - t_fit + float(final.get("fit_before_s") or 0.0)  # start-up + training + teardown
+    # (+ the earlier runs' up to their checkpoint, when it resumed), as the user waits for it
     final["history"] = history
     return final
 

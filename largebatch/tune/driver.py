@@ -109,6 +109,15 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     study, critical = place_critical(study, source, run_root)  # around_critical -> {grid: [..]}, else unchanged
     searcher, n_trials = create_searcher(study, {} if study.baseline is not None else None)
     scheduler = create_scheduler(study)
+    rungs = getattr(scheduler, "rungs", None)
+    if rungs:  # sha: every trial saves a checkpoint at each rung, where it may pause (tune/sha.py)
+        if not runs_in_process(study):  # a Ray Data task: its trials go through TorchTrainer
+            from largebatch.config.names import SHA_NEEDS_IN_PROCESS
+
+            raise BadInput(SHA_NEEDS_IN_PROCESS + "; a Ray Data task's trials go through Ray Train", source=source,
+                           field="tuner.scheduler")
+        ckpt = base_tree.setdefault("checkpoint", {})
+        ckpt["at_epochs"] = sorted(set(ckpt.get("at_epochs") or []) | set(rungs))
     stopper = create_stopper(study)  # budget.stop_at_target: searched trials end at the baseline's quality
     train_sizes = _train_sizes(study, [base_tree, baseline_tree])
     preflight_storage(storage_path)

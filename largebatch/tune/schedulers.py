@@ -34,6 +34,17 @@ def _asha(study: StudyConfig):
                       reduction_factor=t.reduction_factor, stop_last_trials=False)
 
 
+@SCHEDULERS.register("sha", "successive halving decided on every searched trial at each rung (epochs as for asha): trials "
+                            "pause at a rung until all have reached it, then the best 1/eta go on; order-free")
+def _sha(study: StudyConfig):
+    from largebatch.tune.sha import SearchSHA, rung_epochs
+
+    t = study.tuner
+    grace = asha_grace_epochs(study)
+    max_t = max(int(study.base.budget.epochs), grace)
+    return SearchSHA(rung_epochs(grace, t.reduction_factor, max_t), t.reduction_factor)
+
+
 def asha_grace_epochs(study: StudyConfig) -> int:
     """ASHA's first rung, in epochs: tuner.grace_period_epochs, raised so that it never falls inside a trial's
     warmup. A large batch still warming up is behind by construction; cut there, the search would be biased against

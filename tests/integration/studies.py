@@ -16,6 +16,7 @@ def run_study_dict(raw: dict, tmp_path: Path, **kwargs: Any) -> tuple[dict[str, 
     from largebatch.config import load_study
     from largebatch.tune.driver import run_study
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw))
     report = run_study(load_study(path), source=str(path), study_text=path.read_text(),

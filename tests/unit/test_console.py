@@ -142,7 +142,11 @@ def test_quiet_settings_follow_verbose(monkeypatch):
         assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0" and os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
         assert quiet.ray_init_kwargs()["log_to_driver"] is False and quiet.train_log_level() == "WARNING"
         assert quiet.local_head_env()["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0" and quiet.tune_verbose() == 0
+        import logging
+
+        assert logging.getLogger(quiet.TUNE_RESULT_FILES_LOGGER).getEffectiveLevel() == logging.ERROR
         quiet.configure(True)
+        assert logging.getLogger(quiet.TUNE_RESULT_FILES_LOGGER).getEffectiveLevel() < logging.ERROR
         assert quiet.ray_init_kwargs()["log_to_driver"] is True and quiet.train_log_level() == "INFO"
         assert quiet.local_head_env() == {} and os.environ[quiet.VERBOSE_ENV] == "1"
     finally:

@@ -76,7 +76,7 @@ def test_grid_and_random_points():
 
 def test_registries_list_the_searchers_and_schedulers(capsys):
     assert SEARCHERS.names() == ["grid", "random", "optuna"]
-    assert SCHEDULERS.names() == ["fifo", "asha"]
+    assert SCHEDULERS.names() == ["fifo", "asha", "sha"]
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "searchers:\n  grid" in out and "schedulers:\n  fifo" in out and "  asha" in out
@@ -92,3 +92,18 @@ def test_unknown_searcher_or_scheduler_is_one_line_exit_2(key, value, msg, capsy
     assert main(["validate", str(SMOKE), "--set", f"{key}={value}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{SMOKE}: {msg}" in err
+
+
+@pytest.mark.parametrize("sets, got", [({"tuner.workers_per_trial": 2}, "got workers_per_trial 2, in_process true"),
+                                       ({"tuner.workers_per_trial": 1, "tuner.in_process": False},
+                                        "got workers_per_trial 1, in_process false")])
+def test_sha_needs_in_process_trials_one_line_exit_2(sets, got, capsys):
+    """sha pauses a trial and resumes it from its rung checkpoint: Tune does that for a trial it trains itself, not
+    for one whose Ray Train workers train on after the report."""
+    with pytest.raises(BadInput, match="use 'asha' for multi-worker trials"):
+        load_study(SMOKE, {"tuner.scheduler": "sha", **sets})
+    argv = [a for k, v in sets.items() for a in ("--set", f"{k}={str(v).lower()}")]
+    assert main(["validate", str(SMOKE), "--set", "tuner.scheduler=sha", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tuner.scheduler: 'sha' pauses trials" in err and got in err
+    load_study(SMOKE, {"tuner.scheduler": "sha", "tuner.workers_per_trial": 1})  # 1 worker in the trial's process

@@ -1,0 +1,184 @@
+"""Synchronous successive halving over the searched trials (tuner.scheduler: sha; tune/schedulers.py builds it).
+
+ASHA (tune/asha.py) decides at each rung from the trials that happen to have reached it: the first trials meet
+empty rungs and train to the end whatever their quality, so what it costs depends on the order of the space
+(bench/search_efficiency, 2026-11-30: the six B=256 trials came first and three of them trained all 10 epochs;
+ASHA cost 0.485 of the grid). Here a rung is decided once, on every searched trial: a trial that reaches it
+pauses there (Tune keeps the checkpoint it reported with that epoch) until every other searched trial has
+reached it or ended (diverged, failed) before it; then the best max(1, floor(n / eta)) go on from their rung
+checkpoint and the rest are stopped (stopped_early). Every comparison is between trials that have seen the same
+examples, whatever their batch size, and the result does not depend on the trial order.
+
+Rungs are at grace, grace*eta, ... epochs below the budget (the grace period raised past any searched warmup, as
+for ASHA); the driver makes every trial save a checkpoint at those epochs (checkpoint.at_epochs), so a paused
+trial resumes where it stopped. The baseline never enters a rung and trains to its budget.
+
+A paused trial gives back its slot: the study's ConcurrencyLimiter (the searcher Tune passes us as `search_alg`)
+would otherwise count it as running and never hand out the trials the rung is waiting for.
+A module of its own, importing Ray at the top: Tune pickles the scheduler with the experiment state (--resume).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from largebatch.tune.runtime import is_baseline_sample
+
+
+def _is_baseline(trial) -> bool:
+    return is_baseline_sample(getattr(trial, "config", None))
+
+
+def rung_epochs(grace: int, eta: float, max_t: int) -> list[int]:
+    """The rung milestones in epochs: grace, grace*eta, ... strictly below the budget (the last epoch is the end)."""
+    out, r = [], float(grace)
+    while math.ceil(r) < max_t:
+        if not out or math.ceil(r) > out[-1]:
+            out.append(math.ceil(r))
+        r *= eta
+    return out
+
+
+def keep_count(n: int, eta: float) -> int:
+    """How many of n trials at a rung go on: the best 1/eta, at least one."""
+    return max(1, int(math.floor(n / eta + 1e-9)))
+
+
+class SearchSHA(FIFOScheduler):
+    """Successive halving decided per rung on all searched trials; paused trials wait for the decision."""
+
+    def __init__(self, rungs: list[int], reduction_factor: float, metric: Optional[str] = None,
+                 mode: Optional[str] = None):
+        super().__init__()
+        self.rungs = sorted(int(r) for r in rungs)
+        self.eta = float(reduction_factor)
+        self._metric, self._mode = metric, mode
+        self.records: dict[int, dict[str, float]] = {r: {} for r in self.rungs}  # rung -> trial id -> score
+        self.promoted: dict[int, list[str]] = {}  # decided rungs -> the trial ids that go on
+        self.waiting: dict[str, int] = {}  # trial id -> the rung it is paused at, undecided
+        self.to_unpause: set[str] = set()
+        self.ended: set[str] = set()  # trials that ended, or that we stopped
+
+    # ---- Tune's scheduler interface
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec) -> bool:
+        if metric and not self._metric:
+            self._metric = metric
+        if mode and not self._mode:
+            self._mode = mode
+        return True
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if _is_baseline(trial):
+            return TrialScheduler.CONTINUE
+        self.to_unpause.discard(trial.trial_id)
+        t = result.get("training_iteration")
+        if t is None or result.get("is_final"):
+            # its last report (a divergence, the target reached): it ends here and takes no place at the rung
+            return TrialScheduler.CONTINUE
+        reached = [r for r in self.rungs if r <= t]
+        for r in reached:
+            self.records[r].setdefault(trial.trial_id, self._score(result))
+        if not reached:
+            return TrialScheduler.CONTINUE
+        rung = reached[-1]
+        if rung not in self.promoted and not self._decide(tune_controller, rung, current=trial.trial_id):
+            self.waiting[trial.trial_id] = rung
+            self._slot(tune_controller, trial.trial_id, release=True)
+            return TrialScheduler.PAUSE
+        if trial.trial_id in self.promoted[rung]:
+            return TrialScheduler.CONTINUE
+        self.ended.add(trial.trial_id)
+        return TrialScheduler.STOP
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self.ended.add(trial.trial_id)
+        self.waiting.pop(trial.trial_id, None)
+        self.to_unpause.discard(trial.trial_id)
+        for r in self.rungs:  # its end may be what a rung was waiting for
+            if r not in self.promoted:
+                self._decide(tune_controller, r, current=None)
+
+    def choose_trial_to_run(self, tune_controller) -> Optional[Trial]:
+        trials = tune_controller.get_trials()
+        for tid in self.waiting:  # after --resume the limiter comes back from its own state: give the slots back again
+            self._slot(tune_controller, tid, release=True)
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                return trial
+        for trial in trials:
+            if trial.status == Trial.PAUSED and trial.trial_id in self.to_unpause:
+                return trial
+        return None
+
+    def debug_string(self) -> str:
+        decided = ", ".join(f"epoch {r}: {len(self.promoted[r])} of {len(self.records[r])} go on"
+                            for r in self.rungs if r in self.promoted)
+        return f"Successive halving at epochs {self.rungs} (eta {self.eta:g}); {decided or 'no rung decided yet'}"
+
+    # ---- the decision
+    def _score(self, result: dict) -> float:
+        v = result.get(self._metric) if self._metric else None
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return -math.inf
+        if math.isnan(v):
+            return -math.inf
+        return -v if self._mode == "min" else v
+
+    def _decide(self, tune_controller, rung: int, current: Optional[str]) -> bool:
+        """Decide `rung` if every searched trial has reached it or ended; returns whether it is decided."""
+        if rung in self.promoted:
+            return True
+        search_alg = getattr(tune_controller, "search_alg", None)
+        if search_alg is not None and not search_alg.is_finished():
+            return False  # trials still to be created will reach this rung too
+        recorded = self.records[rung]
+        for trial in tune_controller.get_trials():
+            if _is_baseline(trial) or trial.trial_id in recorded or trial.trial_id in self.ended:
+                continue
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                continue  # ended before this rung (diverged, failed, stopped at an earlier one)
+            return False
+        if not recorded:
+            return False
+        ranked = sorted(recorded, key=lambda tid: recorded[tid], reverse=True)
+        self.promoted[rung] = ranked[:keep_count(len(ranked), self.eta)]
+        go_on = set(self.promoted[rung])
+        by_id = {t.trial_id: t for t in tune_controller.get_trials()}
+        for tid, r in list(self.waiting.items()):
+            if r != rung or tid == current:
+                continue
+            del self.waiting[tid]
+            self._slot(tune_controller, tid, release=False)  # counted again, so its end reaches the searcher
+            trial = by_id.get(tid)
+            if tid in go_on:
+                self.to_unpause.add(tid)
+            else:
+                self.ended.add(tid)
+                if trial is not None and trial.status not in (Trial.TERMINATED, Trial.ERROR):
+                    tune_controller.stop_trial(trial)
+        if current is not None:
+            self.waiting.pop(current, None)
+        return True
+
+    @staticmethod
+    def _slot(tune_controller, trial_id: str, release: bool) -> None:
+        """Give a paused trial's place in the ConcurrencyLimiter back (release) or take it again."""
+        limiter: Any = getattr(getattr(tune_controller, "search_alg", None), "searcher", None)
+        live = getattr(limiter, "live_trials", None)
+        if not isinstance(live, set):
+            return
+        if release:
+            live.discard(trial_id)
+        else:
+            live.add(trial_id)
