@@ -61,6 +61,7 @@ class SearchSHA(FIFOScheduler):
         self.waiting: dict[str, int] = {}  # trial id -> the rung it is paused at, undecided
         self.to_unpause: set[str] = set()
         self.ended: set[str] = set()  # trials that ended, or that we stopped
+        self.stop_when_paused: set[str] = set()  # cut at a rung, paused to hand their process over
 
     # ---- Tune's scheduler interface
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec) -> bool:
@@ -91,6 +92,13 @@ class SearchSHA(FIFOScheduler):
         if trial.trial_id in self.promoted[rung]:
             return TrialScheduler.CONTINUE
         self.ended.add(trial.trial_id)
+        if self.to_unpause:
+            # Paused, not stopped: Tune would end its process at once (no new trial is queued once the search is
+            # over), and the trial resuming next would pay a new process (imports, data: seconds). Paused, the
+            # process stays up while Tune saves, the resuming trial is queued meanwhile and takes it over; the
+            # trial is then stopped from its paused state (choose_trial_to_run).
+            self.stop_when_paused.add(trial.trial_id)
+            return TrialScheduler.PAUSE
         return TrialScheduler.STOP
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
@@ -103,6 +111,7 @@ class SearchSHA(FIFOScheduler):
         self.ended.add(trial.trial_id)
         self.waiting.pop(trial.trial_id, None)
         self.to_unpause.discard(trial.trial_id)
+        self.stop_when_paused.discard(trial.trial_id)
         for r in self.rungs:  # its end may be what a rung was waiting for
             if r not in self.promoted:
                 self._decide(tune_controller, r, current=None)
@@ -111,6 +120,12 @@ class SearchSHA(FIFOScheduler):
         trials = tune_controller.get_trials()
         for tid in self.waiting:  # after --resume the limiter comes back from its own state: give the slots back again
             self._slot(tune_controller, tid, release=True)
+        for trial in trials:
+            if trial.trial_id in self.stop_when_paused and trial.status in (Trial.PAUSED, Trial.TERMINATED,
+                                                                             Trial.ERROR):
+                self.stop_when_paused.discard(trial.trial_id)
+                if trial.status == Trial.PAUSED:
+                    tune_controller.stop_trial(trial)
         for trial in trials:
             if trial.status == Trial.PENDING:
                 return trial

@@ -127,9 +127,11 @@ def test_a_trial_waits_at_the_rung_and_the_baseline_never_does():
     a.status = TuneTrial.PAUSED
     b = ctl.add(sched, Trial("b", {"arm": "search"}))
     b.status = TuneTrial.RUNNING
-    assert sched.on_trial_result(ctl, b, {"training_iteration": 1, "val_acc": 0.5}) == TrialScheduler.STOP
-    b.status = TuneTrial.TERMINATED
+    # cut, but paused rather than stopped: its process stays up until `a` is queued to take it over
+    assert sched.on_trial_result(ctl, b, {"training_iteration": 1, "val_acc": 0.5}) == TrialScheduler.PAUSE
+    b.status = TuneTrial.PAUSED
     assert sched.choose_trial_to_run(ctl) is a  # promoted, resumed from its rung checkpoint
+    assert ctl.stopped == ["b"] and b.status == TuneTrial.TERMINATED  # and then `b` is stopped
     assert "a" in ctl.search_alg.searcher.live_trials
     assert sched.promoted[1] == ["a"] and 0.99 not in sched.records[1].values()
 
