@@ -1,17 +1,18 @@
-"""Search efficiency (docs/design.md §9): an ASHA study vs the exhaustive grid (FIFO) on the same space.
+"""Search efficiency (docs/design.md §9): successive halving (sha) and ASHA vs the exhaustive grid (FIFO), same space.
 
 The space is tune_spaces/fashion-mnist.yaml's (3 batches x 3 rules x 2 warmups + the baseline), reduced to
-20000 training examples; 10 epochs, the study's own budget (with 4, a first rung past the 2-epoch warmups left ASHA
-one cut at half the budget, so it could not cost less than about half the grid). Both run through `run_study`
-(the `largebatch tune` path: Tune, Train, MLflow) in one child process with its own Ray and MLflow, one after
-the other. The study's tuner defaults apply, so its 1-worker trials run in Tune's trial process
-(`tuner.in_process: true`, train/inprocess.py): each trial's MLflow run carries the tag `trial_runner` and the
-JSON counts how many trials had it (`in_process_trials`), with each trial's `startup_s` and `wall_s`.
+20000 training examples; 10 epochs, the study's own budget. The three studies run through `run_study` (the
+`largebatch tune` path: Tune, MLflow) in one child process with its own Ray and MLflow, one after the other. The
+study's tuner defaults apply, so its 1-worker trials run in Tune's trial process (`tuner.in_process: true`,
+train/inprocess.py): each trial's MLflow run carries the tag `trial_runner` and the JSON counts how many trials had
+it (`in_process_trials`), with each trial's `startup_s` and `wall_s`.
 Compute is trial-seconds: the sum over trials of start-up + training wall-clock (`startup_s` + `wall_s`, read back
-from MLflow; an ASHA-stopped trial counts up to its last report). ASHA's first rung is raised past the searched
-warmups (tune/schedulers.py `asha_grace_epochs`: 2 epochs here). Goal (issue #14): ASHA's compute over the searched space <= 40% of the
-grid's, with its best val_acc within 0.3 points of the grid's best. The baseline is left out of both (it is no point
-of the space, and both studies train it alike, to the end); the share with the baseline counted is a contrast row.
+from MLflow, summed over a paused trial's resumes; a stopped trial counts up to its last report). The first rung is
+raised past the searched warmups (tune/schedulers.py `asha_grace_epochs`: 2 epochs here) for both. Goal (issue
+#14): the early-stopping search's compute over the searched space <= 40% of the grid's, with its best val_acc within
+0.3 points of the grid's best; the goal rows are sha's (order-free), ASHA's are contrast rows (its cost depends on
+the trial order). The baseline is left out (it is no point of the space, and all studies train it alike, to the
+end); the share with the baseline counted is a contrast row.
 """
 from __future__ import annotations
 

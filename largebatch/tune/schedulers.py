@@ -23,15 +23,13 @@ def _fifo(study: StudyConfig):
 def _asha(study: StudyConfig):
     from largebatch.tune.asha import SearchASHA
 
-    t = study.tuner
-    grace = asha_grace_epochs(study)
-    max_t = max(int(study.base.budget.epochs), grace)
+    grace, max_t = _rung_range(study)
     # stop_last_trials=False: a trial reaching max_t ends by itself, so it logs its final status and fit_s
     # (with the default, Tune kills it at its last epoch and it would be recorded stopped_early)
     # one report per epoch: a rung is a number of passes over the data, the same examples for every batch size
     # the baseline stays out of the rungs (tune/asha.py): searched trials are compared with each other only
     return SearchASHA(time_attr="training_iteration", grace_period=grace, max_t=max_t,
-                      reduction_factor=t.reduction_factor, stop_last_trials=False)
+                      reduction_factor=study.tuner.reduction_factor, stop_last_trials=False)
 
 
 @SCHEDULERS.register("sha", "successive halving decided on every searched trial at each rung (epochs as for asha): trials "
@@ -39,10 +37,14 @@ def _asha(study: StudyConfig):
 def _sha(study: StudyConfig):
     from largebatch.tune.sha import SearchSHA, rung_epochs
 
-    t = study.tuner
+    grace, max_t = _rung_range(study)
+    return SearchSHA(rung_epochs(grace, study.tuner.reduction_factor, max_t), study.tuner.reduction_factor)
+
+
+def _rung_range(study: StudyConfig) -> tuple[int, int]:
+    """(first rung, budget) in epochs, for asha and sha alike."""
     grace = asha_grace_epochs(study)
-    max_t = max(int(study.base.budget.epochs), grace)
-    return SearchSHA(rung_epochs(grace, t.reduction_factor, max_t), t.reduction_factor)
+    return grace, max(int(study.base.budget.epochs), grace)
 
 
 def asha_grace_epochs(study: StudyConfig) -> int:
