@@ -235,7 +235,9 @@ def _epoch_metrics(metrics: dict[str, Any], ts: int):
     from mlflow.entities import Metric
 
     epoch = int(metrics["epoch"])
-    return [Metric(k, v, ts, epoch) for k, v in numeric(metrics).items() if k not in ("epoch", "is_final")]
+    # fit_before_s: the earlier runs' trial time, for the final fit_s (train/loop.py), not a series of its own
+    return [Metric(k, v, ts, epoch) for k, v in numeric(metrics).items()
+            if k not in ("epoch", "is_final", "fit_before_s")]
 
 
 def _logged_epochs(client, run_id: str) -> set[int]:

@@ -333,8 +333,8 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == "diverged", is_rank0=ctx.is_rank0)
         for h in hooks:  # every rank calls every hook; rank-0-only work (sharpness) comes last, after all collectives
             metrics.update(h.epoch_end(end))
-        metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "fit_before_s": fit_before, "is_final": done,
-                   "peak_lr": res.peak_lr, **target}
+        metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "fit_before_s": fit_before,
+                   "is_final": done, "peak_lr": res.peak_lr, **target}
         if reason:
             metrics["reason"] = reason
         if ctx.is_rank0:

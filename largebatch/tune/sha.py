@@ -15,7 +15,8 @@ trial resumes where it stopped. The baseline never enters a rung and trains to i
 
 A paused trial gives back its slot: the study's ConcurrencyLimiter (the searcher Tune passes us as `search_alg`)
 would otherwise count it as running and never hand out the trials the rung is waiting for.
-A module of its own, importing Ray at the top: Tune pickles the scheduler with the experiment state (--resume).
+A module of its own, importing Ray at the top: Tune pickles the scheduler into the run folder's tuner.pkl when
+the study starts, and --resume unpickles it there (in that initial state: Tune saves no scheduler state later).
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ class SearchSHA(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller) -> Optional[Trial]:
         trials = tune_controller.get_trials()
-        for tid in self.waiting:  # after --resume the limiter comes back from its own state: give the slots back again
+        for tid in self.waiting:  # idempotent: a slot the limiter took back (its own restored state) is freed again
             self._slot(tune_controller, tid, release=True)
         for trial in trials:
             if trial.trial_id in self.stop_when_paused and trial.status in (Trial.PAUSED, Trial.TERMINATED,
