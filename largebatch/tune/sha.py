@@ -26,11 +26,7 @@ from typing import Any, Optional
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from largebatch.tune.runtime import is_baseline_sample
-
-
-def _is_baseline(trial) -> bool:
-    return is_baseline_sample(getattr(trial, "config", None))
+from largebatch.tune.asha import is_baseline
 
 
 def rung_epochs(grace: int, eta: float, max_t: int) -> list[int]:
@@ -73,7 +69,7 @@ class SearchSHA(FIFOScheduler):
         return True
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if _is_baseline(trial):
+        if is_baseline(trial):
             return TrialScheduler.CONTINUE
         self.to_unpause.discard(trial.trial_id)
         t = result.get("training_iteration")
@@ -159,8 +155,9 @@ class SearchSHA(FIFOScheduler):
         if search_alg is not None and not search_alg.is_finished():
             return False  # trials still to be created will reach this rung too
         recorded = self.records[rung]
-        for trial in tune_controller.get_trials():
-            if _is_baseline(trial) or trial.trial_id in recorded or trial.trial_id in self.ended:
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if is_baseline(trial) or trial.trial_id in recorded or trial.trial_id in self.ended:
                 continue
             if trial.status in (Trial.TERMINATED, Trial.ERROR):
                 continue  # ended before this rung (diverged, failed, stopped at an earlier one)
@@ -170,7 +167,7 @@ class SearchSHA(FIFOScheduler):
         ranked = sorted(recorded, key=lambda tid: recorded[tid], reverse=True)
         self.promoted[rung] = ranked[:keep_count(len(ranked), self.eta)]
         go_on = set(self.promoted[rung])
-        by_id = {t.trial_id: t for t in tune_controller.get_trials()}
+        by_id = {t.trial_id: t for t in trials}
         for tid, r in list(self.waiting.items()):
             if r != rung or tid == current:
                 continue
@@ -183,8 +180,6 @@ class SearchSHA(FIFOScheduler):
                 self.ended.add(tid)
                 if trial is not None and trial.status not in (Trial.TERMINATED, Trial.ERROR):
                     tune_controller.stop_trial(trial)
-        if current is not None:
-            self.waiting.pop(current, None)
         return True
 
     @staticmethod
