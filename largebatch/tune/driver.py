@@ -185,11 +185,16 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             tuner = tune.Tuner.restore(target["path"], trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
+            search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_conc)
+            if hasattr(scheduler, "holding"):  # sha: trial processes kept between rungs (tune/sha.py HeldSearch)
+                from largebatch.tune.sha import HeldSearch
+
+                search_alg = HeldSearch(search_alg)
             # the ConcurrencyLimiter alone caps concurrency (Tune warns when max_concurrent_trials repeats it);
             # verbose=0 with the old output engine keeps Tune's tables off (largebatch/quiet.py)
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_conc),
+                tune_config=tune.TuneConfig(search_alg=search_alg,
                                             reuse_actors=in_process,  # one process, its data cache, many trials
                                             scheduler=scheduler, num_samples=n_trials, metric=t.metric,
                                             mode=t.mode, time_budget_s=t.time_budget_s),

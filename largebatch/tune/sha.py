@@ -15,6 +15,9 @@ trial resumes where it stopped. The baseline never enters a rung and trains to i
 
 A paused trial gives back its slot: the study's ConcurrencyLimiter (the searcher Tune passes us as `search_alg`)
 would otherwise count it as running and never hand out the trials the rung is waiting for.
+A paused trial's process is kept for the trial that resumes next (HeldSearch): Tune keeps a finished trial's
+process only while its search is open, so once every trial has been created, each pause would end a process and
+each promoted trial would start a new one (imports and data: 3-4 s here).
 A module of its own, importing Ray at the top: Tune pickles the scheduler into the run folder's tuner.pkl when
 the study starts, and --resume unpickles it there (in that initial state: Tune saves no scheduler state later).
 """
@@ -25,6 +28,7 @@ from typing import Any, Optional
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import SearchGenerator
 
 from largebatch.tune.asha import is_baseline
 
@@ -44,6 +48,34 @@ def keep_count(n: int, eta: float) -> int:
     return max(1, int(math.floor(n / eta + 1e-9)))
 
 
+class HeldSearch(SearchGenerator):
+    """Tune's SearchGenerator (around the study's ConcurrencyLimiter) whose search stays open while a scheduler holds
+    trials between rungs (paused, waiting for a decision or to resume).
+
+    Tune's controller keeps the process of a trial that pauses or ends (reuse_actors) only while the search may
+    still create trials (`is_finished()` false), so the next trial takes it over. While a rung is being decided,
+    a trial will need it: the promoted ones resume. Holding the search open keeps one such process (Tune keeps at
+    most one spare when nothing is queued). `all_created()` is the searcher's own answer, which the rung decision
+    needs. The scheduler links itself on each event (`held_by`), so a copy unpickled for --resume holds nothing.
+    """
+
+    held_by: Optional["SearchSHA"] = None
+
+    def all_created(self) -> bool:
+        return super().is_finished()
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and not (self.held_by is not None and self.held_by.holding())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "held_by": None}
+
+
+def all_created(search_alg) -> bool:
+    """Whether the search has handed out every trial it will (HeldSearch or any Tune search algorithm)."""
+    return search_alg.all_created() if isinstance(search_alg, HeldSearch) else search_alg.is_finished()
+
+
 class SearchSHA(FIFOScheduler):
     """Successive halving decided per rung on all searched trials; paused trials wait for the decision."""
 
@@ -60,6 +92,15 @@ class SearchSHA(FIFOScheduler):
         self.ended: set[str] = set()  # trials that ended, or that we stopped
         self.stop_when_paused: set[str] = set()  # cut at a rung, paused to hand their process over
 
+    def holding(self) -> bool:
+        """Trials paused at an undecided rung, promoted and not yet resumed, or cut and not yet stopped."""
+        return bool(self.waiting or self.to_unpause or self.stop_when_paused)
+
+    def _link(self, tune_controller) -> None:
+        search_alg = getattr(tune_controller, "search_alg", None)
+        if isinstance(search_alg, HeldSearch):
+            search_alg.held_by = self
+
     # ---- Tune's scheduler interface
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec) -> bool:
         if metric and not self._metric:
@@ -69,6 +110,7 @@ class SearchSHA(FIFOScheduler):
         return True
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._link(tune_controller)
         if is_baseline(trial):
             return TrialScheduler.CONTINUE
         self.to_unpause.discard(trial.trial_id)
@@ -105,6 +147,7 @@ class SearchSHA(FIFOScheduler):
         self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
+        self._link(tune_controller)
         self.ended.add(trial.trial_id)
         self.waiting.pop(trial.trial_id, None)
         self.to_unpause.discard(trial.trial_id)
@@ -114,7 +157,15 @@ class SearchSHA(FIFOScheduler):
                 self._decide(tune_controller, r, current=None)
 
     def choose_trial_to_run(self, tune_controller) -> Optional[Trial]:
+        self._link(tune_controller)
         trials = tune_controller.get_trials()
+        gone = {t.trial_id for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)}
+        for held in (self.to_unpause, self.stop_when_paused):  # never hold the search open for an ended trial
+            held -= gone
+        for tid in gone & set(self.waiting):
+            del self.waiting[tid]
+        for r in sorted(set(self.waiting.values())):  # the search may have learnt it is over after the last arrival
+            self._decide(tune_controller, r, current=None)
         for tid in self.waiting:  # idempotent: a slot the limiter took back (its own restored state) is freed again
             self._slot(tune_controller, tid, release=True)
         for trial in trials:
@@ -152,7 +203,7 @@ class SearchSHA(FIFOScheduler):
         if rung in self.promoted:
             return True
         search_alg = getattr(tune_controller, "search_alg", None)
-        if search_alg is not None and not search_alg.is_finished():
+        if search_alg is not None and not all_created(search_alg):
             return False  # trials still to be created will reach this rung too
         recorded = self.records[rung]
         trials = tune_controller.get_trials()
@@ -178,7 +229,9 @@ class SearchSHA(FIFOScheduler):
                 self.to_unpause.add(tid)
             else:
                 self.ended.add(tid)
-                if trial is not None and trial.status not in (Trial.TERMINATED, Trial.ERROR):
+                if trial is not None and trial.status == Trial.RUNNING:
+                    self.stop_when_paused.add(tid)  # its pause (the rung checkpoint) is still being saved
+                elif trial is not None and trial.status not in (Trial.TERMINATED, Trial.ERROR):
                     tune_controller.stop_trial(trial)
         return True
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 import pytest
 
 pytest.importorskip("ray.tune")
+from ray import cloudpickle  # noqa: E402  (Tune writes tuner.pkl with it)
 from ray.tune.experiment import Trial as TuneTrial  # noqa: E402
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter, Searcher  # noqa: E402
 
-from largebatch.tune.sha import SearchSHA, keep_count, rung_epochs  # noqa: E402
+from largebatch.tune.sha import HeldSearch, SearchSHA, keep_count, rung_epochs  # noqa: E402
 
 
 @dataclass(eq=False)
@@ -184,3 +186,51 @@ def test_min_mode_nan_is_worst_and_the_state_pickles():
     assert ctl.stopped == ["a"]
     again = pickle.loads(pickle.dumps(sched))  # Tune saves it with the experiment state (--resume)
     assert again.promoted == {1: ["b"]} and again.rungs == [1]
+
+
+def test_a_rung_is_decided_once_the_search_knows_it_is_over():
+    # Tune learns that the search is over on its next ask after the last trial, which may come after that trial
+    # paused at the rung: the decision then comes from choose_trial_to_run (else every trial would wait forever)
+    sched = SearchSHA([1], 2.0, metric="val_acc", mode="max")
+    ctl = Controller(total=3)
+    a, b = (ctl.add(sched, Trial(n, {"arm": "search"})) for n in "ab")
+    a.status = b.status = TuneTrial.RUNNING
+    assert sched.on_trial_result(ctl, a, {"training_iteration": 1, "val_acc": 0.6}) == TrialScheduler.PAUSE
+    assert sched.on_trial_result(ctl, b, {"training_iteration": 1, "val_acc": 0.7}) == TrialScheduler.PAUSE
+    b.status = TuneTrial.PAUSED  # a's rung checkpoint is still being saved: it is RUNNING for Tune
+    assert sched.choose_trial_to_run(ctl) is None and sched.holding()
+    ctl.search_alg.total = 2  # the third trial never comes
+    assert sched.choose_trial_to_run(ctl) is b and sched.promoted[1] == ["b"]
+    assert ctl.stopped == []  # not stopped mid-pause ...
+    a.status = TuneTrial.PAUSED
+    sched.choose_trial_to_run(ctl)
+    assert ctl.stopped == ["a"]  # ... but once paused
+
+
+class FinishedSearcher(Searcher):
+    def suggest(self, trial_id):
+        return Searcher.FINISHED
+
+
+def test_the_search_stays_open_while_trials_wait_between_rungs():
+    """Tune keeps an ended trial's process for the next trial only while the search is open (is_finished false)."""
+    held = HeldSearch(ConcurrencyLimiter(FinishedSearcher(), max_concurrent=2))
+    assert held.create_trial_if_possible({}) is None and held.is_finished() and held.all_created()
+    sched = SearchSHA([1], 2.0, metric="val_acc", mode="max")
+    ctl = Controller(total=2)
+    ctl.search_alg = held
+    a, b = Trial("a", {"arm": "search"}, TuneTrial.RUNNING), Trial("b", {"arm": "search"}, TuneTrial.RUNNING)
+    ctl.trials = [a, b]
+    assert sched.on_trial_result(ctl, a, {"training_iteration": 1, "val_acc": 0.8}) == TrialScheduler.PAUSE
+    assert not held.is_finished() and held.all_created()  # a waits at the rung: its process is kept
+    a.status = TuneTrial.PAUSED
+    assert sched.on_trial_result(ctl, b, {"training_iteration": 1, "val_acc": 0.5}) == TrialScheduler.PAUSE
+    assert not held.is_finished()  # a is promoted, b hands its process over
+    b.status = TuneTrial.PAUSED
+    assert sched.choose_trial_to_run(ctl) is a and ctl.stopped == ["b"]
+    assert not held.is_finished()
+    a.status = TuneTrial.RUNNING
+    assert sched.on_trial_result(ctl, a, {"training_iteration": 2, "val_acc": 0.85}) == TrialScheduler.CONTINUE
+    assert held.is_finished() and not sched.holding()  # nothing waits: Tune may end processes again
+    again = cloudpickle.loads(cloudpickle.dumps(held))  # tuner.pkl: a copy holds nothing until a scheduler links it
+    assert again.held_by is None and again.is_finished()
