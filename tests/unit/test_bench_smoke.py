@@ -156,3 +156,22 @@ def test_gpu_check_dry_runs_every_case_on_the_cpu(tmp_path):
                                  "resnet_bf16", "loop_b256", "charlm_bf16"}
     assert all(c["status"] == "completed" for c in got["cases"].values()), got["cases"]
     assert got["failed"] == [] and all(_positive_finite(v) for v in got["ratios"].values()), got["ratios"]
+
+
+def test_time_to_accuracy_times_the_recipe_of_the_demo_study_in_the_same_results(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT))
+    from bench import run_all
+    from bench.time_to_accuracy import FALLBACK, recommended_overrides
+
+    names = list(run_all.BENCHMARKS)
+    assert names.index("demo_study") < names.index("time_to_accuracy")  # the recipe exists when it runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    got, source = recommended_overrides(empty)
+    assert source != "" and (got == FALLBACK or "report.json" in source)
+    rec = {"global_batch_size": 256, "rule": "sqrt", "warmup_epochs": 0.0, "optimizer": "sgd", "base_lr": 0.01}
+    (tmp_path / "demo_study.json").write_text(json.dumps({"recommended": rec}))
+    got, source = recommended_overrides(tmp_path)
+    assert got == {"data.global_batch_size": 256, "scaling.rule": "sqrt", "schedule.warmup_epochs": 0.0,
+                   "optim.name": "sgd", "optim.base_lr": 0.01}
+    assert "demo_study" in source
