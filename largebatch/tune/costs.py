@@ -1,7 +1,8 @@
 """Where a study's time went: training vs everything else (start-up, evaluation of the driver, waiting).
 
 `training_s` sums the trials' `wall_s` (the loop's own clock: training and evaluation, from its first step to its
-last report); `trial_s` sums `fit_s` (what each trial cost, as the user waits for it: start-up included). With
+last report); `trial_s` sums `fit_s` (what each trial cost, as the user waits for it: start-up included; start-up +
+training for a trial stopped early, which logs no fit_s). With
 `slots` trials at a time, a study that spent its time training would take about training_s / slots. The throughput
 profile (tune/throughput.py) runs before the search, on the study's clock: it is reported apart (`profile_s`) and
 left out of `study_over_ideal`, which compares the search's wall-clock with training_s / slots.
@@ -16,7 +17,15 @@ def study_costs(records: list[dict[str, Any]], study_s: float, slots: int, profi
     def total(key: str) -> float:
         return float(sum(r.get(key) or 0.0 for r in records))
 
-    training, trial, startup = total("wall_s"), total("fit_s"), total("startup_s")
+    def trial_time(r: dict[str, Any]) -> float:
+        # a trial stopped early by the scheduler (asha, sha) ends without its fit_s: what it was seen to cost,
+        # start-up and training, so that the share and the line stay true (start-up never exceeds trial time)
+        if r.get("fit_s") is not None:
+            return float(r["fit_s"])
+        return float(r.get("startup_s") or 0.0) + float(r.get("wall_s") or 0.0)
+
+    training, startup = total("wall_s"), total("startup_s")
+    trial = float(sum(trial_time(r) for r in records))
     ideal = training / max(1, slots)
     return {"training_s": training, "trial_s": trial, "startup_s": startup,
             "training_share": training / trial if trial > 0 else 0.0,

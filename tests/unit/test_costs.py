@@ -22,3 +22,11 @@ def test_the_throughput_profile_is_reported_apart_from_the_search():
     c = study_costs(records, study_s=10.0, slots=2, profile_s=2.0)
     assert c["study_over_ideal"] == 8.0 / 4.0 and c["profile_s"] == 2.0 and c["slots"] == 2
     assert "(throughput profile 2 s)" in costs_line(c, 10.0)
+
+
+def test_a_trial_stopped_early_counts_its_start_up_and_training():
+    # stopped by asha/sha: no fit_s; before, its start-up counted and its trial time did not (start-up > trial time)
+    records = [{"wall_s": 6.0, "fit_s": 8.0, "startup_s": 1.5}, {"wall_s": 0.5, "fit_s": None, "startup_s": 3.5}]
+    c = study_costs(records, study_s=10.0, slots=2)
+    assert c["trial_s"] == 8.0 + 4.0 and c["startup_s"] == 5.0 and c["startup_s"] <= c["trial_s"]
+    assert abs(c["training_share"] - 6.5 / 12.0) < 1e-12
