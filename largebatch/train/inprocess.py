@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,9 @@ from typing import Any, Optional
 import torch
 
 from largebatch.train.spec import TrialSpec
+
+
+_runs_here = 0  # trial runs (a resume is a run) this process has started: 1 = a new process (imports, data)
 
 
 def run_in_process(spec: TrialSpec) -> dict[str, Any]:
@@ -34,6 +38,8 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
     from largebatch.train.persist import UNPERSISTED_TAG, CheckpointKeeper, TuneBackend
     from largebatch.tracking import EpochLogger
 
+    global _runs_here
+    _runs_here += 1
     # the same thread count as a Train worker with this CPU share: equal threads give equal float results
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     device = torch.device("cuda", 0) if spec.use_gpu else torch.device("cpu")  # Ray shows the trial its own GPU as 0
@@ -65,8 +71,11 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
             if logger is not None:
                 import ray
 
+                # process / process_run: which trial process ran it (the last run, for a resumed trial), and
+                # the how-manieth run there; 1 is a new process, whose start-up paid imports and data decoding
                 logger.set_tags({"node_ids": ray.get_runtime_context().get_node_id(), "num_nodes": 1,
-                                 "trial_runner": "in_process", "device": str(device)})
+                                 "trial_runner": "in_process", "device": str(device),
+                                 "process": str(os.getpid()), "process_run": str(_runs_here)})
             print(f"[largebatch] in-process trial: 1 worker on {device}, batch {res.per_worker_batch} x "
                   f"{res.grad_accum_steps} accum, peak lr {res.peak_lr:.4g}", flush=True)
             ctx = WorkerContext(rank=0, world=1, device=device, restore_dir=restore_dir, report=report,
