@@ -286,8 +286,7 @@ def load_dataset(name: str, path: str | None = None, train_subset: int | None = 
         x_tr, y_tr = x_tr[keep], y_tr[keep]
     x_train = torch.from_numpy(np.ascontiguousarray(x_tr, dtype=np.float32))
     x_test = torch.from_numpy(np.ascontiguousarray(raw.x_test, dtype=np.float32))
-    floats = np.issubdtype(np.asarray(x_tr).dtype, np.floating) or np.issubdtype(np.asarray(raw.x_test).dtype,
-                                                                                  np.floating)
+    floats = any(np.issubdtype(a.dtype, np.floating) for a in (x_tr, raw.x_test))
     # integer pixels (IDX, uint8 npz) cannot be NaN: the scan (0.1 s for Fashion-MNIST) is for float inputs only
     if floats and not (torch.isfinite(x_train).all() and torch.isfinite(x_test).all()):
         raise BadInput(f"dataset {name!r} has NaN or infinite inputs", source=path)

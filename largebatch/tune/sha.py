@@ -71,11 +71,6 @@ class HeldSearch(SearchGenerator):
         return {**self.__dict__, "held_by": None}
 
 
-def all_created(search_alg) -> bool:
-    """Whether the search has handed out every trial it will (HeldSearch or any Tune search algorithm)."""
-    return search_alg.all_created() if isinstance(search_alg, HeldSearch) else search_alg.is_finished()
-
-
 class SearchSHA(FIFOScheduler):
     """Successive halving decided per rung on all searched trials; paused trials wait for the decision."""
 
@@ -159,11 +154,6 @@ class SearchSHA(FIFOScheduler):
     def choose_trial_to_run(self, tune_controller) -> Optional[Trial]:
         self._link(tune_controller)
         trials = tune_controller.get_trials()
-        gone = {t.trial_id for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)}
-        for held in (self.to_unpause, self.stop_when_paused):  # never hold the search open for an ended trial
-            held -= gone
-        for tid in gone & set(self.waiting):
-            del self.waiting[tid]
         for r in sorted(set(self.waiting.values())):  # the search may have learnt it is over after the last arrival
             self._decide(tune_controller, r, current=None)
         for tid in self.waiting:  # idempotent: a slot the limiter took back (its own restored state) is freed again
@@ -203,7 +193,8 @@ class SearchSHA(FIFOScheduler):
         if rung in self.promoted:
             return True
         search_alg = getattr(tune_controller, "search_alg", None)
-        if search_alg is not None and not all_created(search_alg):
+        # every trial handed out (HeldSearch.all_created; a plain search algorithm's is_finished)
+        if search_alg is not None and not getattr(search_alg, "all_created", search_alg.is_finished)():
             return False  # trials still to be created will reach this rung too
         recorded = self.records[rung]
         trials = tune_controller.get_trials()
