@@ -112,15 +112,75 @@ def _count_digits(path: str | None) -> int:
     return DIGITS_TRAIN
 
 
-def _load_digits(path: str | None) -> RawSplits:
-    _no_path(path)
-    from sklearn.datasets import load_digits  # sklearn takes ~1 s to import; only this entry needs it
-    from sklearn.model_selection import train_test_split
+# scikit-learn's copy of the UCI digits (1,797 rows of 64 pixels and the label), read as a file: importing sklearn
+# (and its model_selection) took ~0.9 s of every process that loaded digits, e.g. each worker of a DDP smoke trial
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")
+DIGITS_MAX_BYTES = 4 * 2**20  # the file is 57 KB; anything far larger is not it
 
-    d = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        d.images, d.target, test_size=DIGITS_TEST, stratify=d.target, random_state=DIGITS_SPLIT_SEED)
-    return RawSplits(x_tr[:, None], y_tr, x_te[:, None], y_te, num_classes=10)
+
+def _digits_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput("dataset 'digits' ships with scikit-learn, which is not installed; pip install scikit-learn "
+                       "or use another dataset", field="dataset")
+    return Path(list(spec.submodule_search_locations)[0], *DIGITS_FILE)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's per-class draw counts for a stratified split (utils.extmath._approximate_mode)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need -= add_now
+            if need == 0:
+                break
+    return floored.astype(int)
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices, the same as scikit-learn's train_test_split(test_size=n_test, stratify=y,
+    random_state=seed) (StratifiedShuffleSplit, one split): the digits split stays what it was under sklearn."""
+    _, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+    per_class = np.split(np.argsort(y_idx, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, len(y) - n_test, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i, idx in enumerate(per_class):
+        perm = idx.take(rng.permutation(counts[i]), mode="clip")
+        train.extend(perm[: n_i[i]])
+        test.extend(perm[n_i[i]: n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _load_digits(path: str | None) -> RawSplits:
+    import gzip
+
+    _no_path(path)
+    f = _digits_file()
+    try:
+        if f.stat().st_size > DIGITS_MAX_BYTES:
+            raise BadInput(f"{f.stat().st_size} bytes, not scikit-learn's digits file; reinstall scikit-learn",
+                           source=str(f))
+        with gzip.open(f, "rt", encoding="utf-8") as text:
+            table = np.loadtxt(text, delimiter=",")
+    except (OSError, ValueError, EOFError) as e:
+        raise BadInput(f"cannot read scikit-learn's digits ({e}); reinstall scikit-learn", source=str(f)) from None
+    if table.ndim != 2 or table.shape != (DIGITS_TRAIN + DIGITS_TEST, 65):
+        raise BadInput(f"expected {DIGITS_TRAIN + DIGITS_TEST} rows of 64 pixels and a label, got shape "
+                       f"{table.shape}; reinstall scikit-learn", source=str(f))
+    images, target = table[:, :-1].reshape(-1, 1, 8, 8), table[:, -1].astype(int)
+    train, test = stratified_split(target, DIGITS_TEST, DIGITS_SPLIT_SEED)
+    return RawSplits(images[train], target[train], images[test], target[test], num_classes=10)
 
 
 DATASETS.add("digits", DatasetSpec(_load_digits, _count_digits),

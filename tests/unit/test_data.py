@@ -106,6 +106,47 @@ def test_digits_split_is_fixed():
         dataset_size("digits", "/some/dir")
 
 
+def test_digits_is_sklearn_split_read_without_importing_sklearn():
+    import subprocess
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
+
+    raw = ds._load_digits(None)
+    d = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(d.images, d.target, test_size=ds.DIGITS_TEST, stratify=d.target,
+                                              random_state=ds.DIGITS_SPLIT_SEED)
+    assert np.array_equal(raw.x_train, x_tr[:, None]) and np.array_equal(raw.x_test, x_te[:, None])
+    assert np.array_equal(raw.y_train, y_tr) and np.array_equal(raw.y_test, y_te)
+    for seed in (1, 7):  # the split rule itself, beyond the one seed digits uses
+        ours = ds.stratified_split(d.target, 360, seed)
+        theirs = next(StratifiedShuffleSplit(1, test_size=360, random_state=seed).split(d.images, d.target))
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    code = ("import sys; from largebatch.data import load_dataset; load_dataset('digits'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # ~0.9 s of imports that every digits process used to pay
+
+
+def test_digits_file_problems_are_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "_digits_file", lambda: tmp_path / "digits.csv.gz")
+    with pytest.raises(BadInput, match="cannot read scikit-learn's digits"):
+        ds._load_digits(None)  # missing
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as f:
+        f.write("1,2,3\n4,5,6\n")
+    with pytest.raises(BadInput, match="expected 1797 rows"):
+        ds._load_digits(None)
+    (tmp_path / "digits.csv.gz").write_bytes(b"\0" * (ds.DIGITS_MAX_BYTES + 1))
+    with pytest.raises(BadInput, match="not scikit-learn's digits file"):
+        ds._load_digits(None)
+    monkeypatch.undo()
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BadInput, match="pip install scikit-learn"):
+        ds._load_digits(None)
+
+
 def test_train_subset_is_seeded():
     a = load_dataset("digits", train_subset=100, seed=1)
     b = load_dataset("digits", train_subset=100, seed=1)
