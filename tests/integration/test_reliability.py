@@ -207,8 +207,8 @@ def test_a_trial_that_raises_is_failed_with_the_real_exception(local_ray, tmp_pa
         assert "WorkerGroupError" in text  # Ray's wrapper is in the chain, not in the reason
 
 
-def _tune_cmd(study_path: Path, root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "largebatch", "tune", str(study_path), "--name", "it-driver-kill",
+def _tune_cmd(study_path: Path, root: Path, *extra: str, name: str = "it-driver-kill") -> list[str]:
+    return [sys.executable, "-m", "largebatch", "tune", str(study_path), "--name", name,
             "--storage", str(root / "ray"), "--mlflow", f"sqlite:///{root / 'mlflow.db'}", *extra]
 
 
@@ -304,3 +304,69 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, sig):
     parent = client.get_run(parent_before.pop())
     assert parent.data.tags["status"] == "completed" and parent.info.status == "FINISHED"
     print(f"resume finished the study in {resume_s:.1f} s; {len(done)} finished trials kept")
+
+
+# successive halving, one slot: the first (best) trial pauses at the rung (epoch 1) until the others have reached it
+SHA_RESUME_LRS = [0.05, 0.0005, 0.02, 0.0002]
+SHA_RESUME_STUDY = {
+    **RESUME_STUDY,
+    "name": "it-sha-resume",
+    "search": {"optim.base_lr": {"grid": SHA_RESUME_LRS}},
+    "tuner": {**RESUME_STUDY["tuner"], "scheduler": "sha", "grace_period_epochs": 1, "reduction_factor": 2,
+              "profile": False},
+}
+
+
+@pytest.mark.slow
+def test_sha_study_stopped_while_a_trial_waits_at_a_rung_resumes(tmp_path):
+    """Tune saves no scheduler state: on --resume the paused trial comes back from its rung checkpoint and the rung
+    is decided again among the unfinished trials. Nothing trains twice into MLflow, and the study ends."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(SHA_RESUME_STUDY))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def cmd(*extra: str) -> list[str]:
+        return _tune_cmd(path, tmp_path, *extra, name="it-sha-resume")
+
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd(), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path)
+    paused = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and paused is None:
+            client, children = _children(uri, "it-sha-resume")
+            searched = [r for r in children if r.data.tags.get("arm") == "search"]
+            for r in searched:  # a searched trial with its rung epoch logged, waiting while others are still to come
+                steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+                if steps == [0] and r.data.tags.get("status") == "running" and len(searched) < len(SHA_RESUME_LRS):
+                    paused = r.info.run_id
+            time.sleep(0.3)
+        assert paused is not None and proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            rc, left = _stop_driver(proc, signal.SIGTERM)
+    assert not left, f"Ray processes of the driver left: {left}"
+    assert rc == 128 + signal.SIGTERM, (tmp_path / "first.log").read_text()[-3000:]
+
+    p = subprocess.run(cmd("--resume"), capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=480)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    client, after = _children(uri, "it-sha-resume")
+    assert len(after) == 1 + len(SHA_RESUME_LRS), [r.info.run_name for r in after]  # no trial got a second run
+    for r in after:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == list(range(len(steps))) and steps, (r.data.params.get("optim.base_lr"), steps)
+        assert r.data.tags["status"] in ("completed", "stopped_early"), r.data.tags
+    epochs = RESUME_STUDY["base"]["budget"]["epochs"]
+    searched = [r for r in after if r.data.tags.get("arm") == "search"]
+    full = [r for r in searched if len(client.get_metric_history(r.info.run_id, "val_acc")) == epochs]
+    cut = [r for r in searched if r.data.tags["status"] == "stopped_early"]
+    assert full and cut, [(r.data.params["optim.base_lr"], r.data.tags["status"]) for r in searched]
+    assert paused in {r.info.run_id for r in after}  # the waiting trial went on in its own run
+    # every rung was decided on val_acc, before and after the resume: who went past it scored no lower there
+    curves = {r.data.params["optim.base_lr"]: [m.value for m in sorted(
+        client.get_metric_history(r.info.run_id, "val_acc"), key=lambda m: m.step)] for r in searched}
+    for rung in (1, 2):
+        went_on = [c[rung - 1] for c in curves.values() if len(c) > rung]
+        stopped = [c[rung - 1] for c in curves.values() if len(c) == rung]
+        assert not (went_on and stopped) or min(went_on) >= max(stopped), (rung, curves)
+    print("after resume:", curves)
