@@ -149,6 +149,23 @@ def set_threads(n: int = THREADS) -> None:
     torch.set_num_threads(n)
 
 
+# What any trial process pays before its first step, whatever largebatch does: a new Python that imports torch and
+# builds its first torch.optim optimizer (which imports torch._dynamo, ~0.9 s here). No Ray, no MLflow, no data: a
+# floor under the start-up of a trial that starts a process, for the goals that a start-up share bounds.
+_FLOOR_CODE = ("import torch; p = torch.nn.Parameter(torch.zeros(4)); o = torch.optim.SGD([p], lr=0.1, momentum=0.9); "
+               "p.grad = torch.ones(4); o.step()")
+
+
+def new_torch_process_s(runs: int = 3) -> float:
+    """Median seconds from spawning `python -c <_FLOOR_CODE>` to its exit."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _FLOOR_CODE], check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return median(times)
+
+
 def run_in_process(cfg, data=None) -> list[dict]:
     """One trial through the real per-worker loop, 1 worker, no Ray; returns its per-epoch metrics."""
     from largebatch.config import resolve

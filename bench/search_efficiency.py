@@ -17,7 +17,7 @@ end); the share with the baseline counted is a contrast row.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 from bench import common
 
@@ -69,7 +69,7 @@ def child(spec: dict) -> dict[str, Any]:
                            mlflow_uri=f"sqlite:///{root}/mlflow.db", run_root=root)
         s = report["study"]
         records = records_from_mlflow(s["tracking_uri"], s["experiment_id"], s["parent_run_id"])
-        runners = _trial_runners(s["tracking_uri"], [r["run_id"] for r in records])
+        tags = _trial_tags(s["tracking_uri"], [r["run_id"] for r in records])
         out[scheduler] = {
             "study_s": time.time() - t,
             "asha_grace_epochs": asha_grace_epochs(study),
@@ -80,19 +80,45 @@ def child(spec: dict) -> dict[str, Any]:
             "trials": [{k: r.get(k) for k in ("name", "is_baseline", "status", "global_batch_size", "rule",
                                               "warmup_epochs", "best_val_acc", "startup_s", "wall_s", "fit_s",
                                               "steps")}
-                       | {"trial_runner": runners.get(r["run_id"])} for r in records],
+                       | tags.get(r["run_id"], {}) for r in records],
         }
     stop.set()
-    return {"ray": ray_info, "studies": out, "resources_timeline": samples}
+    return {"ray": ray_info, "studies": out, "resources_timeline": samples,
+            "new_torch_process_s": common.new_torch_process_s()}
 
 
-def _trial_runners(tracking_uri: str, run_ids: list[str]) -> dict[str, Any]:
-    """Each trial run's `trial_runner` tag: "in_process" for a trial trained in Tune's trial process, None for one
-    that went through Ray Train's TorchTrainer (train/inprocess.py sets it; train/ray_worker.py does not)."""
+def _trial_tags(tracking_uri: str, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each trial run's `trial_runner` tag ("in_process" for a trial trained in Tune's trial process, None for one
+    that went through Ray Train's TorchTrainer: train/inprocess.py sets it, train/ray_worker.py does not) and its
+    `process_run` ("1": its last run was the first in a new trial process, which paid the imports and the data)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    return {rid: client.get_run(rid).data.tags.get("trial_runner") for rid in run_ids}
+    out = {}
+    for rid in run_ids:
+        t = client.get_run(rid).data.tags
+        out[rid] = {"trial_runner": t.get("trial_runner"), "process_run": t.get("process_run")}
+    return out
+
+
+def new_process_allowance(grid: list[dict], other: list[dict], goal: float = GOAL_SHARE) -> dict[str, Any]:
+    """Searched trials only. Each study pays some trials' start in a new trial process (process_run "1"); the rest of
+    its trial-seconds is training and reused-process start-ups. If a new process started in F seconds in both, the
+    share would be (rest_o + n_o F) / (rest_g + n_g F): the F at which it meets the goal, against the measured F."""
+    def split(trials: list[dict]) -> tuple[float, list[float]]:
+        searched = [t for t in trials if not t["is_baseline"]]
+        new = [float(t["startup_s"] or 0.0) for t in searched if str(t.get("process_run")) == "1"]
+        return compute(searched)["trial_s"] - sum(new), new
+
+    (rest_g, new_g), (rest_o, new_o) = split(grid), split(other)
+    n_g, n_o = len(new_g), len(new_o)
+    if n_o - goal * n_g > 0:
+        allowed: Optional[float] = max(0.0, (goal * rest_g - rest_o) / (n_o - goal * n_g))
+    else:  # the share falls as F grows (or no new process at all): any F meets it once rest_o <= goal * rest_g
+        allowed = None
+    return {"new_processes": {"grid": n_g, "other": n_o}, "rest_s": {"grid": rest_g, "other": rest_o},
+            "new_process_startup_s": common.median(new_g + new_o) if new_g or new_o else None,
+            "allowed_new_process_startup_s": allowed}
 
 
 def compute(trials: list[dict]) -> dict[str, float]:
@@ -125,6 +151,21 @@ def cut_short(grid: list[dict], asha: list[dict]) -> int:
                                  or 0))
 
 
+def _new_process_rows(x: dict[str, Any], floor_s: Optional[float]) -> list[dict]:
+    al = x["new_process"]
+    measured, allowed = al["new_process_startup_s"], al["allowed_new_process_startup_s"]
+    if measured is None or allowed is None:
+        return []
+    n = al["new_processes"]
+    rows = [common.figure(f"  a new trial process's start-up (median; {n['other']} in sha, {n['grid']} in the grid) / "
+                          f"the most that meets the goal", common.ratio(measured, allowed), unit="x",
+                          shown=f"{measured:.1f} s / {allowed:.2f} s")]
+    if floor_s is not None:
+        rows.append(common.figure("  a new Python process importing torch and building its first optimizer (no Ray, "
+                                  "no MLflow, no data)", floor_s, unit=" s"))
+    return rows
+
+
 def _stats(grid: dict, other: dict) -> dict[str, Any]:
     """One early-stopping study against the grid: compute shares (searched trials; with the baseline), best gap."""
     cg, co = compute(grid["trials"]), compute(other["trials"])
@@ -136,7 +177,8 @@ def _stats(grid: dict, other: dict) -> dict[str, Any]:
             "gap": (best(grid["trials"]) - best(other["trials"])) * 100,
             "best": best(other["trials"]), "best_incl_baseline": best(other["trials"], False),
             "stopped_early": sum(t["status"] == "stopped_early" for t in other["trials"]),
-            "cut_short": cut_short(grid["trials"], other["trials"]), "n": len(other["trials"])}
+            "cut_short": cut_short(grid["trials"], other["trials"]), "n": len(other["trials"]),
+            "new_process": new_process_allowance(grid["trials"], other["trials"])}
 
 
 def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +210,8 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
             common.figure(f"  {label}: trials cut short / trials", common.ratio(x["cut_short"], x["n"]), unit="",
                           shown=f"{x['cut_short']} / {x['n']}"),
         ]
+        if goal:
+            summary += _new_process_rows(x, got.get("new_torch_process_s"))
     summary += [
         common.figure("trials trained in Tune's trial process (tuner.in_process)", common.ratio(in_process, len(every)),
                       shown=f"{in_process} / {len(every)}"),
@@ -191,6 +235,8 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
         "gap_points": {k: v["gap"] for k, v in st.items()},
         "stopped_early": {k: v["stopped_early"] for k, v in st.items()},  # as recorded
         "cut_short": {k: v["cut_short"] for k, v in st.items()},
+        "new_process": {k: v["new_process"] for k, v in st.items()},
+        "new_torch_process_s": got.get("new_torch_process_s"),
         "in_process_trials": in_process,
         "trials": len(every),
         "ray": got["ray"],
