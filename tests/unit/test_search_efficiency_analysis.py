@@ -1,6 +1,6 @@
 """bench/search_efficiency.py analyse(): the goal rows are successive halving's (sha) against the grid, over the
 searched trials; ASHA's are contrast rows; a trial's compute is its start-up plus training seconds. The new-process rows
-here and ray_overhead's floor rows say what start-up a goal leaves room for.
+here and ray_overhead's floor rows say what start-up a goal leaves room for."""
 from __future__ import annotations
 
 from bench import search_efficiency as se
