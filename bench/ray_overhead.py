@@ -313,7 +313,8 @@ def _floor_rows(result: dict[str, Any], floor_s: Optional[float]) -> list[dict]:
                       f"{result['digits_2w_teardown_s']:.1f} s of teardown", allowed, unit=" s"),
         common.figure("  a new Python process importing torch and building its first optimizer (no Ray, no data)",
                       floor_s, unit=" s"),
-        common.figure("  start-up share if the trial's workers started in that floor time", floor_s / (floor_s + rest)),
+        common.figure("  start-up share if the trial's workers started in that floor time",
+                      result["digits_2w_startup_share_floor"]),
     ]
 
 

@@ -168,14 +168,14 @@ def _load_digits(path: str | None) -> RawSplits:
     _no_path(path)
     f = _digits_file()
     try:
-        if f.stat().st_size > DIGITS_MAX_BYTES:
-            raise BadInput(f"{f.stat().st_size} bytes, not scikit-learn's digits file; reinstall scikit-learn",
-                           source=str(f))
+        size = f.stat().st_size
+        if size > DIGITS_MAX_BYTES:
+            raise BadInput(f"{size} bytes, not scikit-learn's digits file; reinstall scikit-learn", source=str(f))
         with gzip.open(f, "rt", encoding="utf-8") as text:
             table = np.loadtxt(text, delimiter=",")
     except (OSError, ValueError, EOFError) as e:
         raise BadInput(f"cannot read scikit-learn's digits ({e}); reinstall scikit-learn", source=str(f)) from None
-    if table.ndim != 2 or table.shape != (DIGITS_TRAIN + DIGITS_TEST, 65):
+    if table.shape != (DIGITS_TRAIN + DIGITS_TEST, 65):
         raise BadInput(f"expected {DIGITS_TRAIN + DIGITS_TEST} rows of 64 pixels and a label, got shape "
                        f"{table.shape}; reinstall scikit-learn", source=str(f))
     images, target = table[:, :-1].reshape(-1, 1, 8, 8), table[:, -1].astype(int)
