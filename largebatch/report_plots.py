@@ -11,13 +11,13 @@ from pathlib import Path
 _RULE_COLORS = {"none": "tab:gray", "linear": "tab:blue", "sqrt": "tab:green", "power": "tab:purple"}
 
 
-def _figure(width: float = 7.0, height: float = 4.5):
+def _figure(width: float = 7.0, height: float = 4.5, rows: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, fig.subplots(rows, 1, sharex=True)  # one Axes, or `rows` of them over one x axis
 
 
 def _color(rule: str) -> str:
@@ -196,6 +196,7 @@ def write_plots(report: dict, records: list[dict], out_dir: Path) -> list[Path]:
         "steps_to_target_vs_batch.png": lambda p: plot_steps_to_target(report, p),
         "lr_vs_batch.png": lambda p: plot_lr_vs_batch(report, p),
         "why_noise_scale_and_sharpness.png": lambda p: plot_noise_and_sharpness(report, p),
+        "time_and_acc_vs_batch.png": lambda p: plot_time_and_acc_vs_batch(report, records, p),
     }
     written = []
     for name, draw in plots.items():
@@ -344,5 +345,56 @@ def plot_noise_and_sharpness(report: dict, path: Path) -> Path | None:
     right.set_ylabel("top Hessian eigenvalue (probe batch)")
     right.set_title("Sharpness per batch size and rule")
     right.grid(True, alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def time_and_acc_points(report: dict, records: list[dict]) -> dict[str, list[tuple[int, float | None, float]]]:
+    """{optimizer: [(batch, time to target / the baseline's (None: never reached), final metric)]}, batches ascending;
+    per batch and optimizer the recipe soonest to the target, else the best final value (its trials' final_<metric>
+    from the records, else the report's figure)."""
+    key, sign = report["metric"].split("_", 1)[1], 1.0 if _maxing(report) else -1.0
+    by_id, b_t = {str(r.get("trial_id")): r for r in records}, (report.get("baseline") or {}).get("time_to_target_s")
+
+    def final(c: dict) -> float | None:
+        vals = [v for t in c.get("trial_ids") or [] if isinstance(v := by_id.get(t, {}).get(f"final_{key}"), float)]
+        return sum(vals) / len(vals) if vals else c.get("acc_mean")
+
+    rows = [(c, final(c)) for c in report["configs"] if not c["is_baseline"] and final(c) is not None]
+    rank = lambda cf: (cf[0].get("time_to_target_s") is None, cf[0].get("time_to_target_s") or 0.0,  # noqa: E731
+                       -sign * cf[1])
+    out = {}
+    for o in sorted({c["optimizer"] for c, _ in rows}):  # sorted worst first: the best is the one a batch keeps
+        best = {c["global_batch_size"]: (c, f) for c, f in sorted(rows, key=rank, reverse=True) if c["optimizer"] == o}
+        out[o] = [(x, c["time_to_target_s"] / b_t if b_t and c.get("time_to_target_s") is not None else None, f)
+                    for x, (c, f) in sorted(best.items())]
+    return out
+
+
+def plot_time_and_acc_vs_batch(report: dict, records: list[dict], path: Path) -> Path | None:
+    """Over the batch size (log x), per optimizer: time to target / the baseline's (x: never), and the final metric."""
+    lines, b, k = time_and_acc_points(report, records), report.get("baseline") or {}, _k(report)
+    if not lines:
+        return None
+    b_t, (fig, (ax_t, ax_a)) = b.get("time_to_target_s"), _figure(7.0, 6.5, rows=2)
+    top = max((t for pts in lines.values() for _, t, _ in pts if t is not None), default=1.0) * 1.25
+    for i, (opt, pts) in enumerate(lines.items()):
+        ax_a.plot([x for x, _, _ in pts], [f * k for _, _, f in pts], marker="o", color=f"C{i}", label=opt)
+        if b_t:
+            hit = [(x, t) for x, t, _ in pts if t is not None]
+            ax_t.plot([x for x, _ in hit], [t for _, t in hit], marker="o", color=f"C{i}", label=opt)
+            miss = [x for x, t, _ in pts if t is None]
+            ax_t.scatter([x * 1.06**i for x in miss], [top] * len(miss), marker="x", s=60, color=f"C{i}")  # apart
+    if b_t:
+        ax_t.axhline(1.0, color="tab:red", lw=1, ls="--", label=f"baseline B={b['global_batch_size']}")
+        ax_t.set(ylim=(0, top * 1.1), ylabel="time to target / baseline's (x: never)")
+        ax_t.legend(fontsize=7)
+    if b:
+        ax_a.axhline(b["acc_mean"] * k, color="tab:red", lw=1, ls="--", label=f"baseline B={b['global_batch_size']}")
+    ax_a.set_xscale("log", base=2)
+    ax_a.set(xlabel="global batch size", ylabel="final " + report["metric"].split("_", 1)[1] + " (%)" * (k == 100))
+    ax_a.legend(fontsize=7)
+    ax_t.set_title("Time to the baseline's quality (normalised" + ("" if b_t else ": no baseline time to target")
+                   + ") and final quality vs batch size")
     fig.savefig(path)
     return path

@@ -12,6 +12,8 @@ from typing import Any
 from largebatch.config.schema import TrialConfig, _Strict
 from largebatch.errors import BadInput
 
+FULL_BATCH = "full"  # data.global_batch_size: the whole training set (after data.train_subset) in one step
+
 
 class Phase(_Strict):
     """A stretch of constant global batch: the whole run, or one step of `schedule.batch_ramp` (Smith et al.)."""
@@ -98,13 +100,19 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
     from largebatch.scaling import scaled_lr
 
     d, s, b, ramp = cfg.data, cfg.schedule, cfg.budget, cfg.schedule.batch_ramp
-    B = d.global_batch_size
 
     def bad(field: str, msg: str) -> BadInput:
         return BadInput(msg, source=source, field=prefix + field)
 
     if num_workers < 1:
         raise BadInput(f"got {num_workers} workers; use 1 or more", source=source, field="workers")
+
+    if train_size is None:
+        train_size = trial_train_size(cfg, source, prefix)
+    if d.global_batch_size == FULL_BATCH:  # the whole training set per step; Resolved.cfg carries the number
+        d = d.model_copy(update={"global_batch_size": train_size})
+        cfg = cfg.model_copy(update={"data": d})
+    B = d.global_batch_size
 
     # ---- the phases: (start epoch, global batch); a factor of 1 starts no phase. Batches must be whole numbers.
     starts, batches = [0], [B]
@@ -158,23 +166,13 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
     micro0, accum0 = split(B, 0)  # split() reads micro0 for the later phases of an `accum` ramp
     splits = [(micro0, accum0)] + [split(Bk, k) for k, Bk in enumerate(batches[1:], 1)]
 
-    if train_size is None:
-        from largebatch.tasks import task_of, train_size as task_train_size
-
-        train_size = task_train_size(task_of(cfg), cfg)
-        if d.train_subset is not None:
-            # checked here, not in the data layer, so the message names the study file and the dotted field
-            what = repr(d.dataset) if cfg.task.name == "classification" else f"task {cfg.task.name!r}"
-            if d.train_subset > train_size:
-                raise bad("data.train_subset", f"got {d.train_subset}, more than the {train_size} training "
-                                               f"examples of {what}; use at most {train_size}")
-            train_size = d.train_subset
     for k, Bk in enumerate(batches):
         if train_size < Bk:
             field = "data.global_batch_size" if k == 0 else "schedule.batch_ramp.factors"
             where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}): "
             raise bad(field, f"{where}got {Bk}, larger than the {train_size} training examples; "
-                             f"use at most {train_size}")
+                             f"use at most {train_size} (or full)")
+    check_full_batch_only(cfg, min(batches), train_size, bad)
 
     # ---- steps: epoch e runs train_size // B_e steps (B_e = its phase's batch); the examples budget is epochs
     # Per phase, never per epoch: time and memory do not grow with budget.epochs (up to MAX_EPOCHS)
@@ -238,3 +236,37 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
         epochs=epochs, total_steps=total, peak_lr=lrs[0], warmup_steps=warmup_steps, milestone_steps=milestones,
         phases=phases,
     )
+
+
+def trial_train_size(cfg: TrialConfig, source: str = "<config>", prefix: str = "base.") -> int:
+    """Training examples the trial trains on: the task's count, or data.train_subset (at most that count)."""
+    from largebatch.tasks import task_of, train_size as task_train_size
+
+    n = task_train_size(task_of(cfg), cfg)
+    k = cfg.data.train_subset
+    if k is not None:
+        # checked here, not in the data layer, so the message names the study file and the dotted field
+        what = repr(cfg.data.dataset) if cfg.task.name == "classification" else f"task {cfg.task.name!r}"
+        if k > n:
+            raise BadInput(f"got {k}, more than the {n} training examples of {what}; use at most {n}",
+                           source=source, field=prefix + "data.train_subset")
+        return k
+    return n
+
+
+def check_full_batch_only(cfg: TrialConfig, batch: int, train_size: int, bad) -> None:
+    """An optimizer registered full_batch_only (rprop) at a global batch below the training set is BadInput: it
+    steps by the sign of each weight's gradient, and mini-batches flip that sign from step to step, so the steps
+    shrink (docs/design.md §4; measured by bench/rprop_minibatch.py). So is weight_decay > 0 for an optimizer that
+    applies none (OptimInfo.decays)."""
+    from largebatch.optim import OPTIMIZERS
+
+    name = cfg.optim.name
+    if name in OPTIMIZERS and cfg.optim.weight_decay and not OPTIMIZERS.get(name).decays:
+        raise bad("optim.weight_decay", f"got {cfg.optim.weight_decay:g}, but {name} takes no weight decay; set "
+                                        f"optim.weight_decay: 0 or pick an optimizer that has it (sgd, adam, ...)")
+    if name in OPTIMIZERS and OPTIMIZERS.get(name).full_batch_only and batch < train_size:
+        raise bad("optim.name", f"got {name!r} at a global batch of {batch}, smaller than the {train_size} training "
+                                f"examples: {name} steps by each gradient's sign, which mini-batches flip from step "
+                                f"to step; use data.global_batch_size: full (= {train_size}), or optimizer rmsprop "
+                                f"for mini-batches")

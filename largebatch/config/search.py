@@ -175,7 +175,16 @@ def check_search_resolves(study: StudyConfig, num_workers: int, source: str = "<
         domain = SearchDomain.of(entry)
         for v in domain.values():
             cfg = TrialConfig.model_validate(set_dotted(base, key, v))  # load_study already parsed it
+            if key in ("optim.name", "optim") and _full_batch_only(cfg.optim.name):
+                # the grid runs it at the full batch only (config/fullbatch.py grid_admits)
+                cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"global_batch_size": "full"})})
             try:
                 resolve(cfg, num_workers, source="", prefix="")
             except BadInput as e:
                 raise BadInput(f"{domain.kind} value {v!r}: {e}", source=source, field=f"search.{key}") from None
+
+
+def _full_batch_only(name: str) -> bool:
+    from largebatch.optim import OPTIMIZERS
+
+    return name in OPTIMIZERS and OPTIMIZERS.get(name).full_batch_only

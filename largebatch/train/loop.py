@@ -29,7 +29,7 @@ from largebatch.data.feed import make_feed
 from largebatch.instruments.hooks import EpochEnd, Hook, build_hooks
 from largebatch.metrics import best_of
 from largebatch.vocab import INSTRUMENT_METRICS
-from largebatch.optim import create_optimizer
+from largebatch.optim import create_optimizer, optim_settings
 from largebatch.tasks import Task, TaskData, build_data, task_of
 from largebatch.train.stepsums import StepSums
 
@@ -208,9 +208,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
             print(f"[largebatch] per_worker_batch_cap auto: {cap} fits; micro-batch {res.micro_batch} x "
                   f"{res.grad_accum_steps} accumulation steps per worker", flush=True)
     o = cfg.optim
-    opt = create_optimizer(model, o.name, res.peak_lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                           nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
-                           trust_coefficient=o.trust_coefficient)
+    opt = create_optimizer(model, o.name, res.peak_lr, **optim_settings(o))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     if world > 1:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}

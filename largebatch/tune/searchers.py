@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from largebatch.config import SearchDomain, StudyConfig
+from largebatch.config.fullbatch import grid_admits
 from largebatch.errors import BadInput
 from largebatch.registry import Registry
 
@@ -30,6 +31,7 @@ def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
         keys.append(key)
         lists.append(domain.values())
     points = [dict(zip(keys, combo)) for combo in itertools.product(*lists)] if keys else [{}]
+    points = [p for p in points if grid_admits(study, p)]  # rprop runs at the full batch only (config/fullbatch.py)
     return [drawn for p in points for drawn in _per_batch_draws(study, p, per_batch)] if per_batch else points
 
 

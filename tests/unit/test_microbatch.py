@@ -99,3 +99,26 @@ def test_auto_is_config_not_a_number():
     # on the driver, auto resolves as no cap: the workers settle it
     assert resolve(parse_trial({"data": {"global_batch_size": 64, "per_worker_batch_cap": "auto"}}), 2,
                    train_size=100).grad_accum_steps == 1
+
+
+def test_cpu_budget_never_allocates_a_full_batch():
+    """With `full` the largest candidate is the whole training set: under a budget, a small forward estimates the
+    saved bytes per example and the candidates above the budget are never run."""
+    import contextlib
+
+    seen = []
+
+    class Recorder(nn.Sequential):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    model = Recorder(nn.Linear(4, 256), nn.ReLU(), nn.Linear(256, 1))
+    x, y = torch.randn(4096, 4), torch.randn(4096, 1)
+    gather = lambda idx: (x[idx], y[idx])  # noqa: E731
+    tight = probe_micro_batch(model, nn.functional.mse_loss, gather, 4096, 4096, contextlib.nullcontext,
+                              budget_mb=0.2)
+    assert 16 <= tight <= 64 and max(seen) <= 64  # ~3 KiB per example: 4096 would be 12 MiB
+    seen.clear()
+    assert probe_micro_batch(model, nn.functional.mse_loss, gather, 4096, 4096, contextlib.nullcontext) == 4096
+    assert seen[0] == 4096  # without a budget the probe starts at the largest, as before

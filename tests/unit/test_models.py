@@ -197,3 +197,27 @@ def test_create_model_applies_ghost_batch_size():
     ghosts = [g for g in m.modules() if isinstance(g, GhostBatchNorm2d)]
     assert ghosts and all(g.ghost_batch_size == 2 for g in ghosts)
     m.train()(torch.randn(6, 1, 8, 8)).sum().backward()
+
+
+# ---- lenet ----------------------------------------------------------------------------------------------------
+
+
+def test_lenet_on_28x28_is_the_classic_lenet5():
+    """Padded conv1 keeps 28x28 (as LeNet-5's 32x32 input did): 16 maps of 5x5 reach fc120, and the parameter count
+    is LeNet-5's 61,706 (156 + 2,416 + 48,120 + 10,164 + 850)."""
+    from largebatch.models import create_model
+
+    m = create_model("lenet", (1, 28, 28), 10)
+    assert m.classifier[0].in_features == 16 * 5 * 5
+    assert sum(p.numel() for p in m.parameters()) == 61_706
+    assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_lenet_on_digits_8x8_and_refusals():
+    from largebatch.models import create_model
+
+    assert create_model("lenet", (1, 8, 8), 10)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="image input"):
+        create_model("lenet", (64,), 10)
+    with pytest.raises(ValueError, match="at least 4x4"):
+        create_model("lenet", (1, 3, 3), 10)

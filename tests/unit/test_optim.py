@@ -42,7 +42,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def build(name: str, model: nn.Module, **overrides) -> torch.optim.Optimizer:
-    kw = {**TRAIN_KW.get(name, DEFAULT_TRAIN_KW), "weight_decay": 1e-4, **overrides}
+    wd = 1e-4 if OPTIMIZERS.get(name).decays else 0.0  # rprop has no weight decay
+    kw = {**TRAIN_KW.get(name, DEFAULT_TRAIN_KW), "weight_decay": wd, **overrides}
     return create_optimizer(model, name, **kw)
 
 
@@ -50,7 +51,7 @@ def build(name: str, model: nn.Module, **overrides) -> torch.optim.Optimizer:
 
 
 def test_registry_has_expected_entries_with_descriptions():
-    assert {"sgd", "adamw", "lars", "lamb"} <= set(OPTIMIZERS.names())
+    assert {"sgd", "adamw", "adam", "rmsprop", "rprop", "lars", "lamb"} <= set(OPTIMIZERS.names())
     for entry in OPTIMIZERS.entries():
         assert entry.description and "\n" not in entry.description
 
@@ -96,9 +97,13 @@ def test_state_dict_round_trip_gives_identical_next_step(name):
 @pytest.mark.parametrize("name", OPTIMIZERS.names())
 def test_groups_split_decay_and_no_decay(name):
     model = tiny_mlp()
-    opt = create_optimizer(model, name, lr=0.1, weight_decay=0.05)
+    wd = 0.05 if OPTIMIZERS.get(name).decays else 0.0
+    if not wd:
+        with pytest.raises(ValueError, match="no weight decay"):
+            create_optimizer(model, name, lr=0.1, weight_decay=0.05)
+    opt = create_optimizer(model, name, lr=0.1, weight_decay=wd)
     decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.05 and decay["trust_ratio"] is True
+    assert decay["weight_decay"] == wd and decay["trust_ratio"] is True
     assert no_decay["weight_decay"] == 0.0 and no_decay["trust_ratio"] is False
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
     assert len(no_decay["params"]) == 4  # two Linear biases + LayerNorm weight and bias
@@ -285,3 +290,75 @@ def test_trust_ratio_summary(name):
     assert all(isinstance(v, float) for v in summary.values())
     assert 0 < summary["trust_ratio_min"] <= summary["trust_ratio_median"] <= summary["trust_ratio_max"]
     assert len(opt.last_trust_ratios) == 2  # the two Linear weights; biases and LayerNorm are excluded
+
+
+# ---- each entry's settings, declared once (OptimInfo.settings) -----------------------------------------
+
+# a valid, non-default value of every setting some optimizer takes (a new setting must add one here)
+NON_DEFAULT = {
+    "momentum": 0.5, "nesterov": True, "betas": (0.8, 0.95), "eps": 1e-6, "trust_coefficient": 0.02,
+    "alpha": 0.9, "centered": True, "etas": (0.4, 1.5), "step_sizes": (1e-5, 10.0),
+}
+
+
+def test_every_setting_is_an_optim_config_field():
+    from largebatch.config import OptimConfig
+    from largebatch.optim.factory import all_settings
+
+    assert all_settings() <= set(OptimConfig.model_fields) and all_settings() <= set(NON_DEFAULT)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_settings_reach_the_optimizer(name):
+    """Each declared setting arrives in the built optimizer (the non-default value, not the default)."""
+    settings = OPTIMIZERS.get(name).settings
+    assert settings, name
+    opt = create_optimizer(tiny_mlp(), name, lr=0.1, **{s: NON_DEFAULT[s] for s in settings})
+    for s in settings:
+        assert opt.defaults[s] == NON_DEFAULT[s], (name, s)
+    assert opt.defaults["lr"] == 0.1
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_optim_settings_reads_exactly_its_own(name):
+    from largebatch.config import OptimConfig
+    from largebatch.optim import optim_settings
+
+    cfg = OptimConfig(name=name, weight_decay=0.0, alpha=0.8, etas=[0.3, 1.1])
+    got = optim_settings(cfg)
+    assert set(got) == {"weight_decay", *OPTIMIZERS.get(name).settings}
+    assert all(got[k] == getattr(cfg, k) for k in got)
+    create_optimizer(tiny_mlp(), name, lr=0.01, **got)  # the loop's call: builds for every entry
+
+
+def test_a_setting_no_optimizer_takes_is_a_type_error():
+    with pytest.raises(TypeError, match="no optimizer takes momentun"):
+        create_optimizer(tiny_mlp(), "sgd", lr=0.1, momentun=0.9)
+
+
+def test_other_optimizers_settings_are_ignored():
+    """One call serves every name: rprop ignores momentum, sgd ignores etas."""
+    opt = create_optimizer(tiny_mlp(), "rprop", lr=0.01, momentum=0.5, etas=[0.4, 1.5])
+    assert isinstance(opt, torch.optim.Rprop) and "momentum" not in opt.defaults and opt.defaults["etas"] == (0.4, 1.5)
+    opt = create_optimizer(tiny_mlp(), "sgd", lr=0.01, etas=[0.4, 1.5])
+    assert isinstance(opt, torch.optim.SGD) and "etas" not in opt.defaults
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop),
+                                       ("rprop", torch.optim.Rprop)])
+def test_new_entries_are_torch_optims_own(name, cls):
+    assert type(create_optimizer(tiny_mlp(), name, lr=0.01)) is cls
+
+
+def test_rprop_steps_by_sign_alone():
+    """Rprop's first step is lr x sign(grad) per weight, whatever the gradient's size (what a mini-batch flips)."""
+    m = two_param_model()
+    opt = create_optimizer(m, "rprop", lr=0.01)
+    w0 = m.weight.detach().clone()
+    set_grads(m, torch.tensor([[0.0, 3e-4, -40.0]]))
+    opt.step()
+    assert torch.allclose(m.weight - w0, torch.tensor([[0.0, -0.01, 0.01]]))
+
+
+def test_only_rprop_is_full_batch_only():
+    assert [n for n in OPTIMIZERS.names() if OPTIMIZERS.get(n).full_batch_only] == ["rprop"]
