@@ -19,10 +19,18 @@ class BadInput(Exception):
         self.field = field
         prefix = ""
         if source:
-            prefix += f"{source}: "
+            prefix += f"{printable(source)}: "
         if field:
-            prefix += f"{field}: "
-        super().__init__(prefix + " ".join(message.split()))
+            prefix += f"{printable(field)}: "
+        super().__init__(prefix + printable(" ".join(message.split())))
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (newlines, terminal escape sequences, ...) written as escapes: a key or a
+    file name from the user reaches the terminal as one inert line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
 def did_you_mean(value: Any, options: Iterable[str]) -> str:

@@ -38,6 +38,60 @@ def report_dir_for(storage_path: str, run_name: str, run_root: str = DEFAULT_RUN
     return str(Path(storage_path) / run_name / "report")
 
 
+# Folders this process created in its preflights (storage, the SQLite store's folder), outermost first: a command
+# refused after its preflight (Ray unreachable, MLflow down, too few CPUs) removes them again (`undo_preflight`), so
+# it leaves its working folder as it found it. Only folders still empty are removed: nothing else is ever deleted.
+_created: list[Path] = []
+
+
+def make_dirs(path: str | Path) -> None:
+    """`mkdir -p path`, remembering each folder it created for `undo_preflight`. Raises OSError."""
+    p = Path(path).absolute()
+    missing = []
+    q = p
+    while not q.exists() and q != q.parent:
+        missing.append(q)
+        q = q.parent
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    finally:
+        _created.extend(d for d in reversed(missing) if d.is_dir())
+
+
+def undo_preflight() -> None:
+    """Remove the still-empty folders the preflights of this process created, innermost first."""
+    for d in reversed(_created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not empty (something ran and wrote), or already gone: left as it is
+    _created.clear()
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself or its nearest ancestor that exists: where a folder or file made at `path` would start."""
+    q = path
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    return q
+
+
+def check_writable_dir(path: str | Path, flag: str) -> None:
+    """A folder that can be created or written at `path`, checked without creating anything: not a file, and its
+    nearest existing ancestor a writable folder."""
+    import os
+
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"{str(path)!r} is a file, not a folder; give a folder (it is created if missing)", field=flag)
+    q = nearest_existing(p)
+    if not q.is_dir():
+        raise BadInput(f"{str(q)!r} is a file, so {str(path)!r} cannot be made under it; choose another {flag}",
+                       field=flag)
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write to folder {str(q)!r}; choose another {flag}", field=flag)
+
+
 def preflight_storage(storage_path: str) -> None:
     """Fail before any trial starts if the storage cannot be written."""
     if is_s3(storage_path):
@@ -47,7 +101,7 @@ def preflight_storage(storage_path: str) -> None:
         return
     p = Path(storage_path)
     try:
-        p.mkdir(parents=True, exist_ok=True)
+        make_dirs(p)
         probe = p / ".largebatch-write-probe"
         probe.write_text("ok")
         probe.unlink()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from largebatch.redact import redact_text
+from largebatch.tracking_store import check_sqlite_store, open_sqlite, sqlite_path  # noqa: F401  (re-exported)
 from largebatch.vocab import FINAL_STATUSES, PROBLEM_STATUSES  # noqa: F401  (FINAL_STATUSES: re-exported)
 
 PARAM_MAX = 500  # MLflow caps a param value at 500 characters
@@ -57,7 +58,9 @@ _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_
                     "SERVICE_UNDER_MAINTENANCE", "ABORTED"}
 
 
-def _client(uri: str):
+def _client(uri: str, create: bool = False):
+    """An MlflowClient on `uri`. An SQLite store is checked first and created under a lock (tracking_store.py),
+    and only with create=True (a study's Tracker): `report`, `ui` and `--resume` never make an empty one."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if redact_text(uri) != uri:
@@ -65,7 +68,10 @@ def _client(uri: str):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    path = sqlite_path(uri)
+    if path is None:
+        return MlflowClient(tracking_uri=uri)
+    return open_sqlite(uri, path, create, lambda: MlflowClient(tracking_uri=uri), tracking_error)
 
 
 def retry_budget_s() -> float:
@@ -132,7 +138,7 @@ class Tracker:
 
     def __init__(self, uri: str, retry_s: Optional[float] = None):
         self.uri = uri
-        self.client = _client(uri)
+        self.client = _client(uri, create=True)
         self.retry_s = retry_s  # None: retry_budget_s()
         self.unlogged: list[str] = []  # what could not reach MLflow, in words (best_effort)
         self.gave_up = False  # a best_effort call spent its whole wait: the next ones try once, until one goes through
@@ -356,8 +362,9 @@ def preflight_tracking(uri: str, timeout_s: float = 10.0) -> None:
     """Fail before any trial starts if the tracking store is unreachable."""
     from largebatch.errors import BadInput
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(uri)
+    if path is not None:  # checked, not created: the store is made when the study's first run is (Tracker)
+        check_sqlite_store(path.absolute())
         return
     if uri.startswith(("http://", "https://")):
         import base64

@@ -76,15 +76,30 @@ def start_server(uri: str, port: int, log: Path) -> subprocess.Popen:
                             preexec_fn=_die_with_parent)
 
 
+def _check_port_free(port: int) -> None:
+    """--port taken by another program is one line now, not the server's traceback later."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise BadInput(f"got {port}: port {port} on 127.0.0.1 is not free ({e.strerror}); pick another --port or "
+                           f"leave it out for a free one", field="--port") from None
+
+
 def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> int:
     from largebatch.raylib import free_port, stop_process
     from largebatch.redact import redact_uri
     from largebatch.tracking import preflight_tracking
 
-    preflight_tracking(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise BadInput(f"no MLflow store at {uri}: run a study first (`largebatch tune ...`) or pass --mlflow",
-                       field="--mlflow")
+    from largebatch.tracking import check_sqlite_store, sqlite_path
+
+    preflight_tracking(uri)  # checks only: nothing is created
+    if sqlite_path(uri) is not None:
+        check_sqlite_store(sqlite_path(uri).absolute(), must_exist=True)
+    if port is not None and not uri.startswith(("http://", "https://")):
+        _check_port_free(port)
     exp_id, exp_name = latest_study_experiment(uri)
     what = f"latest study {exp_name!r}" if exp_name else "no study yet: the experiments list"
     if uri.startswith(("http://", "https://")):

@@ -1,7 +1,8 @@
 """Dotted keys (`optim.base_lr`) over config trees, and pydantic errors as one-line BadInput (file, field, value)."""
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
@@ -55,9 +56,14 @@ def _model_fields(model: type[BaseModel], path: tuple) -> list[str]:
     return list(getattr(cls, "model_fields", {}))
 
 
+_UNION_TAG = re.compile(r"^(?:constrained-[a-z]+|(?:function-[a-z]+|lax-or-strict|json-or-python|tagged-union|"
+                        r"is-instance|literal|list|dict|tuple|set|union)\[.*\]|int|float|str|bool|none)$", re.S)
+
+
 def _pydantic_to_bad_input(err: ValidationError, model: type[BaseModel], source: str, prefix: str) -> BadInput:
     e = err.errors()[0]
-    loc = tuple(e["loc"])
+    # a Union member's tag ('constrained-int', "literal['full']") is pydantic's, not a key the user wrote
+    loc = tuple(p for i, p in enumerate(e["loc"]) if not (i and isinstance(p, str) and _UNION_TAG.match(p)))
     path = prefix + ".".join(str(p) for p in loc)
     value = e.get("input")
     if e["type"] == "extra_forbidden":
@@ -86,7 +92,35 @@ def parse_trial(data: dict, source: str = "<config>", prefix: str = "base.") -> 
     return cfg
 
 
-def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+def _submodel(model: Any, dotted: str) -> Any:
+    """The pydantic model at `dotted` inside `model`, or None where the path ends at a plain value (a dict field
+    such as model.kwargs is a value: it is set whole)."""
+    cls = model
+    for part in dotted.split("."):
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        cls = field.annotation
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+    return cls
+
+
+def _dotted_items(overrides: dict[str, Any], model: Any, prefix: str = ""):
+    """(dotted key, value) pairs, a nested mapping under a sub-model spelled out key by key."""
     for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and _submodel(model, dotted) is not None:
+            yield from _dotted_items(value, model, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def apply_overrides(tree: dict, overrides: dict[str, Any], model: Optional[type[BaseModel]] = None) -> dict:
+    """`tree` with each dotted key of `overrides` set. With `model` (the tree's schema), a nested mapping under a
+    sub-model sets only the keys it names, as the dotted form does: `data: {global_batch_size: 32}` is
+    `data.global_batch_size: 32`, and data's other keys stay."""
+    items = _dotted_items(overrides, model) if model is not None else overrides.items()
+    for key, value in items:
         tree = set_dotted(tree, key, value)
     return tree

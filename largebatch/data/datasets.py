@@ -7,7 +7,6 @@ training set's per-channel mean and std (axis 1 is the channel, or the feature f
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from largebatch.data.idx import read_idx, read_idx_shape
+from largebatch.data.npz import MAX_CLASSES, NPZ_KEYS, npz_file, open_npz, scan_npz  # noqa: F401  (re-exported)
 from largebatch.errors import BadInput, unknown_choice
 from largebatch.registry import Registry
 
@@ -90,7 +90,20 @@ def _load_fashion(path: str | None) -> RawSplits:
 
 
 def _count_fashion(path: str | None) -> int:
-    return read_idx_shape(fashion_mnist_dir(path) / FASHION_FILES["y_train"])[0]
+    """On the driver, before any process starts: the four headers agree, and the labels (60 KB) are 0..9."""
+    d = fashion_mnist_dir(path)
+    shapes = {k: read_idx_shape(d / f) for k, f in FASHION_FILES.items()}
+    for split in ("train", "test"):
+        x, y = shapes[f"x_{split}"], shapes[f"y_{split}"]
+        if len(x) != 3 or len(y) != 1 or x[0] != y[0] or x[0] == 0:
+            raise BadInput(f"fashion-mnist {split} images {x} and labels {y} do not match; reinstall the dataset or "
+                           f"fix the folder", source=str(d))
+        labels = read_idx(d / FASHION_FILES[f"y_{split}"])
+        if len(labels) and int(labels.max()) >= 10:
+            raise BadInput(f"fashion-mnist {split} labels go up to {int(labels.max())}, the dataset has 10 classes "
+                           f"(0..9); reinstall the dataset or fix the folder",
+                           source=str(d / FASHION_FILES[f"y_{split}"]))
+    return shapes["y_train"][0]
 
 
 DATASETS.add("fashion-mnist", DatasetSpec(_load_fashion, _count_fashion),
@@ -188,107 +201,22 @@ DATASETS.add("digits", DatasetSpec(_load_digits, _count_digits),
 
 # --- npz --------------------------------------------------------------------------------------------------------
 
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def npz_file(path: str | None) -> Path:
-    """`path` itself, or the single .npz inside the folder `path` (what an s3:// prefix is fetched to)."""
-    if path is None:
-        raise BadInput("dataset 'npz' needs a path to a .npz file with x_train, y_train, x_test, y_test",
-                       field="path")
-    p = Path(path)
-    if p.is_dir():
-        found = sorted(p.glob("*.npz"))
-        if len(found) != 1:
-            raise BadInput(f"folder holds {len(found)} .npz files, expected exactly one; pass the file itself",
-                           source=str(p))
-        p = found[0]
-    if not p.is_file():
-        raise BadInput("no such .npz file", source=str(p))
-    return p
-
-
-def _open_npz(p: Path):
-    try:
-        return np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot read as .npz ({e})", source=str(p)) from None
-
-
-MAX_CLASSES = 100_000  # the output layer is num_classes wide: a stray label of 10**9 must not allocate it
-
-
-def _labels(y: np.ndarray, key: str, p: Path) -> np.ndarray:
-    if y.ndim != 1:
-        raise BadInput(f"{key} must be 1-D integer class labels, got shape {y.shape}", source=str(p))
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
-            raise BadInput(f"{key} must hold integer class labels, got dtype {y.dtype}", source=str(p))
-    if len(y) and y.min() < 0:
-        raise BadInput(f"{key} has negative labels (min {y.min()}); classes must be 0..K-1", source=str(p))
-    if len(y) and y.max() >= MAX_CLASSES:
-        raise BadInput(f"{key} has label {y.max()}, over the {MAX_CLASSES} classes allowed; labels must be the class "
-                       f"indices 0..K-1", source=str(p))
-    return y.astype(np.int64)
-
-
-def _images(x: np.ndarray, key: str, p: Path) -> np.ndarray:
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise BadInput(f"{key} must be numeric, got dtype {x.dtype}", source=str(p))
-    if x.ndim == 3:
-        return x[:, None]  # (N, H, W) grey images -> one channel
-    if x.ndim not in (2, 4):
-        raise BadInput(f"{key} must be (N, D), (N, H, W) or (N, C, H, W), got shape {x.shape}", source=str(p))
-    return x
-
-
-def _check_npz_member(z, key: str, p: Path) -> None:
-    """Read a member's .npy header only: object arrays (pickles) and arrays whose decoded size is beyond the limit
-    (a zip bomb, a forged shape) are refused before a byte of data is inflated."""
-    from largebatch.data.idx import check_data_size
-
-    try:
-        with z.zip.open(f"{key}.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
-    except (OSError, ValueError, KeyError) as e:
-        raise BadInput(f"cannot read {key} ({e})", source=str(p)) from None
-    if dtype.hasobject:
-        raise BadInput(f"{key} is an object array (a pickle); save numeric arrays (np.savez with numbers only)",
-                       source=str(p))
-    check_data_size(math.prod(shape) * dtype.itemsize, p, f"{key} {tuple(shape)} {dtype}")
-
 
 def _load_npz(path: str | None) -> RawSplits:
+    """The four arrays, after the whole-file scan (data/npz.py) the driver ran too."""
+    info = scan_npz(path)
     p = npz_file(path)
-    with _open_npz(p) as z:
-        missing = [k for k in NPZ_KEYS if k not in z.files]
-        if missing:
-            raise BadInput(f"missing key {', '.join(missing)}; the file has: {', '.join(z.files) or 'nothing'}",
-                           source=str(p))
-        for k in NPZ_KEYS:
-            _check_npz_member(z, k, p)
-        a = {k: z[k] for k in NPZ_KEYS}
-    x_tr, x_te = _images(a["x_train"], "x_train", p), _images(a["x_test"], "x_test", p)
-    y_tr, y_te = _labels(a["y_train"], "y_train", p), _labels(a["y_test"], "y_test", p)
-    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te) or len(y_tr) == 0:
-        raise BadInput(f"x_train/y_train ({len(x_tr)}/{len(y_tr)}) and x_test/y_test ({len(x_te)}/{len(y_te)}) "
-                       f"must be non-empty and of equal length", source=str(p))
-    if x_tr.shape[1:] != x_te.shape[1:]:
-        raise BadInput(f"x_train examples {x_tr.shape[1:]} and x_test examples {x_te.shape[1:]} differ",
-                       source=str(p))
-    num_classes = int(max(y_tr.max(), y_te.max() if len(y_te) else 0)) + 1
-    return RawSplits(x_tr, y_tr, x_te, y_te, num_classes)
+    with open_npz(p) as z:
+        try:
+            a = {k: z[k] for k in NPZ_KEYS}
+        except (OSError, ValueError, EOFError) as e:
+            raise BadInput(f"cannot read as .npz ({e})", source=str(p)) from None
+    x_tr, x_te = (x[:, None] if x.ndim == 3 else x for x in (a["x_train"], a["x_test"]))  # (N, H, W): one channel
+    return RawSplits(x_tr, a["y_train"].astype(np.int64), x_te, a["y_test"].astype(np.int64), info.num_classes)
 
 
 def _count_npz(path: str | None) -> int:
-    p = npz_file(path)
-    with _open_npz(p) as z:
-        if "y_train" not in z.files:
-            raise BadInput(f"missing key y_train; the file has: {', '.join(z.files) or 'nothing'}", source=str(p))
-        return len(z["y_train"])  # loads only this member of the zip
+    return scan_npz(path).n_train
 
 
 DATASETS.add("npz", DatasetSpec(_load_npz, _count_npz),

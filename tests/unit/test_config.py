@@ -50,6 +50,11 @@ def test_there_are_study_files(study_files):
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("smoke", [False, True])
 def test_every_study_file_loads_and_resolves(study_file, workers, smoke):
+    if smoke and "smoke" not in yaml.safe_load(study_file.read_text()):
+        # --smoke on a study with no smoke: block is refused, not silently the full study (issue #28)
+        with pytest.raises(BadInput, match="no smoke: block"):
+            load_study(study_file, smoke=smoke)
+        return
     study = load_study(study_file, smoke=smoke)
     assert isinstance(study, StudyConfig) and study.name
     trials = [("base.", study.base)]
@@ -434,7 +439,7 @@ def test_search_key_that_does_not_exist(tmp_path, key, hint):
 @pytest.mark.parametrize("key, values, shown", [
     ("scaling.rule", ["none", "linaer"], "'linaer'"),
     ("data.global_batch_size", [128, "256"], "'256'"),
-    ("optim.name", ["sgd", "lamb", "adam"], "'adam'"),
+    ("optim.name", ["sgd", "lamb", "adamx"], "'adamx'"),
     ("schedule.warmup_start_factor", [0.1, 1.5], "1.5"),
 ])
 def test_invalid_grid_value(tmp_path, key, values, shown):

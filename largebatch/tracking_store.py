@@ -1,0 +1,104 @@
+"""The embedded MLflow store (SQLite): checked before anything is written, created once under a lock.
+
+`check_sqlite_store` answers in one line, before any file is made, for a store that cannot work (a folder or a
+non-SQLite file where the database should be, a parent that is a file, no store where one must exist).
+`open_sqlite` makes a new store under an exclusive lock on its folder: MLflow creates and migrates a store on first
+use, and two studies started at once in one fresh folder both died in that migration and left a half-made database
+that failed every later study; under the lock the first creates it and the others wait, then open it.
+No mlflow import here: `tracking.py` hands in how to make its client.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from largebatch.errors import BadInput
+from largebatch.storage import nearest_existing
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_sqlite_ready: set[str] = set()  # stores this process opened: MLflow keeps one engine per URI, made once
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The file of a sqlite:/// tracking URI (query string dropped); None for any other URI or an in-memory one."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)  # an in-memory store has no file
+
+
+def check_sqlite_store(path: Path, *, must_exist: bool = False, flag: str = "--mlflow") -> None:
+    """One line, before anything is written, for a store that cannot work: a folder or another kind of file where the
+    database should be, a parent that is a file or not writable, or (must_exist) no store at all."""
+    fix = f"choose another {flag} (or MLFLOW_TRACKING_URI), e.g. sqlite:///runs/mlflow.db"
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise BadInput(f"{str(path)!r} is not a file (a folder or a dangling link); {fix}", field=flag)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise BadInput(f"cannot read the MLflow store {str(path)!r} ({e.strerror}); {fix}", field=flag) from None
+        if head and head != SQLITE_MAGIC:
+            raise BadInput(f"{str(path)!r} is not an SQLite database (corrupt, or another file); move it away or "
+                           f"{fix}", field=flag)
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            raise BadInput(f"cannot write to the MLflow store {str(path)!r}; {fix}", field=flag)
+        return
+    if must_exist:
+        raise BadInput(f"no MLflow store at {str(path)!r}: run a study first (`largebatch tune ...` in this folder) "
+                       f"or give {flag} (or MLFLOW_TRACKING_URI)", field=flag)
+    parent = nearest_existing(path.parent)
+    if not parent.is_dir():
+        raise BadInput(f"{str(parent)!r} is a file, so the MLflow store {str(path)!r} cannot be made under it; {fix}",
+                       field=flag)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write to folder {str(parent)!r}, so the MLflow store {str(path)!r} cannot be made; "
+                       f"{fix}", field=flag)
+
+
+def open_sqlite(uri: str, path: Path, create: bool, make: Callable[[], object],
+                describe: Callable[[BaseException], str]):
+    """make() (the client of the SQLite store at `path`), checked first. Without `create` the store must exist
+    (`report`, `ui`, a trial's logger). With it (a study's Tracker) the store is made and first used under an
+    exclusive lock on its folder, so concurrent studies create it once; a store MLflow cannot open (half made,
+    corrupt) is one line, `describe(e)` saying why."""
+    import fcntl
+
+    path = path.absolute()
+    if uri in _sqlite_ready and path.is_file():
+        return make()
+    check_sqlite_store(path, must_exist=not create)
+    if not create:
+        return make()
+    from largebatch.storage import make_dirs
+
+    try:
+        make_dirs(path.parent)
+    except OSError as e:
+        raise BadInput(f"cannot create folder {str(path.parent)!r} for the MLflow store ({e.strerror}); choose "
+                       f"another --mlflow", field="--mlflow") from None
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        try:
+            client = make()
+            client.search_experiments(max_results=1)  # a new store is created and migrated here, under the lock
+        except Exception as e:
+            if not _broken(e):
+                raise
+            raise BadInput(f"cannot open the MLflow store {str(path)!r} ({describe(e)}); move it away (an "
+                           f"interrupted first study can leave it half made) or choose another --mlflow",
+                           field="--mlflow") from None
+        _sqlite_ready.add(uri)
+        return client
+    finally:
+        os.close(fd)
+
+
+def _broken(e: BaseException) -> bool:
+    """An error that says the store itself is damaged (not a busy or slow one)."""
+    text = f"{type(e).__name__} {e}".lower()
+    return any(w in text for w in ("not a database", "malformed", "alembic", "already exists", "no such table",
+                                   "no such column", "migration", "schema", "revision", "out-of-date"))
