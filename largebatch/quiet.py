@@ -13,13 +13,16 @@ Where each line came from, and the switch that turns it off (Ray 2.60, MLflow 3.
   successfully created", "Reporting training result": Ray Train's own logger, at the level of
   `ray.train.RunConfig(logging_config=LoggingConfig(log_level=...))` (`train_log_level()`).
 - Every worker's stdout/stderr echoed on the driver, twice for DDP ranks: `ray.init(log_to_driver=False)`. It all
-  still lands in the session's log files.
+  still lands in the session's log files. The local head then runs without Ray's log monitor (the process that
+  feeds those lines to drivers); --verbose starts it (largebatch/raylib.py).
 - "Connecting to existing Ray cluster", "Connected to Ray cluster": the driver's `ray` logger, set by
   `ray.init(logging_level=...)`.
 - core_worker.cc "E" lines about a `PreemptionWatcher`: Ray Train starts that actor to follow node preemption
   (spot instances draining); the local head's one node is never preempted, so the local head runs without it
   (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0). A real cluster keeps it.
 - MLflow's "Creating initial MLflow database tables": MLFLOW_LOGGING_LEVEL=WARNING (read when mlflow is imported).
+- MLflow's "Downloading artifacts" bar on stderr when a study's records are read back (`largebatch report`, the
+  report at a study's end): MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false.
 - Tune's "The `callbacks.on_step_end` operation took 0.773 s, which may be a performance bottleneck": Tune times
   each of its steps against TUNE_WARN_THRESHOLD_S (0.5 s); on a loaded 2-core machine any step can stall that
   long, so the threshold is 10 s: a stall that long is still reported.
@@ -46,7 +49,8 @@ _verbose: bool | None = None  # None: not configured yet (library use): quiet, a
 VERBOSE_ENV = "LARGEBATCH_VERBOSE"
 # read by the driver process itself
 DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
-              "TUNE_WARN_THRESHOLD_S": "10", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+              "TUNE_WARN_THRESHOLD_S": "10", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # read by the processes of our own local head (trial drivers, Train controllers and workers)
 TUNE_RESULT_FILES_LOGGER = "ray.tune.logger.logger"  # "Remote file not found" on resuming a paused trial
 LOCAL_HEAD_ENV = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}

@@ -13,6 +13,16 @@ remote cluster (`--address`) the environment decides, and a mismatch becomes one
 
 The head is our child in its own right: it gets SIGTERM from the kernel when the process that started it dies
 (PR_SET_PDEATHSIG), so a SIGKILLed CLI leaves no raylet or GCS behind.
+
+The head is light: only what Tune and Train use. `ray start --head` would also start the dashboard's HTTP server
+with its eight module processes, the Ray client server (port 10001) and the autoscaler monitor; none of them runs a
+trial. `--include-dashboard=false` leaves one small dashboard process (usage stats only), `--no-monitor` drops the
+monitor, and `ray start` has no flag for the client server, so a RAY_START_HOOK (`_no_client_server`, called by
+`ray start` with its RayParams before any process starts) clears its port. The log monitor only feeds worker output
+to the driver, so it runs only with --verbose. LARGEBATCH_RAY_DASHBOARD=1 brings the full head back (the dashboard
+at the URL the study records, with its job and state APIs). The object store is LARGEBATCH_OBJECT_STORE_MB
+(default 512; 0 is Ray's own default, 30% of memory): every Ray process maps all of it, so an address-space limit
+(`ulimit -v`) too small for it is one line before Ray starts, not Ray's "mmap failed" stack trace.
 """
 from __future__ import annotations
 
@@ -32,6 +42,7 @@ from typing import Any, Optional
 
 from largebatch import interrupts, quiet
 from largebatch.errors import BadInput
+from largebatch.rayauth import _check_auth, _check_reachable, _connect_error, _match_auth_mode  # noqa: F401
 
 # Each ray.train.report waits for the controller's poll (2 s by default); short epochs need a faster poll.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
@@ -41,6 +52,66 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 
 def _train_env() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
+
+
+DASHBOARD_ENV = "LARGEBATCH_RAY_DASHBOARD"  # "1": the local head with Ray's dashboard, client server and monitor
+OBJECT_STORE_ENV = "LARGEBATCH_OBJECT_STORE_MB"
+DEFAULT_OBJECT_STORE_MB = 512  # trials pass little through the object store: checkpoints go to storage, not here
+MIN_OBJECT_STORE_MB = 75  # Ray refuses less (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES)
+# Address space a Ray process needs besides the object store mapping: the largest VmPeak measured in a 1-worker
+# `largebatch train` was a Ray Train worker's, 3236 MiB with a 100 MiB store (the CLI driver 3218 MiB)
+PROCESS_ADDRESS_SPACE_MB = 4096
+MiB = 1024 * 1024
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def object_store_mb() -> int:
+    """The local head's object store in MiB: LARGEBATCH_OBJECT_STORE_MB, else 512 or 30% of memory if less; 0 means
+    Ray's own default (30% of memory)."""
+    raw = os.environ.get(OBJECT_STORE_ENV, "").strip()
+    if not raw:
+        return max(MIN_OBJECT_STORE_MB, min(DEFAULT_OBJECT_STORE_MB, int(_memory_bytes() * 0.3 / MiB)))
+    try:
+        mb = int(raw)
+    except ValueError:
+        mb = -1
+    if mb != 0 and mb < MIN_OBJECT_STORE_MB:
+        raise BadInput(f"got {raw!r}; use a whole number of MiB, at least {MIN_OBJECT_STORE_MB} (e.g. "
+                       f"{DEFAULT_OBJECT_STORE_MB}), or 0 for Ray's default (30% of memory)", field=OBJECT_STORE_ENV)
+    return mb
+
+
+def check_address_space(store_mb: int) -> None:
+    """Every Ray process maps the whole object store: a `ulimit -v` below store + one process is one line here,
+    instead of Ray's C++ "mmap failed" stack trace from deep inside the raylet or a worker."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return
+    store = store_mb * MiB if store_mb else int(_memory_bytes() * 0.3)
+    need = store + PROCESS_ADDRESS_SPACE_MB * MiB
+    if soft < need:
+        smaller = store_mb or DEFAULT_OBJECT_STORE_MB
+        fit = (soft // MiB) - PROCESS_ADDRESS_SPACE_MB
+        fix = (f"or set {OBJECT_STORE_ENV}={fit}" if fit >= MIN_OBJECT_STORE_MB and fit < smaller
+               else f"(a smaller {OBJECT_STORE_ENV} does not fit either)" if fit < MIN_OBJECT_STORE_MB else "")
+        raise BadInput(f"the address-space limit is {soft // 1024} KiB, but each Ray process maps the "
+                       f"{store // MiB} MiB object store plus about {PROCESS_ADDRESS_SPACE_MB} MiB of its own; raise "
+                       f"it with `ulimit -v {-(-need // 1024)}` (or `ulimit -v unlimited`) {fix}".strip(),
+                       field="ulimit -v")
+
+
+def _no_client_server(ray_params: Any, head: bool) -> None:
+    """RAY_START_HOOK of the light local head: `ray start` starts the Ray client server whenever its dependencies are
+    installed and has no flag against it (a port of 0 is refused); with no port it is not started."""
+    ray_params.ray_client_server_port = None
 
 
 def free_port() -> int:
@@ -126,11 +197,17 @@ class LocalHead:
     head needs in its environment."""
 
     def __init__(self, num_cpus: Optional[int] = None, resources: Optional[dict[str, float]] = None,
-                 extra_env: Optional[dict[str, str]] = None):
+                 extra_env: Optional[dict[str, str]] = None, *, full: Optional[bool] = None,
+                 object_store_mb: Optional[int] = None, log_monitor: bool = True):
+        """`full`: Ray's whole head (dashboard, client server, autoscaler monitor); default LARGEBATCH_RAY_DASHBOARD=1.
+        `object_store_mb`: None is Ray's default (30% of memory). `log_monitor`: needed only to echo worker output
+        to a driver (ray.init(log_to_driver=True))."""
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.full = os.environ.get(DASHBOARD_ENV) == "1" if full is None else full
+        self.dashboard_url: Optional[str] = f"http://127.0.0.1:{self.dashboard_port}" if self.full else None
         self.num_cpus, self.resources, self.extra_env = num_cpus, resources, extra_env or {}
+        self.object_store_mb, self.log_monitor = object_store_mb, log_monitor
         self.proc: Optional[subprocess.Popen] = None
         self.log = Path(tempfile.gettempdir()) / f"largebatch-ray-head-{self.port}.log"
         self.secret_dir: Optional[Path] = None
@@ -144,7 +221,8 @@ class LocalHead:
         venv_bin = str(Path(sys.executable).parent)  # the venv on PATH before `ray start`, or jobs miss `ray`
         # RAY_AUTH_TOKEN would win over our token file: a user's cluster token must not reach this head
         base = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
-        return {**base, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(),
+        hook = {} if self.full else {"RAY_START_HOOK": f"{__name__}._no_client_server"}
+        return {**base, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(), **hook,
                 "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
 
     def start(self, timeout_s: float = 180.0) -> "LocalHead":  # 6.5 s quiet; minutes on a loaded 2-core box
@@ -153,6 +231,12 @@ class LocalHead:
                f"--dashboard-port={self.dashboard_port}",
                # each node's agent needs its own port: the default (52365) clashes with any other Ray on the machine
                f"--dashboard-agent-listen-port={free_port()}"]
+        if not self.full:  # what Tune and Train use, no more (module docstring)
+            cmd += ["--include-dashboard=false", "--no-monitor"]
+        if not self.log_monitor:
+            cmd.append("--include-log-monitor=false")
+        if self.object_store_mb:
+            cmd.append(f"--object-store-memory={self.object_store_mb * MiB}")
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         if self.resources:
@@ -216,38 +300,16 @@ def _restore_auth_env() -> None:
     _reload_auth_config()
 
 
-def _match_auth_mode() -> None:
-    """For another cluster, RAY_AUTH_MODE decides; when it is unset, a token in ~/.ray/auth_token (or
-    RAY_AUTH_TOKEN/RAY_AUTH_TOKEN_PATH) turns token auth on, which is what Ray does for its own local clusters."""
-    from ray._private.authentication import authentication_token_setup as auth
-
-    if os.environ.get("RAY_AUTH_MODE") is None:
-        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def _connect_error(e: BaseException, address: str) -> BadInput:
-    chain, cur = [], e
-    while cur is not None:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    if any("auth" in type(c).__name__.lower() or "InvalidAuthToken" in str(c) for c in chain):
-        return BadInput(f"Ray at {address!r} rejected the connection (token authentication); set RAY_AUTH_MODE=token "
-                        f"and put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN", field="--address")
-    return BadInput(f"cannot reach a Ray cluster at {address!r}; start one with `ray start --head` or drop "
-                    f"--address to run locally", field="--address")
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A bounded TCP check of a GCS address (host:port) before ray.init, which would retry for minutes."""
-    if "://" in address or address == "auto" or ":" not in address:
-        return  # ray:// client addresses and "auto" are Ray's to resolve
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot reach a Ray cluster at {address!r} ({getattr(e, 'strerror', None) or e}); start one "
-                       f"with `ray start --head` or drop --address to run locally", field="--address") from None
+def preflight_ray(address: Optional[str] = None) -> None:
+    """What can be wrong with Ray, checked before anything is written: for a cluster (--address/RAY_ADDRESS) that it
+    answers and takes our token; for the local head the object-store setting and the address-space limit."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
+        _match_auth_mode()
+        _check_auth(address)
+    else:
+        check_address_space(object_store_mb())
 
 
 def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
@@ -256,6 +318,7 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     we own it (then shutdown_ray() stops it)."""
     global _HEAD
     import ray
+    from ray.exceptions import RayError
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():  # the caller owns this Ray (tests share one instance); we must not shut it down
@@ -264,12 +327,16 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     os.environ.update(env)
     started = False
     if not address:
-        _HEAD = LocalHead(num_cpus=num_cpus, resources=resources, extra_env=quiet.local_head_env()).start()
+        store_mb = object_store_mb()
+        check_address_space(store_mb)
+        _HEAD = LocalHead(num_cpus=num_cpus, resources=resources, extra_env=quiet.local_head_env(),
+                          object_store_mb=store_mb, log_monitor=quiet.is_verbose()).start()
         address, started = _HEAD.address, True
         _use_head_auth(_HEAD)
     else:
         _check_reachable(address)
         _match_auth_mode()
+        _check_auth(address)
     try:
         # a short GCS timeout: an unreachable address is a clear error in seconds, not a 60 s retry loop
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
@@ -278,14 +345,15 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         # already carries TRAIN_ENV in its environment
         ray.init(address=address, **quiet.ray_init_kwargs())
         interrupts.reinstall()  # ray.init's SIGTERM handler would abort the driver without any clean-up
-    except (ConnectionError, RuntimeError) as e:
+    except (ConnectionError, RuntimeError, RayError) as e:
         if started:
             shutdown_ray()
         raise _connect_error(e, address) from None
     info = cluster_info(address)
     if started:
         info["address"] = "local"
-        info["dashboard"] = _HEAD.dashboard_url
+        if _HEAD.dashboard_url:
+            info["dashboard"] = _HEAD.dashboard_url
     return {**info, "started": started}
 
 
