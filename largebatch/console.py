@@ -35,6 +35,16 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
+def command_start() -> float:
+    """When this process started (the user's command), by the kernel's clock; now if that cannot be read."""
+    try:
+        import psutil  # Ray's own dependency
+
+        return float(psutil.Process().create_time())
+    except Exception:
+        return time.time()
+
+
 def _num(x: Any) -> Optional[float]:
     try:
         v = float(x)
@@ -56,6 +66,8 @@ class TrialView:
     total_s: Optional[float] = None  # start-up included, as Tune timed it
     outcome: Optional[str] = None  # completed | diverged | stopped | failed; None while it runs
     reason: str = ""
+    batch: Optional[int] = None  # global batch size, from its results
+    curve: list = field(default_factory=list)  # (steps, wall_s, metric) per epoch: the report's curve (target.py)
 
 
 @dataclass
@@ -66,12 +78,20 @@ class StudyDisplay:
     score: str = "best_val_acc"  # finished trials and the best so far, as the report ranks them
     mode: str = "max"  # the score's direction (the task's metric: val_bpb and val_mse are lower-is-better)
     live: bool = False
+    # the report's basis for the best so far (report/target.py, speed.py, rank.py): the tolerance and its units,
+    # an explicit target (budget.target_val_acc), and the profiled step times ({batch: s}; empty: wall-clock)
+    tolerance: float = 0.5
+    units: Optional[str] = None  # points | relative | absolute; None: points for max metrics, absolute for min
+    target: Optional[float] = None
+    step_s: dict = field(default_factory=dict)
+    slots: int = 1  # trials that run at once: the ETA divides the work left by it
     out: TextIO = field(default_factory=lambda: sys.stdout)
     status_every_s: float = STATUS_EVERY_S
     trials: dict[str, TrialView] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.t0 = time.time()
+        self.t0 = command_start()  # the study's time counts from the command's start: Ray's start-up included
+        self._end: Optional[float] = None  # the estimated end of the study (eta_s)
         self.finished = 0
         self._last_line = self.t0
         self._live = None
@@ -107,9 +127,14 @@ class StudyDisplay:
             view.epoch = int(result["epoch"]) + 1  # the loop reports 0-based epochs
         view.metric = _num(result.get(self.metric))
         view.score = _num(result.get(self.score))
+        batch, steps = _num(result.get("global_batch_size")), _num(result.get("steps"))
+        view.batch = int(batch) if batch is not None else view.batch
+        if steps is not None and view.metric is not None and (not view.curve or steps > view.curve[-1][0]):
+            view.curve.append((int(steps), _num(result.get("wall_s")), view.metric))
         view.throughput = _num(result.get("throughput"))
         view.wall_s = _num(result.get("wall_s"))
         view.total_s = _num(result.get("time_total_s"))
+        self._estimate()
 
     def trial_finished(self, key: str, result: dict, failed_reason: Optional[str] = None,
                        quiet: bool = False) -> None:
@@ -128,6 +153,7 @@ class StudyDisplay:
         else:
             view.outcome = "completed"
         self.finished += 1
+        self._estimate()
         if not quiet:
             self._say(self.finished_line(view))
 
@@ -152,44 +178,151 @@ class StudyDisplay:
         word = "done" if v.outcome == "completed" else v.outcome
         return f"{word:<9} {count:>7}  {v.name}  {self.score} {fmt_metric(self.score, v.score)}{stopped}  {took}"
 
-    def best(self) -> tuple[Optional[TrialView], Optional[TrialView]]:
-        """(best finished searched trial by the report's score, finished baseline trial)."""
+    def _scale(self, ref: Optional[float]):
+        from largebatch.report.rank import Scale
+
+        return Scale(self.mode, self.units or ("points" if self.mode == "max" else "absolute"), ref)
+
+    def _to_target(self, views: list[TrialView], target: Optional[float]) -> tuple[str, dict[int, float]]:
+        """(basis, {id(view): time to target}) as the report computes it (report/target.py, speed.py): steps to the
+        first epoch meeting the target x the profiled step time when every view's batch was profiled, else the
+        measured training wall-clock at that epoch."""
+        from largebatch.report.speed import projected
+        from largebatch.report.target import first_reach
+
+        basis = "projected" if self.step_s and all(v.batch in self.step_s for v in views) else "measured"
+        times: dict[int, float] = {}
+        for v in views:
+            hit = first_reach(v.curve, target, self.mode) if target is not None else None
+            t = None if hit is None else projected(v.batch, hit[0], self.step_s) if basis == "projected" else hit[1]
+            if t is not None:
+                times[id(v)] = t
+        return basis, times
+
+    def standing(self) -> dict[str, Any]:
+        """The best so far on the report's basis: the searched trial within tolerance that reaches the baseline's
+        quality (or the study's target) soonest, else the one with the best score; the baseline's figures beside it.
+        Keys: best, base (views), base_score, target, basis, times ({id(view): s}), gap (best vs the baseline in the
+        tolerance's units, positive = worse), speedup (baseline's time to target / best's, None when unknown)."""
+        from largebatch.report.target import target_value
+
         scored = [v for v in self._views() if v.outcome in ("completed", "stopped") and v.score is not None]
-        baseline = next((v for v in scored if v.is_baseline), None)
+        bases = [v for v in scored if v.is_baseline]
         rest = [v for v in scored if not v.is_baseline]
         pick = max if self.mode == "max" else min
-        return (pick(rest, key=lambda v: v.score) if rest else None), baseline
+        out: dict[str, Any] = {"best": pick(rest, key=lambda v: v.score) if rest else None,
+                               "base": bases[0] if bases else None, "base_score": None, "target": self.target,
+                               "basis": None, "times": {}, "gap": None, "speedup": None}
+        if not bases:
+            return out
+        ref = sum(v.score for v in bases) / len(bases)
+        scale = self._scale(ref)
+        target = self.target if self.target is not None else target_value(ref, self.tolerance, self.mode,
+                                                                          scale.units)
+        basis, times = self._to_target(scored, target)
+        within = [v for v in rest if (scale.worse(v.score, ref) or 0.0) <= self.tolerance + 1e-12]
+        reaching = [v for v in within if id(v) in times]
+        best = min(reaching, key=lambda v: times[id(v)]) if reaching else out["best"]
+        base_times = [times[id(v)] for v in bases if id(v) in times]
+        base_t = sum(base_times) / len(base_times) if len(base_times) == len(bases) else None
+        out.update(best=best, base_score=ref, target=target, basis=basis, times=times,
+                   gap=scale.worse(best.score, ref) if best is not None else None, base_time=base_t)
+        if best is not None and id(best) in times and base_t is not None and times[id(best)] > 0:
+            out["speedup"] = base_t / times[id(best)]
+        return out
+
+    def best(self) -> tuple[Optional[TrialView], Optional[TrialView]]:
+        """(best finished searched trial on the report's basis, finished baseline trial)."""
+        st = self.standing()
+        return st["best"], st["base"]
+
+    def _gap(self, gap: Optional[float]) -> str:
+        units = self._scale(None).units
+        if gap is None:
+            return "gap -"
+        return f"gap {gap:+.2f} pt" if units == "points" else f"gap {100 * gap:+.1f}%" if units == "relative" \
+            else f"gap {gap:+.4g}"
 
     def best_line(self) -> str:
-        best, base = self.best()
+        st = self.standing()
+        best, base, times = st["best"], st["base"], st["times"]
+        tgt = fmt_metric(self.metric, st["target"])
         if best is None:
             head = "best so far: no searched trial finished yet"
         else:
             head = f"best so far: {best.name}  {self.score} {fmt_metric(self.score, best.score)}"
-            if best.wall_s is not None:
+            if id(best) in times:
+                head += f", {times[id(best)]:.3g} s {st['basis']} to {tgt}"
+            elif best.wall_s is not None:
                 head += f", training {best.wall_s:.1f} s"
         if base is None:
             return head + "  |  baseline: not finished yet"
-        tail = f"  |  baseline {base.name.removeprefix('baseline ')}  {fmt_metric(self.score, base.score)}"
-        if best is not None:
-            delta = best.score - base.score
-            tail += f"  ({100 * delta:+.2f} pt" if "acc" in self.score else f"  ({delta:+.4g}"
-            if best.wall_s and base.wall_s:
-                tail += f", {base.wall_s / best.wall_s:.1f}x faster training"
-            tail += ")"
+        tail = f"  |  baseline {base.name.removeprefix('baseline ')}  {fmt_metric(self.score, st['base_score'])}"
+        if st.get("base_time") is not None:
+            tail += f", {st['base_time']:.3g} s to {tgt}"
+        if best is None:
+            return head + tail
+        tail += f"  ({self._gap(st['gap'])}"
+        if st["speedup"] is not None and st["speedup"] > 1.0:
+            tail += f", {st['speedup']:.1f}x sooner to {tgt}, {st['basis']})"
+        elif st["speedup"] is not None:
+            tail += f", {st['speedup']:.2f}x the baseline's speed: keep the baseline)"
+        elif any(v.curve for v in self._views()) and st.get("base_time") is not None:
+            tail += f", none within tolerance reaches {tgt} yet: keep the baseline)"
+        else:  # no curves (or the baseline never reached its own target): the whole runs' training time
+            tail += f", {best_total:.1f}x faster training)" if (best_total := self._total_ratio(best, base)) else ")"
         return head + tail
+
+    def _total_ratio(self, best: TrialView, base: TrialView) -> Optional[float]:
+        """The baseline's training time over the best's, whole runs: projected (steps x step time) when both
+        batches were profiled, else measured wall-clock; None when unknown."""
+        def total(v: TrialView) -> Optional[float]:
+            if v.curve and v.batch in self.step_s:
+                return v.curve[-1][0] * self.step_s[v.batch]
+            return None if self.step_s else v.wall_s
+
+        a, b = total(base), total(best)
+        return a / b if a and b else None
 
     def progress(self) -> float:
         """Trials done, counting the running ones by the share of their epochs they finished."""
         running = [v for v in self._views() if v.outcome is None and v.epochs]
         return self.finished + sum(min(1.0, v.epoch / v.epochs) for v in running)
 
-    def eta_s(self) -> Optional[float]:
-        done = self.progress()
-        if done <= 0 or self.finished >= self.total:
+    def epoch_s(self) -> Optional[float]:
+        """Seconds one trial takes per epoch, its start-up included: measured over the finished trials (what each
+        took for the epochs it ran), else over the running trials' epochs so far; None before any epoch ended."""
+        views = self._views()
+        pool = [v for v in views if v.outcome is not None and v.total_s and v.epoch]
+        pool = pool or [v for v in views if v.outcome is None and v.total_s and v.epoch]
+        if not pool:
             return None
-        elapsed = time.time() - self.t0
-        return elapsed * (self.total - done) / done
+        return sum(v.total_s for v in pool) / sum(v.epoch for v in pool)
+
+    def work_left(self) -> float:
+        """Trial-epochs left: the running trials' remaining epochs and every trial not started yet at the mean
+        budget of the trials seen (stop-at-target and schedulers may end trials sooner: an upper estimate)."""
+        views = self._views()
+        budgets = [v.epochs for v in views if v.epochs]
+        mean_budget = sum(budgets) / len(budgets) if budgets else 0.0
+        running = sum(max(0, v.epochs - v.epoch) for v in views if v.outcome is None and v.epochs)
+        return running + max(0, self.total - len(views)) * mean_budget
+
+    def _estimate(self) -> None:
+        """Re-estimate the study's end at an event (an epoch reported, a trial ended): work left x measured seconds
+        per epoch / the trials that run at once. Between events the ETA counts down from it, never up."""
+        per_epoch = self.epoch_s()
+        if per_epoch is None or self.finished >= self.total:
+            self._end = None
+            return
+        left = self.total - self.finished
+        self._end = time.time() + self.work_left() * per_epoch / max(1, min(self.slots, left))
+
+    def eta_s(self) -> Optional[float]:
+        end = getattr(self, "_end", None)
+        if end is None or self.finished >= self.total:
+            return None
+        return max(0.0, end - time.time())
 
     def running(self) -> list[TrialView]:
         return [v for v in self._views() if v.outcome is None]
@@ -236,8 +369,11 @@ class StudyDisplay:
         return Group(*parts)
 
 
-def wants_live(stream: TextIO = sys.stdout) -> bool:
-    """A live display only on a real terminal (not a pipe, a file or a dumb terminal)."""
+def wants_live(stream: Optional[TextIO] = None) -> bool:
+    """A live display only on a real terminal (not a pipe, a file or a dumb terminal). stream: sys.stdout as it is
+    now (not as it was when this module was imported: a test's captured stream may be closed since)."""
     import os
+
+    stream = sys.stdout if stream is None else stream
 
     return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("TERM", "") not in ("", "dumb")

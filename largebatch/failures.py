@@ -5,6 +5,14 @@ RuntimeError around an OutOfMemoryError). `describe()` walks that chain and name
 memory, a process killed from outside, or the user code's own exception.
 
 `StudyAborted` is how a study whose driver cannot go on ends: the CLI prints its paragraph and exits with its code.
+
+`no_verdict()` says when a study that ran to its end still has no answer (issue #26): every searched trial failed,
+or the baseline, the reference every speed-up and tolerance is measured against, did not complete. The report is
+still written (it lists the failures), but `largebatch tune` exits 1 with one line naming the first failure's
+reason (the baseline's first), plus a hint for a common cause (`hint()`). Exit 1, not 2: the study started and ran
+trials, which failed in the task's code or the machine, and it wrote a report; 2 stays for input refused before
+anything runs. A diverged searched trial is a finding ("this LR is too high at this batch"), so a study whose
+searched trials all diverged has its verdict (no recipe within tolerance) and exits 0.
 """
 from __future__ import annotations
 
@@ -78,7 +86,59 @@ def describe(e: BaseException) -> str:
     # the user's own exception: the deepest one that is not one of Ray's wrappers
     wrappers = ("TrainingFailedError", "RayTaskError", "TuneError", "WorkerGroupError", "ControllerError")
     root = next((c for c in reversed(chain) if not any(w in type(c).__name__ for w in wrappers)), chain[-1])
-    return f"{type(root).__name__}: {_first_line(root)}"
+    return with_hint(f"{type(root).__name__}: {_first_line(root)}")  # the fix for a common cause, where known
+
+
+# a frequent failure in a user task, and what to do about it
+HINTS = (("grad can be implicitly created only for scalar outputs",
+          "the task's loss must be a scalar mean over the batch: reduce it with .mean()"),)
+
+
+def hint(reason: Optional[str]) -> Optional[str]:
+    """What to do about a failure whose reason names a common cause (HINTS), else None."""
+    return next((fix for words, fix in HINTS if words in (reason or "")), None)
+
+
+def with_hint(reason: str) -> str:
+    """reason, and its hint when it has one: 'RuntimeError: grad can be ...; the task's loss must be ...'."""
+    fix = hint(reason)
+    return f"{reason}; {fix}" if fix and fix not in reason else reason
+
+
+def no_verdict(records: list[dict]) -> Optional[str]:
+    """One line when the study's trials give no verdict (see the module docstring), naming the first failure and
+    its hint; None when they do. records: as records.py gives them (status, reason, is_baseline, name), the
+    baseline's first."""
+    from largebatch.vocab import OUTCOME_STATUSES, PROBLEM_STATUSES, SCORED_STATUSES
+
+    if not records:
+        return "no trial ran"
+    base = [r for r in records if r.get("is_baseline")]
+    searched = [r for r in records if not r.get("is_baseline")]
+
+    def cause(r: dict, what: str) -> str:
+        why = r.get("reason") or f"no reason recorded (status {r.get('status')})"
+        return f"; {what}, {r.get('name') or 'a trial'}: {with_hint(str(why))}"
+
+    if base and not any(r.get("status") in SCORED_STATUSES for r in base):
+        bad = next((r for r in base if r.get("status") == "failed"), base[0])
+        ended = bad.get("status") if bad.get("status") in PROBLEM_STATUSES else "did not complete"
+        ran = sum(r.get("status") in OUTCOME_STATUSES for r in records)
+        return (f"no verdict: the baseline {ended}, so there is no reference to compare against ({ran} of "
+                f"{len(records)} trials ran to an outcome){cause(bad, 'the baseline')}")
+    if searched and not any(r.get("status") in OUTCOME_STATUSES for r in searched):
+        first = next((r for r in searched if r.get("status") == "failed"), searched[0])
+        return f"no verdict: all {len(searched)} searched trials failed{cause(first, 'the first')}"
+    return None
+
+
+def verdict_exit(report: Optional[dict]) -> int:
+    """`largebatch tune`'s exit code for a finished study: 0, or StudyAborted (one line, exit 1) when the report
+    says the study has no verdict (`study.no_verdict`, set by tune/finish.py from no_verdict())."""
+    line = ((report or {}).get("study") or {}).get("no_verdict")
+    if line:
+        raise StudyAborted(f"largebatch: {line}", 1)
+    return 0
 
 
 def format_failure(e: BaseException) -> str:

@@ -167,3 +167,39 @@ def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
         cache_stats.update(hits=0, misses=0)
+
+
+# ---- relative paths: one meaning on the driver, in the profile and in every trial (issue #26). A Tune trial runs in
+# its own trial folder and a Ray worker may run anywhere, so a relative path that the driver (and the study's load
+# check) read from the folder `largebatch tune` ran in would name another file, or none, in a trial. The driver
+# therefore makes them absolute, against its working directory, once: data.path when it is a local path, and every
+# string in task.kwargs (nested ones too) that names an existing file or folder there. A kwarg string that names
+# nothing there (a mode, a model name) is left as it is.
+def _absolute(value: str, cwd: str, must_exist: bool) -> str:
+    from pathlib import Path
+
+    if not value or "://" in value or os.path.isabs(value) or value.startswith("~"):
+        return value
+    p = Path(cwd) / value
+    return str(p.resolve()) if (p.exists() or not must_exist) else value
+
+
+def _absolute_kwargs(value, cwd: str):
+    if isinstance(value, str):
+        return _absolute(value, cwd, must_exist=True)
+    if isinstance(value, dict):
+        return {k: _absolute_kwargs(v, cwd) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_absolute_kwargs(v, cwd) for v in value)
+    return value
+
+
+def absolute_paths(tree: dict, cwd: str) -> dict:
+    """A trial tree (config dict) with its relative paths made absolute against `cwd` (see above); a new dict."""
+    out = dict(tree)
+    task, data = tree.get("task"), tree.get("data")
+    if isinstance(task, dict) and task.get("kwargs"):
+        out["task"] = {**task, "kwargs": _absolute_kwargs(task["kwargs"], cwd)}
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        out["data"] = {**data, "path": _absolute(data["path"], cwd, must_exist=False)}
+    return out

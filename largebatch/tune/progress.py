@@ -48,7 +48,10 @@ def deactivate() -> None:
 
 
 def failure_reason(trial) -> str:
-    """The last line of the trial's error (our trainable raises RuntimeError(reason)), read as text."""
+    """The last line of the trial's error (our trainable raises RuntimeError(reason)), read as text, with the hint
+    for a common cause (failures.py)."""
+    from largebatch.failures import with_hint
+
     try:
         err = trial.get_error()
         text = str(err)[-_ERROR_TEXT_MAX:] if err is not None else ""
@@ -56,7 +59,7 @@ def failure_reason(trial) -> str:
         text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else "the trial failed (see its error.txt in the run folder)"
-    return last.removeprefix("RuntimeError: ")[:300]
+    return with_hint(last.removeprefix("RuntimeError: ")[:300])
 
 
 def ended_results() -> Optional[list]:

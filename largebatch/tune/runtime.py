@@ -26,6 +26,8 @@ def trial_label(summary: dict[str, Any], arm: str, overrides: dict[str, Any], se
         if key in ("data.global_batch_size", "scaling.rule", "schedule.warmup_epochs"):
             continue
         short = key.split(".")[-1]
+        if isinstance(value, dict):  # a whole block searched (e.g. optim): its name says which
+            value = value.get("name") or value
         parts.append(f"{short}={value:.3g}" if isinstance(value, float) else f"{short}={value}")
     if n_seeds > 1:
         parts.append(f"seed={seed}")
@@ -51,6 +53,7 @@ class StudyRuntime:
     storage_path: str
     placement_strategy: str = "PACK"   # SPREAD on a multi-node cluster
     in_process: bool = False           # 1-worker trials train in Tune's trial process (train/inprocess.py)
+    cwd: str = ""                      # the driver's folder: a searched relative path is made absolute against it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_size(self, cfg) -> int:
@@ -77,8 +80,12 @@ class StudyRuntime:
         arm, seed = sample.get("arm", "search"), int(sample.get("seed", 0))
         overrides = dict(sample.get("overrides") or {})
         tree = self.baseline_tree if arm == "baseline" else self.base_tree
-        cfg = parse_trial(apply_overrides(tree, {**overrides, "seed": seed}), source=self.source,
-                          prefix="baseline." if arm == "baseline" else "search.")
+        tree = apply_overrides(tree, {**overrides, "seed": seed})
+        if self.cwd:  # base and baseline were made absolute on the driver; a searched path is made so here
+            from largebatch.tasks.build import absolute_paths
+
+            tree = absolute_paths(tree, self.cwd)
+        cfg = parse_trial(tree, source=self.source, prefix="baseline." if arm == "baseline" else "search.")
         res = resolve(cfg, self.workers_per_trial, train_size=self.train_size(cfg), source=self.source)
         return TrialSpec(res=res, arm=arm, cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu), overrides
 

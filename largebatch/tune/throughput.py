@@ -16,8 +16,10 @@ ever slows a step down). The wall-clock median and 10th percentile are kept besi
 recipe's training time as steps x step time (report/speed.py).
 
 Measured results are cached under `<run root>/throughput/`, one file per key: task, model, data, precision,
-optimizer, instruments, batch, worker count, CPUs/GPU and the machine (hostname, CPU count, torch version, GPU
-name), so a second study on the same setup reuses them.
+optimizer, instruments, batch, worker count, CPUs/GPU, the machine (hostname, CPU count, torch version, GPU name) and
+the step's fingerprint (tune/fingerprint.py: the built model's parameter shapes, the task's source files, the data
+pipeline), so a second study on the same setup reuses them and a changed model or task code measures again. Each
+entry also says how much of the step is the input pipeline (`input_share`, `input_note`).
 
 What is not profiled (the report then uses measured wall-clock, and says so): trials with more than one worker (a
 one-worker profile leaves the all-reduce out), Ray Data tasks, `per_worker_batch_cap: auto`, the gradient noise
@@ -28,18 +30,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import platform
 import socket
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-VERSION = 3  # bump when the measurement changes: older cache files no longer match
-BUDGET_S = 4.0  # per batch size, warm-up included
-MAX_STEPS = 300
-MIN_TIMED = 5  # timed steps kept after warm-up, even past the time budget
+from largebatch.report.speed import INPUT_NOTE_SHARE, input_note  # noqa: F401 (the profile line says it too)
+from largebatch.tune.measure import BUDGET_S, MAX_STEPS, MIN_TIMED, ROUNDS, measure, summarize  # noqa: F401
+
+VERSION = 4  # bump when the measurement changes: older cache files no longer match
 ARTIFACT = "throughput.json"
 CACHE_DIR = "throughput"
 # searched keys that leave a step's cost unchanged (the LR and its schedule, the budget, the seed, the evaluation
@@ -52,10 +53,19 @@ def machine_fingerprint() -> dict[str, Any]:
     """The machine a profile was measured on (evaluated where the profile runs)."""
     import torch
 
-    fp: dict[str, Any] = {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    fp: dict[str, Any] = {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                          "python": platform.python_version(), "cpu": _cpu_model()}
     if torch.cuda.is_available():
         fp["gpu"] = torch.cuda.get_device_name(0)
     return fp
+
+
+def _cpu_model() -> str:
+    try:
+        return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def setup_of(tree: dict, *, workers: int, cpus: int, use_gpu: bool) -> dict[str, Any]:
@@ -120,164 +130,59 @@ def _with_batch(tree: dict, batch: int) -> dict:
     return {**tree, "data": {**tree["data"], "global_batch_size": int(batch)}}
 
 
-# ----------------------------------------------------------------------------- the measurement (in a Ray task)
-ROUNDS = 4  # each batch size's steps are taken in this many slices, round-robin over the batch sizes
-
-
-def measure(trees: dict[int, dict], *, workers: int, cpus: int, use_gpu: bool, budget_s: float = BUDGET_S,
-            max_steps: int = MAX_STEPS, rounds: int = ROUNDS) -> list[dict]:
-    """Profile the batch sizes in this process, one at a time: a fresh model and optimizer per batch size, the
-    loop's hot path (feed, autocast, forward, loss, backward, train-metric sums, optimizer step, the divergence
-    check's sync every DIVERGENCE_CHECK_STEPS steps), each step timed alone. The steps are taken in `rounds`
-    slices, round-robin over the batch sizes, so a slow spell of the machine (another user's job) falls on every
-    batch size rather than on one; the first step of each later slice is dropped (it resumes a cold batch)."""
-    import torch
-
-    from largebatch.config import parse_trial, resolve
-    from largebatch.tasks import build_data, task_of
-
-    torch.set_num_threads(max(1, int(cpus)))  # the trial worker's share, as on both trial paths (§8)
-    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
-    first = parse_trial(next(iter(trees.values())), prefix="")
-    task = task_of(first)
-    data = build_data(task, first)  # one data build for every batch size (the batch does not change the data)
-    runners = []
-    for batch, tree in trees.items():
-        cfg = parse_trial(tree, prefix="")
-        res = resolve(cfg, workers, train_size=data.train_size)
-        if res.steps_per_epoch >= 1:  # else no whole batch in the data: such a trial trains no step either
-            runners.append(_Runner(batch, cfg, res, task, data, device))
-    walls: dict[int, list[float]] = {r.batch: [] for r in runners}
-    cpus_s: dict[int, list[float]] = {r.batch: [] for r in runners}
-    for k in range(rounds):
-        for r in runners:
-            wall, cpu = r.run(max_steps // rounds + (1 if k else 0), budget_s / rounds,
-                              min_steps=-(-(MIN_TIMED + 2) // rounds) + (1 if k else 0))
-            walls[r.batch] += wall[1:] if k else wall
-            cpus_s[r.batch] += cpu[1:] if k else cpu
-    # one CPU thread: the thread's CPU time is the step's time alone (time the OS gave other processes is not in
-    # it); more threads or a GPU: the wall-clock's lower decile
-    thread_time = device.type == "cpu" and int(cpus) == 1
-    return [summarize(r.batch, walls[r.batch], per_worker_batch=r.res.per_worker_batch,
-                      grad_accum_steps=r.res.grad_accum_steps, cpu_times=cpus_s[r.batch] if thread_time else None)
-            for r in runners]
-
-
-class _Runner:
-    """One batch size's model, optimizer and endless stream of the loop's global batches."""
-
-    def __init__(self, batch: int, cfg, res, task, data, device) -> None:
-        import torch
-
-        from largebatch.data.feed import make_feed
-        from largebatch.optim import create_optimizer
-        from largebatch.train.loop import _autocast
-
-        self.batch, self.cfg, self.res, self.task, self.device = batch, cfg, res, task, device
-        self.feed = make_feed(data.train, device, cfg.data.loader_workers, cfg.seed)
-        torch.manual_seed(cfg.seed)
-        self.model = task.model(cfg, data).to(device)
-        self.model.train()
-        o = cfg.optim
-        self.opt = create_optimizer(self.model, o.name, res.peak_lr, weight_decay=o.weight_decay,
-                                    momentum=o.momentum, nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps,
-                                    trust_coefficient=o.trust_coefficient)
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-        self.amp = _autocast(device, cfg.precision)
-        self.train_metrics = [m for m in task.metrics if m.train]
-        from largebatch.train.stepsums import StepSums
-
-        self.step_sums = StepSums(self.train_metrics, device)
-        self.steps = 0
-        self._stream = self._batches()
-
-    def _batches(self):
-        from largebatch.data import epoch_permutation
-
-        res, epoch = self.res, 0
-        while True:  # epoch after epoch: a short epoch (small data, large batch) goes on with the next permutation
-            perm = epoch_permutation(res.train_size, self.cfg.seed, epoch)[: res.steps_per_epoch * res.global_batch_size]
-            yield from self.feed.steps(perm, res.global_batch_size, 0, 1, res.grad_accum_steps)
-            epoch += 1
-
-    def run(self, max_steps: int, budget_s: float, min_steps: int) -> tuple[list[float], list[float]]:
-        """Up to max_steps optimizer steps, stopping once budget_s has passed (and min_steps are done); the time
-        of each, in seconds: wall-clock and this thread's CPU time. The body is train/loop.py's step for one
-        worker."""
-        import torch
-
-        from largebatch.train.loop import DIVERGENCE_CHECK_STEPS, apply_update
-
-        task, opt, scaler, o = self.task, self.opt, self.scaler, self.cfg.optim
-        accum, step_sums = self.res.grad_accum_steps, self.step_sums
-        times: list[float] = []
-        cpu: list[float] = []
-        t_start = t0 = time.perf_counter()
-        c0 = time.thread_time()
-        for micro in self._stream:
-            for xb, yb in micro:
-                with self.amp:
-                    out = self.model(xb)
-                    loss = task.loss(out, yb)
-                scaled = loss if accum == 1 else loss / accum
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                step_sums.add(loss.detach(), len(yb), out.detach(), yb)
-            apply_update(opt, scaler, self.model, o.grad_clip_norm)
-            self.steps += 1
-            if self.steps % DIVERGENCE_CHECK_STEPS == 0:  # the loop's periodic flush and sync
-                torch.stack([step_sums.flush()[0], loss.detach().double()]).tolist()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            t1, c1 = time.perf_counter(), time.thread_time()
-            times.append(t1 - t0)
-            cpu.append(c1 - c0)
-            t0, c0 = t1, c1
-            if len(times) >= max_steps or (t1 - t_start >= budget_s and len(times) >= min_steps):
-                break
-        return times, cpu
-
-
-def _warm(n: int) -> int:
-    """Warm-up steps dropped from n timed steps: a tenth, at least 2 and at most 10."""
-    return min(10, max(2, n // 10))
-
-
-def summarize(batch: int, times: list[float], *, per_worker_batch: int, grad_accum_steps: int,
-              cpu_times: Optional[list[float]] = None) -> dict[str, Any]:
-    """One batch size's profile entry from its per-step wall-clock times (seconds), warm-up dropped. The step time
-    is the median of the steps' CPU times when given (one CPU thread: the time the step took alone), else the lower
-    decile of the wall-clock times (interference only ever slows a step down). Both wall-clock figures stay."""
-    drop = _warm(len(times)) if len(times) > MIN_TIMED else 0
-    kept = times[drop:]
-    q = statistics.quantiles(kept, n=10, method="inclusive") if len(kept) > 1 else [kept[0]] * 9
-    cpu = statistics.median(cpu_times[drop:]) if cpu_times else None
-    step_s = cpu if cpu is not None and cpu > 0 else q[0]
-    return {"global_batch_size": int(batch), "per_worker_batch": per_worker_batch,
-            "grad_accum_steps": grad_accum_steps, "step_s": step_s,
-            "estimator": "thread_cpu_median" if step_s == cpu else "wall_p10",
-            "examples_per_s": batch / step_s if step_s > 0 else math.inf,
-            "step_s_cpu_median": cpu, "step_s_median": statistics.median(kept), "step_s_p10": q[0],
-            "step_s_p90": q[-1], "steps_timed": len(kept), "warmup_steps": drop, "measured_s": sum(times)}
-
-
 # ----------------------------------------------------------------------------- the driver side
-def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | Path) -> dict[str, Any]:
+def _on_ray(fn, opts: dict, *args, **kwargs):
+    """fn(*args, **kwargs) in one Ray task with opts' resources (ray.init done)."""
+    import ray
+
+    return ray.get(ray.remote(**opts)(fn).remote(*args, **kwargs))
+
+
+def fingerprint_while_ray_starts(study, base_tree: dict):
+    """The step fingerprint (tune/fingerprint.py: the task's data and model built once) computed in a thread while
+    the driver starts Ray: a Future for profile_study, or None when the study is not profiled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from largebatch.tune.fingerprint import step_fingerprint
+
+    if skip_reason(study) is not None:
+        return None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="largebatch-fingerprint")
+    try:
+        return pool.submit(step_fingerprint, base_tree)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | Path, run=_on_ray,
+                  fingerprint=None) -> dict[str, Any]:
     """The study's profile: cached entries where the key matches, the rest measured now in one Ray task (ray.init
-    done). Returns {"status": "measured"|"cached"|"off", "reason", "machine", "setup", "entries": [...]}."""
+    done; `run(fn, opts, ...)` runs a function there). The key includes the step's fingerprint (tune/fingerprint.py:
+    `fingerprint`, or a Future of it, else computed here); when it cannot be computed, everything is measured and
+    nothing cached. Returns {"status": "measured"|"cached"|"off", "reason", "machine", "setup", "fingerprint",
+    "entries": [...]}."""
+    from largebatch.tune.fingerprint import step_fingerprint
+
     reason = skip_reason(study)
     if reason is not None:
         return {"version": VERSION, "status": "off", "reason": reason, "entries": []}
-    import ray
-
     t = study.tuner
     opts = {"num_cpus": t.cpus_per_worker, **({"num_gpus": 1} if t.use_gpu else {})}
     trees = study_batches(study, base_tree, baseline_tree)
     setup = setup_of(base_tree, workers=t.workers_per_trial, cpus=t.cpus_per_worker, use_gpu=t.use_gpu)
-    machine = ray.get(ray.remote(**opts)(machine_fingerprint).remote())
+    try:
+        fingerprint = fingerprint.result() if hasattr(fingerprint, "result") else \
+            fingerprint or step_fingerprint(base_tree)
+    except Exception as e:  # the key would be unsure: measure, and cache nothing
+        from largebatch.failures import describe as what
+
+        fingerprint = {"digest": None, "error": what(e)}
+    keyed = {**setup, "step": fingerprint["digest"]}
+    machine = run(machine_fingerprint, opts)
     cache = Path(run_root) / CACHE_DIR
     entries, missing = {}, {}
     for b, tree in trees.items():
-        hit = _read_cache(cache / f"{cache_key(setup, b, machine)}.json")
+        hit = _read_cache(cache / f"{cache_key(keyed, b, machine)}.json") if fingerprint["digest"] else None
         if hit is not None:
             entries[b] = {**hit, "cached": True}
         else:
@@ -285,19 +190,23 @@ def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | P
     if missing:
         t0 = time.time()
         # max_calls=1: the worker process exits afterwards, so the data it decoded is not held during the search
-        measured = ray.get(ray.remote(max_calls=1, **opts)(measure).remote(
-            missing, workers=t.workers_per_trial, cpus=t.cpus_per_worker, use_gpu=t.use_gpu))
-        cache.mkdir(parents=True, exist_ok=True)
+        measured = run(measure, {"max_calls": 1, **opts}, missing, workers=t.workers_per_trial,
+                       cpus=t.cpus_per_worker, use_gpu=t.use_gpu)
         for e in measured:
-            key = cache_key(setup, e["global_batch_size"], machine)
+            key = cache_key(keyed, e["global_batch_size"], machine)
             e = {**e, "key": key}
-            _write_cache(cache / f"{key}.json", e)
+            if fingerprint["digest"]:
+                cache.mkdir(parents=True, exist_ok=True)
+                _write_cache(cache / f"{key}.json", e)
             entries[e["global_batch_size"]] = {**e, "cached": False}
+        where = f"cached under {cache}" if fingerprint["digest"] else \
+            f"not cached: the step's fingerprint failed ({fingerprint['error']})"
         print(f"[largebatch] throughput profile: {len(measured)} batch size(s) measured alone in "
               f"{time.time() - t0:.1f} s ({t.cpus_per_worker} CPU{'s' if t.cpus_per_worker > 1 else ''}"
-              f"{' + 1 GPU' if t.use_gpu else ''}, cached under {cache})", flush=True)
+              f"{' + 1 GPU' if t.use_gpu else ''}, {where})", flush=True)
     profile = {"version": VERSION, "status": "measured" if missing else "cached", "reason": None,
-               "machine": machine, "setup": setup, "entries": [entries[b] for b in sorted(entries)]}
+               "machine": machine, "setup": setup, "fingerprint": fingerprint,
+               "entries": [entries[b] for b in sorted(entries)]}
     print("[largebatch] " + describe(profile), flush=True)
     return profile
 
@@ -323,7 +232,9 @@ def describe(profile: Optional[dict]) -> str:
         return f"throughput profile off ({why}): speeds are measured wall-clock"
     cells = [f"B={e['global_batch_size']} {e['step_s'] * 1000:.3g} ms/step ({e['examples_per_s']:.0f} ex/s)"
              for e in profile["entries"]]
-    return f"throughput profile ({profile['status']}, measured alone): " + ", ".join(cells)
+    note = input_note(profile)
+    return f"throughput profile ({profile['status']}, measured alone): " + ", ".join(cells) + (
+        f"; {note}" if note else "")
 
 
 def log_profile(tracker, parent_id: str, profile: dict) -> None:
@@ -358,15 +269,16 @@ def logged_profile(client, parent_id: str) -> Optional[dict]:
 
 
 def study_profile(study, tracker, parent_id: str, base_tree: dict, baseline_tree: dict, run_root: str,
-                  resumed: bool) -> dict:
-    """The driver's one call: a resumed study reads the profile it logged; a new one profiles and logs it."""
+                  resumed: bool, fingerprint=None) -> dict:
+    """The driver's one call: a resumed study reads the profile it logged; a new one profiles and logs it
+    (fingerprint: see profile_study)."""
     if resumed:
         logged = logged_profile(tracker.client, parent_id)
         if logged is not None:
             print("[largebatch] " + describe(logged) + " (logged by the resumed study)", flush=True)
             return logged
     try:
-        profile = profile_study(study, base_tree, baseline_tree, run_root)
+        profile = profile_study(study, base_tree, baseline_tree, run_root, fingerprint=fingerprint)
     except Exception as e:  # the profile is an aid: the study goes on with measured wall-clock
         from largebatch.failures import describe as what
 

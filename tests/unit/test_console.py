@@ -61,8 +61,9 @@ def test_best_so_far_against_the_baseline():
     d.trial_finished("y", _result(1, 0.9528, wall_s=2.0))
     line = d.best_line()
     assert line.startswith("best so far: B=1024 sqrt warmup=2ep  best_val_acc 95.28%")
-    assert "baseline B=32 none warmup=0ep  95.00%" in line and "+0.28 pt" in line
-    assert "3.0x faster training" in line
+    # the gap as the report gives it (positive = worse than the baseline): B=1024 is 0.28 points better
+    assert "baseline B=32 none warmup=0ep  95.00%" in line and "gap -0.28 pt" in line
+    assert "3.0x faster training" in line  # no per-epoch curves and no profile: the runs' measured training time
 
 
 def test_a_lower_is_better_metric_picks_the_lowest():
@@ -75,7 +76,7 @@ def test_a_lower_is_better_metric_picks_the_lowest():
     d.trial_finished("y", {"epoch": 1, "best_val_bpb": 2.756, "wall_s": 5.0, "status": "completed"})
     line = d.best_line()
     assert line.startswith("best so far: B=256 linear warmup=0.5ep  best_val_bpb 2.756"), line
-    assert "(+0.101" in line
+    assert "(gap +0.101" in line  # 0.101 bits per byte worse, in the metric's units (absolute)
     assert "best_val_bpb 3.246" in out.getvalue()
 
 
@@ -89,21 +90,32 @@ def test_running_rows_show_the_tuner_metric_finished_ones_the_report_score():
     assert d.best()[0].name == "B" and "best_val_acc 90.00%" in d.best_line()
 
 
-def test_eta_counts_running_epochs_and_status_line_is_rate_limited():
-    d, out = _display(status_every_s=30.0)
-    d.t0 = time.time() - 100  # 100 s in
+def test_eta_from_measured_seconds_per_epoch_and_status_line_is_rate_limited(monkeypatch):
+    # the ETA is (trial-epochs left) x (seconds per epoch the finished trials took) / (trials at once), re-estimated
+    # at each event and counting down between them (it used to be elapsed x left / done: it counted up while a
+    # trial ran, issue #28)
+    clock = [1000.0]
+    monkeypatch.setattr("largebatch.console.time.time", lambda: clock[0])
+    d, out = _display(status_every_s=30.0, slots=2)
+    d.t0 = clock[0] - 100  # 100 s in
     d.trial_started("a", "A", epochs=4)
     d.trial_started("b", "B", epochs=4)
-    d.trial_finished("a", _result(3, 0.9))
+    assert d.eta_s() is None  # no epoch measured yet
+    d.trial_result("b", _result(0, 0.7, time_total_s=5.0))  # running trials' epochs, before any trial finished
+    assert d.epoch_s() == pytest.approx(5.0)
+    d.trial_finished("a", _result(3, 0.9))  # 15 s for 4 epochs: 3.75 s an epoch
     d.trial_result("b", _result(1, 0.8))  # 2 of 4 epochs
-    assert d.progress() == pytest.approx(1.5)
-    assert d.eta_s() == pytest.approx(100 * (4 - 1.5) / 1.5, rel=0.01)
+    assert d.epoch_s() == pytest.approx(3.75)
+    # left: B's 2 epochs + 2 trials not started x 4 epochs = 10 trial-epochs, 2 at a time
+    assert d.work_left() == 10 and d.eta_s() == pytest.approx(10 * 3.75 / 2)
     d.tick()
     assert "status" not in out.getvalue()  # a line was just printed
-    d._last_line -= 31
+    clock[0] += 10  # a trial runs, nothing reports: the ETA counts down, never up
+    assert d.eta_s() == pytest.approx(10 * 3.75 / 2 - 10)
+    clock[0] += 21
     d.tick()
     status = out.getvalue().splitlines()[-1]
-    assert status.startswith("status  [1:40] 1/4 done, running: B epoch 2/4, about 2:47 left")
+    assert status.startswith("status  [2:11] 1/4 done, running: B epoch 2/4, about 0:00 left")
 
 
 def test_live_view_renders_bar_rows_and_best_line():
@@ -212,3 +224,81 @@ def test_run_description_leads_with_the_tasks_own_metric():
     note = trial_note("completed", {"best_val_bpb": 2.7561, "best_val_loss": 1.91, "wall_s": 5.0, "steps": 256})
     assert note.startswith("best_val_bpb 2.756 · best_val_loss 1.91 · training 5.0 s"), note
     assert trial_note("completed", {"best_val_acc": 0.9694}).startswith("best_val_acc 96.94%")
+
+
+# ----------------------------------------------------------------------------- issue #26: the report's basis
+def _epochs(d, key, batch, accs, steps_per_epoch, **final):
+    """A trial's per-epoch results (val_acc, steps so far, its batch), then its end with best_val_acc."""
+    for e, acc in enumerate(accs):
+        d.trial_result(key, {"epoch": e, "val_acc": acc, "best_val_acc": max(accs[:e + 1]), "wall_s": 10.0 * (e + 1),
+                             "steps": steps_per_epoch * (e + 1), "global_batch_size": batch})
+    d.trial_finished(key, {"epoch": len(accs) - 1, "val_acc": accs[-1], "best_val_acc": max(accs),
+                           "steps": steps_per_epoch * len(accs), "global_batch_size": batch, "status": "completed",
+                           "wall_s": 10.0 * len(accs), **final})
+
+
+def _study(step_s, **kw):
+    d, _ = _display(step_s=step_s, **kw)
+    d.trial_started("base", "baseline B=32 none warmup=0ep", is_baseline=True, epochs=3)
+    d.trial_started("lin", "B=128 linear warmup=0ep", epochs=3)
+    d.trial_started("none", "B=128 none warmup=0ep", epochs=3)
+    # the baseline: 96.39% best; the target is 95.89% (0.5 points below), which it meets at epoch 2 (200 steps)
+    _epochs(d, "base", 32, [0.90, 0.960, 0.9639], 100)
+    return d
+
+
+def test_best_so_far_is_the_soonest_to_the_baseline_quality_on_the_projected_basis():
+    # B=128 linear: best accuracy, but it meets 95.89% only at its last epoch; B=128 none meets it at epoch 2
+    d = _study({32: 0.001, 128: 0.002})
+    _epochs(d, "lin", 128, [0.90, 0.95, 0.9694], 25)
+    _epochs(d, "none", 128, [0.93, 0.9600, 0.961], 25)
+    line = d.best_line()
+    # baseline: 200 steps x 1 ms = 0.2 s; B=128 none: 50 steps x 2 ms = 0.1 s -> 2.0x sooner; linear: 0.15 s
+    assert line.startswith("best so far: B=128 none warmup=0ep  best_val_acc 96.10%, 0.1 s projected to 95.89%"), line
+    assert "baseline B=32 none warmup=0ep  96.39%, 0.2 s to 95.89%" in line
+    assert "(gap +0.29 pt, 2.0x sooner to 95.89%, projected)" in line
+
+
+def test_when_nothing_beats_the_baseline_it_says_keep_the_baseline():
+    # the issue's case: B=128 linear trains faster in wall-clock, but on the profile it reaches the target later
+    d = _study({32: 0.001, 128: 0.004})
+    _epochs(d, "lin", 128, [0.90, 0.9600, 0.9694], 25, wall_s=5.0)  # 50 steps x 4 ms = 0.2 s: a tie, 1.00x
+    line = d.best_line()
+    assert "keep the baseline" in line and "faster" not in line and "sooner" not in line, line
+    assert "(gap -0.55 pt, 1.00x the baseline's speed: keep the baseline)" in line
+    # one outside the tolerance never counts as the best, however soon it gets somewhere
+    d = _study({32: 0.001, 128: 0.001})
+    _epochs(d, "none", 128, [0.80, 0.85, 0.90], 25)
+    line = d.best_line()
+    assert "gap +6.39 pt" in line and "none within tolerance reaches 95.89% yet: keep the baseline" in line, line
+
+
+def test_without_a_profile_the_basis_is_the_measured_wallclock_at_the_target_and_gaps_follow_the_units():
+    d = _study({}, units="relative", tolerance=0.01)  # 1% of 96.39% below it: 95.43%
+    _epochs(d, "lin", 128, [0.96, 0.962, 0.9694], 25)
+    line = d.best_line()
+    assert "10 s measured to 95.43%" in line and "20 s to 95.43%" in line, line  # wall_s at the crossing epochs
+    assert "(gap -0.6%, 2.0x sooner to 95.43%, measured)" in line
+
+
+def test_a_failed_trials_line_carries_the_hint_for_a_non_scalar_loss():
+    from largebatch.tune.progress import failure_reason
+
+    err = RuntimeError("Traceback ...\nRuntimeError: grad can be implicitly created only for scalar outputs")
+    trial = type("T", (), {"get_error": lambda self: err})()
+    assert failure_reason(trial) == ("grad can be implicitly created only for scalar outputs; the task's loss must "
+                                     "be a scalar mean over the batch: reduce it with .mean()")
+
+
+def test_wants_live_asks_the_current_stdout(monkeypatch):
+    """Not the one at import: a study run after a test captured (and closed) stdout must not fail on it."""
+    import sys
+
+    from largebatch.console import wants_live
+
+    tty = type("Tty", (io.StringIO,), {"isatty": lambda self: True})()
+    monkeypatch.setattr(sys, "stdout", tty)
+    monkeypatch.setenv("TERM", "xterm")
+    assert wants_live()
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert not wants_live()

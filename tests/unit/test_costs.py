@@ -30,3 +30,13 @@ def test_a_trial_stopped_early_counts_its_start_up_and_training():
     c = study_costs(records, study_s=10.0, slots=2)
     assert c["trial_s"] == 8.0 + 4.0 and c["startup_s"] == 5.0 and c["startup_s"] <= c["trial_s"]
     assert abs(c["training_share"] - 6.5 / 12.0) < 1e-12
+
+
+def test_costs_line_shows_the_commands_time_with_rays_start_up():
+    from largebatch.tune.costs import costs_line
+
+    c = {"trial_s": 50.0, "training_s": 40.0, "startup_s": 10.0, "training_share": 0.8, "study_over_ideal": 1.1,
+         "profile_s": 0.0}
+    line = costs_line(c, 40.0, 96.0)
+    assert "study 40 s wall-clock, 96 s since the command started (Ray start-up and checks 56 s)" in line
+    assert "since the command" not in costs_line(c, 40.0)

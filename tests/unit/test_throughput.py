@@ -100,12 +100,12 @@ def test_step_times_ignores_bad_entries():
 def test_table_names_the_projection_and_keeps_the_wallclock(tmp_path):
     r = build_report(noisy_study(), tolerance=0.5, profile=PROFILE)
     text = format_table(r)
-    head = text.splitlines()[0]
+    head = next(line for line in text.splitlines() if line.startswith("| batch"))  # the table's header
     assert "projected s*" in head and "wall-clock s" in head and "speed-up*" in head
     assert "projected training time = steps x the step time" in text
     assert "s projected (19.1 s wall-clock)" in text
     plain = format_table(build_report(noisy_study(), tolerance=0.5))
-    assert "projected" not in plain.splitlines()[0]
+    assert "projected" not in next(line for line in plain.splitlines() if line.startswith("| batch"))
     names = {p.name for p in write_report(r, noisy_study(), tmp_path)}
     assert "throughput_vs_batch.png" in names
     assert "throughput_vs_batch.png" not in {p.name for p in write_report(build_report(noisy_study()), [],
@@ -192,6 +192,7 @@ def test_measure_runs_the_loop_pieces_on_each_batch_within_the_budget():
         assert e["step_s"] > 0 and e["steps_timed"] + e["warmup_steps"] <= 60
         assert e["estimator"] == "thread_cpu_median" and e["step_s"] == e["step_s_cpu_median"]
         assert e["measured_s"] < 5
+        assert 0 < e["input_share"] < 1 and e["input_s"] == pytest.approx(e["input_share"] * e["step_s"])
     assert out[1]["step_s"] > out[0]["step_s"] * 0.5  # a larger batch is not much cheaper per step
 
 
@@ -264,3 +265,150 @@ def test_a_study_that_cannot_be_profiled_logs_why_and_goes_on(tmp_path, capsys):
     assert json.loads(tracker.texts[tp.ARTIFACT])["reason"] == prof["reason"]
     (_, metrics, params), = tracker.batches
     assert metrics == [] and [(p.key, p.value) for p in params] == [("throughput_profile", "off")]
+
+
+# ----------------------------------------------------------------------------- issue #26: a profile that cannot go stale
+USER_TASK = '''
+import torch
+from torch import nn
+from largebatch.tasks import Metric, Task, TaskData
+
+HIDDEN = {hidden}
+
+
+def make_task(n=256):
+    def data(cfg):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 8, generator=g)
+        return TaskData(train=(x, x.sum(1, keepdim=True)), eval=(x[:64], x[:64].sum(1, keepdim=True)))
+
+    def model(cfg, data):
+        return nn.Sequential(nn.Linear(8, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+
+    def loss(out, y):
+        return {loss}
+
+    return Task(data=data, model=model, loss=loss, metrics=(Metric("mse", "min", lambda o, y: (o - y).square().flatten()),))
+'''
+
+
+def _user_study(tmp_path, monkeypatch, module: str, hidden: int, loss: str = "(out - y).square().mean()"):
+    """A study of a user task written to tmp_path/<module>.py, loaded as a new CLI process would (the module
+    imported afresh)."""
+    import sys
+
+    import yaml
+
+    from largebatch.config import load_study
+
+    (tmp_path / f"{module}.py").write_text(USER_TASK.format(hidden=hidden, loss=loss))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(module, None)
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "user", "base": {"task": {"name": f"{module}:make_task"}, "data": {"global_batch_size": 32},
+                                 "optim": {"base_lr": 0.01, "base_batch_size": 32}},
+        "search": {"data.global_batch_size": {"grid": [64]}}, "baseline": {"data.global_batch_size": 16},
+        "tuner": {"metric": "val_mse"}}))
+    return load_study(p)
+
+
+def _here(fn, opts, *args, **kwargs):
+    """profile_study's `run` without Ray: the function in this process, the measurement kept short."""
+    if fn is tp.measure:
+        kwargs.update(budget_s=0.2, max_steps=24)
+    return fn(*args, **kwargs)
+
+
+def _profile(study, root):
+    from largebatch.config import baseline_trial
+
+    return tp.profile_study(study, study.base.model_dump(mode="json"), baseline_trial(study).model_dump(mode="json"),
+                            root, run=_here)
+
+
+def test_a_changed_model_in_a_user_task_gets_a_new_profile(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    first = _profile(_user_study(tmp_path, monkeypatch, "lb_user_wide", hidden=4), root)
+    assert first["status"] == "measured" and not any(e["cached"] for e in first["entries"])
+    same = _profile(_user_study(tmp_path, monkeypatch, "lb_user_wide", hidden=4), root)
+    assert same["status"] == "cached"  # nothing changed: the cache still works
+    assert [e["key"] for e in same["entries"]] == [e["key"] for e in first["entries"]]
+    # the model made 64x wider in the user's file: a new fingerprint, every batch size measured again
+    wide = _profile(_user_study(tmp_path, monkeypatch, "lb_user_wide", hidden=256), root)
+    assert wide["status"] == "measured" and not any(e["cached"] for e in wide["entries"])
+    assert wide["fingerprint"]["model"]["parameters"] > 30 * first["fingerprint"]["model"]["parameters"]
+    assert {e["key"] for e in wide["entries"]}.isdisjoint(e["key"] for e in first["entries"])
+    assert len(list((root / tp.CACHE_DIR).glob("*.json"))) == 4  # 2 batch sizes x 2 models
+
+
+def test_the_key_follows_the_task_code_even_when_the_shapes_stay(tmp_path, monkeypatch):
+    from largebatch.tune.fingerprint import step_fingerprint
+
+    tree = _user_study(tmp_path, monkeypatch, "lb_user_code", hidden=4).base.model_dump(mode="json")
+    a = step_fingerprint(tree)
+    assert a == step_fingerprint(tree)  # stable
+    tree = _user_study(tmp_path, monkeypatch, "lb_user_code", hidden=4,
+                       loss="(out - y).abs().mean() + (out - y).square().mean()").base.model_dump(mode="json")
+    b = step_fingerprint(tree)
+    assert b["model"] == a["model"] and b["data"] == a["data"]
+    assert b["code"]["task"]["lb_user_code"] != a["code"]["task"]["lb_user_code"] and b["digest"] != a["digest"]
+    assert "digits" not in str(a["data"]) and a["data"]["kind"] == "tensors"
+
+
+def test_the_data_pipeline_is_in_the_fingerprint():
+    from torch.utils.data import Subset
+
+    from largebatch.tune.fingerprint import split_pipeline
+    from tests.unit.task_fixtures import Indexed
+
+    plain, mods = split_pipeline(Indexed(8))
+    assert plain["classes"] == ["tests.unit.task_fixtures.Indexed"] and mods == ["tests.unit.task_fixtures"]
+    assert plain["item"] == ["(2,) torch.float32", "() torch.int64"]
+    wrapped, _ = split_pipeline(Subset(Indexed(8), [0, 1]))
+    assert wrapped["classes"][1:] == plain["classes"] and wrapped != plain
+
+
+def test_when_the_fingerprint_fails_the_profile_is_measured_and_not_cached(tmp_path, monkeypatch, capsys):
+    from largebatch.tune import fingerprint
+
+    def broken(tree):
+        raise RuntimeError("the model cannot be built here")
+
+    monkeypatch.setattr(fingerprint, "step_fingerprint", broken)
+    study = _user_study(tmp_path, monkeypatch, "lb_user_broken", hidden=4)
+    for _ in range(2):
+        prof = _profile(study, tmp_path / "runs")
+        assert prof["status"] == "measured" and prof["fingerprint"]["digest"] is None
+    assert not (tmp_path / "runs" / tp.CACHE_DIR).exists()
+    assert "not cached: the step's fingerprint failed (RuntimeError: the model cannot be built here)" in \
+        capsys.readouterr().out
+
+
+def test_the_input_pipelines_share_of_the_step_is_measured_and_named():
+    e = tp.summarize(256, [0.010] * 20, per_worker_batch=256, grad_accum_steps=1, cpu_times=[0.008] * 20,
+                     input_times=[0.006] * 20)
+    assert e["input_share"] == pytest.approx(0.6) and e["input_s"] == pytest.approx(0.6 * 0.008)
+    assert tp.summarize(256, [0.01] * 20, per_worker_batch=256, grad_accum_steps=1)["input_share"] is None
+    prof = profile(B16=0.5, B1024=12.0)
+    assert tp.input_note(prof) is None and "input pipeline" not in tp.describe(prof)
+    prof["entries"][1].update(input_share=0.67)
+    prof["entries"][0].update(input_share=0.1)
+    assert tp.describe(prof).endswith("; the step times include the input pipeline, which takes 67% at B=1024 of "
+                                      "the step")
+    assert "B=16" not in tp.input_note(prof)
+    prof["fingerprint"] = {"data": {"kind": "dataset", "getitems": [False]}}  # read item by item: say what helps
+    assert tp.input_note(prof).endswith("(its Dataset is read item by item: give it __getitems__, or use tensors)")
+
+
+def test_the_driver_computes_the_fingerprint_in_a_thread_and_the_profile_uses_it(tmp_path, monkeypatch):
+    from largebatch.tune.fingerprint import step_fingerprint
+
+    study = _user_study(tmp_path, monkeypatch, "lb_user_thread", hidden=4)
+    tree = study.base.model_dump(mode="json")
+    future = tp.fingerprint_while_ray_starts(study, tree)
+    assert future.result(timeout=60) == step_fingerprint(tree)
+    prof = tp.profile_study(study, tree, tree, tmp_path / "runs", run=_here, fingerprint=future)
+    assert prof["fingerprint"] == future.result()
+    off = study.model_copy(update={"tuner": study.tuner.model_copy(update={"profile": False})})
+    assert tp.fingerprint_while_ray_starts(off, tree) is None  # not profiled: nothing built
