@@ -62,7 +62,8 @@ def child(spec: dict) -> dict[str, Any]:
     stop = threading.Event()
     threading.Thread(target=_watch_resources, args=(samples, stop), daemon=True).start()
     for scheduler in spec["schedulers"]:
-        study = load_study(common.STUDY_FILE, {**spec["sets"], "tuner.scheduler": scheduler})
+        study = load_study(common.STUDY_FILE, {**spec["sets"], "tuner.scheduler": scheduler,
+                                               "tuner.budget_runs": None, "budget.stop_at_target": False})
         t = time.time()
         report = run_study(study, source=str(common.STUDY_FILE), study_text=common.STUDY_FILE.read_text(),
                            name=f"bench-{scheduler}-{time.time_ns()}", storage=f"{root}/ray",

@@ -8,7 +8,7 @@ this module holds the Ray Tune Searcher classes (it imports Ray).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from largebatch.config import StudyConfig
 from largebatch.errors import BadInput
@@ -58,7 +58,12 @@ class ListSearcher(_searcher_base()):
 
 
 class WithBaseline(_searcher_base()):
-    """The baseline arm first (one trial per seed), then the inner searcher's points, each repeated per seed."""
+    """The baseline arm first (one trial per seed), then the inner searcher's points, each repeated per seed.
+
+    `gate` (set by the study's budget, tune/stopper.py TargetStopper.admit): asked about each point before it is
+    handed out; None starts it, anything else (why not) skips it."""
+
+    gate: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
 
     def __init__(self, inner, baseline: Optional[dict[str, Any]], seeds: list[int], metric: str, mode: str,
                  total: Optional[int] = None):
@@ -78,7 +83,7 @@ class WithBaseline(_searcher_base()):
         return True
 
     def suggest(self, trial_id: str):
-        if not self.queue:
+        while not self.queue:
             if self.total is not None and self.asked >= self.total:
                 return self.FINISHED
             inner_id = f"{trial_id}-inner"
@@ -86,6 +91,10 @@ class WithBaseline(_searcher_base()):
             if point is None or point == self.FINISHED:
                 return point
             self.asked += 1
+            why = self.gate({"arm": "search", "overrides": dict(point), "seed": self.seeds[0]}) if self.gate else None
+            if why is not None:  # the study's budget (tune/stopper.py): it cannot beat what was found, or not fit
+                self.inner.on_trial_complete(inner_id, result=None, error=True)
+                continue
             self.queue = [{"arm": "search", "overrides": dict(point), "seed": s, "_inner": inner_id if i == 0 else None}
                           for i, s in enumerate(self.seeds)]
         item = dict(self.queue.pop(0))

@@ -1,6 +1,8 @@
-"""Stop at the target (`budget.stop_at_target: true`): a searched trial ends at the first epoch whose metric reaches
-the baseline's quality minus the tolerance (or budget.target_val_acc), so a study whose large batches get a long
-budget (a cap: base `budget.epochs` larger than the baseline's) pays only for the examples each one needs.
+"""Stop at the target (`budget.stop_at_target: true`) and the study's budget (`tuner.budget_runs`).
+
+**Stop at the target.** A searched trial ends at the first epoch whose metric reaches the baseline's quality minus
+the tolerance (or budget.target_val_acc), so a study whose large batches get a long budget (a cap: base
+`budget.epochs` larger than the baseline's) pays only for the examples each one needs.
 
 The target is learnt during the study: a Ray Tune Stopper (run by the driver on every trial result) watches the
 baseline trials and sets it when every seed of the baseline has ended (the mean of their best values, moved by the
@@ -8,6 +10,25 @@ tolerance as report/target.py does, so the report and the stopper aim at the sam
 arrive before then run on; the report reads every trial's steps to target from its per-epoch curve anyway, so what
 the stopper changes is compute, never the figures. The baseline itself is never stopped. With budget.target_val_acc
 set the loop stops its own trial (train/loop.py); this stopper applies the same value to every trial.
+
+**The budget** (`tuner.budget_runs: N`, docs/design.md §13). Its unit is one baseline run: the baseline's projected
+training to its full budget (its total steps x its batch's profiled step time, tune/throughput.py), the unit of the
+report's `cost_baseline_runs`. With it set, searched trials also stop at the target, and:
+
+- *Spend*: every trial's projected training so far (steps x profiled step time of its batch). The baseline seeds are
+  counted whole from the start: they always run to their budget.
+- *Cannot beat*: once a searched trial has reached the target at projected time T* (the soonest so far; the epochs
+  trials reported before the baseline ended count too), any running trial whose next evaluation (an epoch end: its
+  projected time so far plus one epoch) would come at or after T* stops: it can no longer reach the target sooner.
+  A trial not yet started whose first epoch alone takes T* or more is not started. With several seeds
+  (`tuner.seeds`) this is off: a recipe's time is the mean over its seeds, which one trial's T* does not bound.
+- *Budget*: a running trial stops when the spend, plus one more epoch of every running searched trial, would pass
+  N baseline runs; a trial whose first epoch would not fit is not started (the searcher skips it,
+  tune/space.py WithBaseline.gate). The study is then marked "budget reached".
+
+These need the throughput profile (the driver hands it over through `plan`); without one the budget is not applied
+and the study says so. Which trials run within the budget depends on the order the searcher hands them out in (the
+grid's is the YAML's): list the most promising first.
 
 An extension (`--extend`) runs no baseline: its target comes from the baseline trials the study already finished.
 A resumed study (`--resume`) gets the stopper Tune pickled when the study started, which learns the target only if
@@ -21,6 +42,8 @@ from typing import Any, Optional
 from largebatch.metrics import SUMMARIES, summary_name
 from largebatch.report.target import meets, target_value
 from largebatch.tune.runtime import is_baseline_sample
+
+_EPS = 1e-9
 
 
 def per_epoch_metric(metric: str) -> str:
@@ -37,14 +60,54 @@ def _stopper_base():
 
 class TargetStopper(_stopper_base()):
     def __init__(self, metric: str, mode: str, tolerance: float, units: str, n_baseline: int,
-                 explicit: Optional[float] = None):
+                 explicit: Optional[float] = None, budget_runs: Optional[float] = None):
         self.key, self.summary = per_epoch_metric(metric), summary_name(metric)
         self.mode, self.tolerance, self.units = mode, tolerance, units
         self.n_baseline = n_baseline
         self.target: Optional[float] = explicit
         self.baseline: dict[str, float] = {}  # baseline trial id -> its best value, once it has ended
         self.stopped: dict[str, str] = {}  # trial id -> why it was stopped (the MLflow run's reason)
+        # ---- the budget (tuner.budget_runs); figures in projected seconds, set by plan()
+        self.budget_runs = budget_runs
+        self.step_s: dict[int, float] = {}  # global batch -> profiled seconds per step
+        self.unit: Optional[float] = None  # one baseline run: its projected training to its full budget
+        self.spent: dict[str, float] = {}  # searched trial id -> projected training so far
+        self.epoch: dict[str, float] = {}  # running searched trial id -> projected seconds of its last epoch
+        self.best: Optional[tuple[float, str]] = None  # (T*, the recipe): the soonest projected time to target
+        self.curves: dict[str, list[tuple[float, float]]] = {}  # searched trial -> (projected s, metric) per epoch
+        self.budget_reached = False
+        self.not_started: list[str] = []  # "label: why" of the points the searcher did not hand out
+        self._labels: dict[str, str] = {}
+        self._runtime = None
+        # a recipe's time to target is the mean over its seeds, which one trial's T* does not bound: with several
+        # seeds only the budget applies
+        self.prunes = n_baseline == 1
 
+    # ---- the plan: the driver hands over the throughput profile once it is measured
+    def plan(self, profile: Optional[dict], runtime, searcher=None) -> None:
+        """Step times from the profile, the unit from the baseline's total steps (runtime.trial_spec resolves it),
+        and the searcher's gate (tune/space.py WithBaseline). Without a profile the budget is off (one line)."""
+        from largebatch.report.speed import step_times
+
+        self.step_s, self._runtime = step_times(profile), runtime
+        if self.budget_runs is None:
+            return
+        res = runtime.trial_spec({"arm": "baseline", "seed": runtime.seeds[0]})[0].res
+        if res.global_batch_size not in self.step_s or len(res.phases) > 1:
+            why = (profile or {}).get("reason") or f"B={res.global_batch_size} was not profiled"
+            print(f"[largebatch] tuner.budget_runs {self.budget_runs:g} is not applied: it is counted in projected "
+                  f"training and the study has no throughput profile ({why})", flush=True)
+            self.budget_runs = None
+            return
+        self.unit = res.total_steps * self.step_s[res.global_batch_size]
+        if searcher is not None:
+            searcher.gate = self.admit
+        print(f"[largebatch] budget: {self.budget_runs:g} baseline runs of projected training (1 run = "
+              f"{self.unit:.3g} s, B={res.global_batch_size} x {res.total_steps} steps), the baseline's "
+              f"{self.n_baseline} included; searched trials stop at the target and once they cannot beat the "
+              f"soonest recipe", flush=True)
+
+    # ---- Tune's Stopper interface
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(self.key)
         if is_baseline_sample(result.get("config")):
@@ -57,17 +120,123 @@ class TargetStopper(_stopper_base()):
                     print(f"[largebatch] target set by the baseline: {self.key} "
                           f"{'>=' if self.mode == 'max' else '<='} {self.target:.4g}; searched trials stop when "
                           f"they reach it", flush=True)
+                    self._soonest_so_far()
             return False
-        if self.target is None or not isinstance(value, (int, float)) or result.get("is_final"):
+        now = self._account(trial_id, result)
+        if now is not None and isinstance(value, (int, float)) and value == value and self.budget_runs is not None:
+            self.curves.setdefault(trial_id, []).append((now, float(value)))
+            self._label(trial_id, result)
+        reached = (self.target is not None and isinstance(value, (int, float)) and value == value
+                   and meets(float(value), self.target, self.mode))
+        if reached and now is not None and (self.best is None or now < self.best[0]):
+            self.best = (now, self._label(trial_id, result))
+        if result.get("is_final"):
+            self.epoch.pop(trial_id, None)
             return False
-        if meets(float(value), self.target, self.mode):
+        if reached:
             self.stopped[trial_id] = (f"reached the target {self.key} {value:.4g} (target {self.target:.4g}) at step "
                                       f"{result.get('steps', '?')}")
-            return True
+            return self._stop(trial_id)
+        if self.budget_runs is None or now is None:
+            return False
+        if self.prunes and self.best is not None and now + self.epoch[trial_id] >= self.best[0] - _EPS:
+            self.stopped[trial_id] = (f"cannot beat {self.best[1]}'s {self.best[0]:.3g} s to the target (its next "
+                                      f"evaluation would come at {now + self.epoch[trial_id]:.3g} s projected)")
+            return self._stop(trial_id)
+        if self.committed() + sum(self.epoch.values()) > self.budget_runs * self.unit + _EPS:
+            self.budget_reached = True
+            self.stopped[trial_id] = (f"the study's budget of {self.budget_runs:g} baseline runs was reached "
+                                      f"({self.runs_spent():.2f} spent)")
+            return self._stop(trial_id)
         return False
 
     def stop_all(self) -> bool:
         return False
+
+    # ---- the searcher's gate (tune/space.py WithBaseline): whether to hand out a searched point
+    def admit(self, sample: dict[str, Any]) -> Optional[str]:
+        """None to start the trial; else why not ("cannot beat", "budget"): the searcher skips it."""
+        if self.budget_runs is None or self._runtime is None:
+            return None
+        try:
+            res = self._runtime.trial_spec(sample)[0].res
+        except Exception:
+            return None  # the trial reports its own bad config
+        step = self.step_s.get(res.global_batch_size)
+        if step is None or len(res.phases) > 1:
+            return None
+        first = res.steps_per_epoch * step
+        label = self._runtime.label(*self._runtime.trial_spec(sample))
+        if self.prunes and self.best is not None and first >= self.best[0] - _EPS:
+            self.not_started.append(f"{label}: its first epoch alone ({first:.3g} s) cannot beat {self.best[1]}'s "
+                                    f"{self.best[0]:.3g} s")
+            return "cannot beat"
+        if self.committed() + sum(self.epoch.values()) + first > self.budget_runs * self.unit + _EPS:
+            self.budget_reached = True
+            self.not_started.append(f"{label}: the budget of {self.budget_runs:g} baseline runs was reached")
+            return "budget"
+        return None
+
+    # ---- the accounts
+    def committed(self) -> float:
+        """Projected seconds spent or bound to be: every searched trial so far, the baseline seeds whole."""
+        return sum(self.spent.values()) + self.n_baseline * (self.unit or 0.0)
+
+    def runs_spent(self) -> float:
+        return self.committed() / self.unit if self.unit else float("nan")
+
+    def accounts(self) -> dict[str, Any]:
+        """What the budget did, for the report and the study's last lines."""
+        return {"budget_runs": self.budget_runs, "unit_s": self.unit,
+                "spent_runs": self.runs_spent() if self.unit else None, "budget_reached": self.budget_reached,
+                "soonest": None if self.best is None else {"recipe": self.best[1], "time_to_target_s": self.best[0]},
+                "not_started": list(self.not_started),
+                "stopped": {why: sum(r.startswith(why) for r in self.stopped.values())
+                            for why in ("reached the target", "cannot beat", "the study's budget")}}
+
+    def finish(self) -> dict[str, Any]:
+        """The study's budget line, printed when Tune is done; returns accounts() for the report."""
+        out = self.accounts()
+        if self.unit is None:
+            return out  # never planned (a resumed study: Tune's own copy of the stopper ran it)
+        stops = ", ".join(f"{n} {why}" for why, n in out["stopped"].items() if n)
+        print(f"[largebatch] budget: {out['spent_runs']:.2f} of {self.budget_runs:g} baseline runs of projected "
+              f"training{' (budget reached)' if self.budget_reached else ''}; searched trials stopped: "
+              f"{stops or 'none'}; not started: {len(self.not_started)}"
+              + (f"; soonest to the target: {self.best[1]}, {self.best[0]:.3g} s" if self.best else ""), flush=True)
+        return out
+
+    def _account(self, trial_id: str, result: dict[str, Any]) -> Optional[float]:
+        """The trial's projected training so far (and its last epoch's), None when it cannot be projected."""
+        try:
+            batch, steps = int(result["global_batch_size"]), float(result["steps"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if batch not in self.step_s:
+            return None
+        now = steps * self.step_s[batch]
+        self.epoch[trial_id] = max(now - self.spent.get(trial_id, 0.0), 0.0)
+        self.spent[trial_id] = now
+        return now
+
+    def _soonest_so_far(self) -> None:
+        """Once the target is known, T* from the curves of the trials that reported before it was."""
+        for tid, points in self.curves.items():
+            at = next((t for t, v in points if meets(v, self.target, self.mode)), None)
+            if at is not None and (self.best is None or at < self.best[0]):
+                self.best = (at, self._labels.get(tid, f"trial {tid}"))
+
+    def _stop(self, trial_id: str) -> bool:
+        self.epoch.pop(trial_id, None)
+        return True
+
+    def _label(self, trial_id: str, result: dict[str, Any]) -> str:
+        if trial_id not in self._labels:
+            try:
+                self._labels[trial_id] = self._runtime.label(*self._runtime.trial_spec(result.get("config") or {}))
+            except Exception:
+                self._labels[trial_id] = f"trial {trial_id}"
+        return self._labels[trial_id]
 
     def learn_from_records(self, records: list[dict[str, Any]]) -> None:
         """An extension (tune/extend.py) runs no baseline: the target comes from the baseline trials the study
@@ -81,12 +250,19 @@ class TargetStopper(_stopper_base()):
 
 
 def create_stopper(study) -> Optional[TargetStopper]:
-    """The study's stopper, or None when budget.stop_at_target is off or the study has no baseline."""
+    """The study's stopper, or None when neither budget.stop_at_target nor tuner.budget_runs is set, or the study
+    has no baseline (then a budget has no unit: one line says it is not applied)."""
     from largebatch.report.target import explicit_target
 
     budget, t = study.base.budget, study.tuner
-    if not budget.stop_at_target or study.baseline is None:
+    if study.baseline is None:
+        if t.budget_runs is not None:
+            print(f"[largebatch] tuner.budget_runs {t.budget_runs:g} is not applied: its unit is the baseline's run "
+                  f"and the study has no baseline:", flush=True)
+        return None
+    if not budget.stop_at_target and t.budget_runs is None:
         return None
     # load_study filled in tuner.mode and report.tolerance_units from the metric's direction (config/study.py)
     return TargetStopper(t.metric, t.mode, study.report.tolerance, study.report.tolerance_units,
-                         n_baseline=len(t.seeds), explicit=explicit_target(t.metric, budget.target_val_acc))
+                         n_baseline=len(t.seeds), explicit=explicit_target(t.metric, budget.target_val_acc),
+                         budget_runs=t.budget_runs)

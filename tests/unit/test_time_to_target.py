@@ -77,7 +77,8 @@ def test_recommendation_is_soonest_to_target_not_fastest_full_budget():
     pareto_first = [c for c in r["pareto"] if c["within_tolerance"]][0]
     assert pareto_first["global_batch_size"] == 1024  # the old rule would have picked B=1024
     table = format_table(r)
-    assert table.startswith("Time to the baseline's quality: val_acc >= 89.50%")
+    assert table.startswith("Answer: train at B=256 with the linear rule")  # the first screen (report/verdict.py)
+    assert "\n\nTime to the baseline's quality: val_acc >= 89.50%" in table
     assert "to the target in 936 steps" in table
 
 
@@ -152,7 +153,7 @@ def test_create_stopper_only_with_stop_at_target_and_a_baseline():
     from largebatch.config import load_study
     from largebatch.tune.stopper import create_stopper
 
-    path = Path(__file__).resolve().parents[2] / "tune_spaces" / "fashion-mnist.yaml"
+    path = Path(__file__).resolve().parents[2] / "tune_spaces" / "fashion-mnist-grid.yaml"  # no budget, no stop
     assert create_stopper(load_study(path)) is None
     s = create_stopper(load_study(path, {"budget.stop_at_target": True, "tuner.seeds": [0, 1, 2]}))
     assert s is not None and s.n_baseline == 3 and s.target is None and s.key == "val_acc"
