@@ -36,19 +36,31 @@ def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with the inline Markdown the report writes rendered: **bold** and `code`."""
+    out = _esc(text)
+    out = _CODE.sub(lambda m: f"<code>{m[1]}</code>", out)  # escaped already; * inside code stays literal
+    return _BOLD.sub(lambda m: f"<strong>{m[1]}</strong>", out)
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="num">{_esc(c)}</td>' if _NUMERIC.match(c) else f"<td>{_esc(c)}</td>"
-                                    for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td class="num">{_esc(c)}</td>' if _NUMERIC.match(c) else
+                                    f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def markdown_to_html(md: str) -> str:
-    """The subset the Markdown report uses: # headings, | tables |, - and 1. lists, ``` fences, paragraphs."""
+    """The subset the Markdown report uses: # headings, | tables |, - and 1. lists, ``` fences, paragraphs, and
+    inline **bold** and `code`."""
     out: list[str] = []
     lines = md.splitlines()
     i = 0
@@ -68,18 +80,18 @@ def markdown_to_html(md: str) -> str:
         m = re.match(r"^(#{1,3}) (.*)", line)
         if m:
             level = max(2, min(len(m[1]), 3))  # the page has its own h1
-            out.append(f"<h{level}>{_esc(m[2])}</h{level}>")
+            out.append(f"<h{level}>{_inline(m[2])}</h{level}>")
         elif _LIST_ITEM.match(line):
             ordered = not line.startswith("- ")
             items = []
             while i < len(lines) and _LIST_ITEM.match(lines[i]):
-                items.append(f"<li>{_esc(_LIST_ITEM.sub('', lines[i]))}</li>")
+                items.append(f"<li>{_inline(_LIST_ITEM.sub('', lines[i]))}</li>")
                 i += 1
             tag = "ol" if ordered else "ul"
             out.append(f"<{tag}>{''.join(items)}</{tag}>")
             continue
         elif line.strip():
-            out.append(f"<p>{_esc(line)}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
         i += 1
     return "\n".join(out)
 

@@ -41,6 +41,7 @@ from largebatch.report.speed import choose_basis, speed_fields, step_times
 from largebatch.report.target import (
     curve, recipe_to_target, recommend_by_target, target_value, time_to_target_section,
 )
+from largebatch.report.verdict import payback, study_cost
 from largebatch.vocab import (
     MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
 )
@@ -329,6 +330,10 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     ]
     critical = critical_batch_section(configs, warnings)
     why = why_section(configs, per_batch)
+    cost = study_cost(trials, baseline, step_s, basis)
+    cost.update(payback(cost, recommended, baseline))
+    for row in (baseline, *configs, *per_batch, *pareto, recommended):
+        _neutral_names(row)
     return {
         "metric": metric,
         "mode": mode,
@@ -349,4 +354,20 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         "warnings": warnings,
         "speed_basis": basis,
         "throughput": profile,
+        # the study's cost and payback (report/verdict.py); the caller adds the study's name, runs and clock
+        "study": cost,
     }
+
+
+# Metric-neutral names for a row's figures (the metric may be val_mse, val_bpb, ...): value_mean/value_std are the
+# metric's mean and spread over seeds, gap the distance to the baseline in tolerance units (positive = worse),
+# noscale_value the same batch without LR scaling. The old accuracy-flavoured names stay one release.
+_NEUTRAL = {"acc_mean": "value_mean", "acc_std": "value_std", "gap_points": "gap", "noscale_acc": "noscale_value"}
+
+
+def _neutral_names(row: dict | None) -> None:
+    if row is None:
+        return
+    for old, new in _NEUTRAL.items():
+        if old in row:
+            row[new] = row[old]

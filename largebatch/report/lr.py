@@ -27,19 +27,29 @@ def lr_section(configs: list[dict], mode: str = "max") -> Optional[dict[str, Any
         if len({c["base_lr"] for c in at}) < 2:  # the LR was not searched here: the rules' LRs are no tuning
             continue
         reached = [c for c in at if c.get("time_to_target_s") is not None]
+        has_target = any("target_reached" in c for c in at)
         if reached:
             best = min(reached, key=lambda c: (c["time_to_target_s"], c["steps_to_target"], c["label"]))
+        elif has_target:
+            best = None  # no draw reached the target: no tuned LR to hold against the rules
         else:
             best = min(at, key=lambda c: ((-1 if mode == "max" else 1) * c["acc_mean"], c["label"]))
         linear, sqrt = lr0 * batch / b0, lr0 * math.sqrt(batch / b0)
+        tried = sorted({c["peak_lr"] for c in at})
         diverged = sorted({c["peak_lr"] for c in configs if c["global_batch_size"] == batch and c.get("peak_lr")
                            and not c.get("is_baseline") and c.get("status") == "diverged"})
         lrs = sorted(c["peak_lr"] for c in reached)
+        tuned = None if best is None else best["peak_lr"]
         rows.append({
-            "global_batch_size": batch, "n_lrs": len(at), "best": best["label"], "chosen_by":
-            "time_to_target" if reached else "metric", "tuned_lr": best["peak_lr"], "acc_mean": best["acc_mean"],
-            "time_to_target_s": best.get("time_to_target_s"), "predicted_linear": linear, "predicted_sqrt": sqrt,
-            "tuned_over_linear": best["peak_lr"] / linear, "tuned_over_sqrt": best["peak_lr"] / sqrt,
+            "global_batch_size": batch, "n_lrs": len(at), "best": None if best is None else best["label"],
+            "chosen_by": "time_to_target" if reached else "none reached" if best is None else "metric",
+            "tuned_lr": tuned, "acc_mean": None if best is None else best["acc_mean"],
+            "time_to_target_s": None if best is None else best.get("time_to_target_s"),
+            "predicted_linear": linear, "predicted_sqrt": sqrt,
+            "tuned_over_linear": None if tuned is None else tuned / linear,
+            "tuned_over_sqrt": None if tuned is None else tuned / sqrt,
+            # how coarse the draws are around the tuned LR: the nearest LRs tried below and above it
+            "neighbours": None if tuned is None else _neighbours(tried, tuned), "tried_range": [tried[0], tried[-1]],
             "reaching_lr_range": [lrs[0], lrs[-1]] if lrs else None, "diverged_lrs": diverged,
             "lrs": [{"peak_lr": c["peak_lr"], "acc_mean": c["acc_mean"], "time_to_target_s": c.get("time_to_target_s")}
                     for c in sorted(at, key=lambda c: (c["peak_lr"], c["label"]))],
@@ -47,6 +57,22 @@ def lr_section(configs: list[dict], mode: str = "max") -> Optional[dict[str, Any
     if not rows:
         return None
     return {"baseline_batch": b0, "baseline_lr": lr0, "rows": rows}
+
+
+def _neighbours(tried: list[float], lr: float) -> list[Optional[float]]:
+    below = [x for x in tried if x < lr]
+    above = [x for x in tried if x > lr]
+    return [below[-1] if below else None, above[0] if above else None]
+
+
+def coarseness(r: dict) -> str:
+    """'between draws 0.02 and 0.08' style words for how finely the LR around the tuned one was tried."""
+    lo, hi = r.get("neighbours") or (None, None)
+    if lo is None and hi is None:
+        return "the only LR tried"
+    parts = [f"{x:.3g}" for x in (lo, hi) if x is not None]
+    edge = "" if lo is not None and hi is not None else ", at the edge of the LRs tried"
+    return "the nearest LRs tried: " + " and ".join(parts) + edge
 
 
 def format_lr_section(report: dict) -> list[str]:
@@ -60,9 +86,11 @@ def format_lr_section(report: dict) -> list[str]:
            "diverged at |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sec["rows"]:
         span = "-" if r["reaching_lr_range"] is None else f"{r['reaching_lr_range'][0]:.3g} to {r['reaching_lr_range'][1]:.3g}"
-        out.append(f"| {r['global_batch_size']} | {r['n_lrs']} | {r['tuned_lr']:.4g} | {r['predicted_linear']:.4g} | "
-                   f"{r['predicted_sqrt']:.4g} | {r['tuned_over_linear']:.3g} | {r['tuned_over_sqrt']:.3g} | {span} | "
-                   f"{', '.join(f'{x:.3g}' for x in r.get('diverged_lrs') or []) or '-'} |")
+        g = (lambda k, f: "-" if r.get(k) is None else format(r[k], f))  # noqa: E731
+        tuned = "none reached the target" if r["tuned_lr"] is None else g("tuned_lr", ".4g")
+        out.append(f"| {r['global_batch_size']} | {r['n_lrs']} | {tuned} | {r['predicted_linear']:.4g} | "
+                   f"{r['predicted_sqrt']:.4g} | {g('tuned_over_linear', '.3g')} | {g('tuned_over_sqrt', '.3g')} | "
+                   f"{span} | {', '.join(f'{x:.3g}' for x in r.get('diverged_lrs') or []) or '-'} |")
     out += ["", "- tuned: the recipe " + ("soonest to the target" if any(r["chosen_by"] == "time_to_target"
                                                                          for r in sec["rows"]) else
                                          "with the best metric") + " at each batch size; a ratio of 1 is a rule that "

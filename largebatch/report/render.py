@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from largebatch.report.lr import format_lr_section
+from largebatch.report.lr import coarseness, format_lr_section
 from largebatch.report.sections import format_sections
-from largebatch.report.speed import basis_note
+from largebatch.report.speed import basis_note, input_note
+from largebatch.report.verdict import answer_lines, is_keep_baseline, seconds
 def _pct(acc: float | None, std: float | None = None) -> str:
     if acc is None:
         return "-"
@@ -48,8 +49,8 @@ def _projected(report: dict | None) -> bool:
 def _time(c: dict, report: dict | None) -> str:
     """A recipe's speed: the projected training time with the measured wall-clock beside it, or the wall-clock."""
     if _projected(report):
-        return f"{_num(c.get('projected_s'), '.1f')} s projected ({_num(c['wall_s_mean'], '.1f')} s wall-clock)"
-    return f"{_num(c['wall_s_mean'], '.1f')} s"
+        return f"{seconds(c.get('projected_s'))} s projected ({seconds(c['wall_s_mean'])} s wall-clock)"
+    return f"{seconds(c['wall_s_mean'])} s"
 
 
 def _config_line(c: dict | None, report: dict | None = None) -> str:
@@ -58,9 +59,17 @@ def _config_line(c: dict | None, report: dict | None = None) -> str:
     line = (f"{c['label']} (peak LR {_num(c['peak_lr'], '.4g')}): {_val(report or {}, c['acc_mean'], c['acc_std'])}, "
             f"{_time(c, report)}, speed-up {_num(c['speedup'], '.2f')}x")
     if c.get("time_to_target_s") is not None:
-        line += (f"; to the target in {_num(c['steps_to_target'], '.0f')} steps, {_num(c['time_to_target_s'], '.1f')} s"
+        line += (f"; to the target in {_num(c['steps_to_target'], '.0f')} steps, {seconds(c['time_to_target_s'])} s"
                  f" ({_num(c.get('target_speedup'), '.2f')}x the baseline's time to target)")
     return line
+
+
+def first_screen(report: dict) -> list[str]:
+    """The answer, the cost and the payback: the report's first three lines (report/verdict.py)."""
+    tt = report.get("time_to_target") or {}
+    value = "-" if not tt else (_val(report, tt["value"]) if tt["metric"] == metric_label(report)
+                                else f"{tt['value']:.4g}")
+    return answer_lines(report, value)
 
 
 def format_time_to_target(report: dict) -> list[str]:
@@ -73,14 +82,14 @@ def format_time_to_target(report: dict) -> list[str]:
             "projected s*" if proj else "wall-clock s", "speed-up to target"]
     rows = [[str(p["global_batch_size"]) + (" (baseline)" if _is_baseline_batch(report, p) else ""),
              p["recipe"] or "none reached", f"{p['n_reached']}/{p['n_recipes']}", _steps(p),
-             _num(p["examples_to_target"], ".0f"), _num(p["time_to_target_s"], ".1f"),
+             _num(p["examples_to_target"], ".0f"), seconds(p["time_to_target_s"]),
              "-" if p["target_speedup"] is None else f"{p['target_speedup']:.2f}x"] for p in tt["per_batch"]]
     value = _val(report, tt["value"]) if tt["metric"] == metric_label(report) else f"{tt['value']:.4g}"
     sign = ">=" if tt.get("mode", "max") == "max" else "<="
     after = tt.get("baseline_steps_after")
     return [f"Time to the baseline's quality: {tt['metric']} {sign} {value} ({tt['source']}), first reached at an "
             f"epoch end; the baseline gets there in {_num(tt['baseline_steps'], '.0f')} steps, "
-            f"{_num(tt['baseline_time_s'], '.1f')} s" + ("" if after is None else
+            f"{seconds(tt['baseline_time_s'])} s" + ("" if after is None else
                                                          f" (it crossed after step {after:.0f}: evaluations are at "
                                                          f"epoch ends)"), "", *_grid(head, rows), ""]
 
@@ -114,12 +123,12 @@ def format_table(report: dict) -> str:
             _val(report, p["acc_mean"], p["acc_std"]) + (f" (n={p['n_seeds']})" if p["n_seeds"] else ""),
             _num(p["gap_points"], "+.2f" if units == "pts" else "+.3g"),
             _val(report, p["noscale_acc"]),
-            *([_num(p.get("projected_s"), ".1f")] if proj else []),
-            _num(p["wall_s"], ".1f"),
+            *([seconds(p.get("projected_s"))] if proj else []),
+            seconds(p["wall_s"]),
             _num(p["steps"], "d"),
             "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
         ])
-    out = [*format_time_to_target(report), *_grid(head, rows), ""]
+    out = [*first_screen(report), "", *format_time_to_target(report), *_grid(head, rows), ""]
     b = report["baseline"]
     mode = report.get("mode", "max")
     out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} {units}"
@@ -129,8 +138,13 @@ def format_table(report: dict) -> str:
                f"{_val(report, b['acc_mean'], b['acc_std'])} (n={b['n']}), {_time(b, report)}, "
                f"{_num(b['steps'], 'd')} steps")
     out.append(("- *" if proj else "- ") + basis_note(report))
+    note = input_note(report.get("throughput")) if proj else None
+    if note:  # where the step is mostly the input pipeline, the speeds say more about it than about the batch
+        out.append(f"- note: {note}")
     out.append(f"- max_safe_batch: {report['max_safe_batch'] if report['max_safe_batch'] is not None else 'none'}")
-    out.append(f"- recommended: {_config_line(report['recommended'], report)}")
+    rec = report["recommended"]
+    keep = " (keep the baseline)" if is_keep_baseline(rec) and b is not None else ""
+    out.append(f"- recommended{keep}: {_config_line(rec, report)}")
     fit = (report.get("critical_batch") or {}).get("fit")
     if fit:
         gns = report["critical_batch"]["grad_noise_scale_mean"]
@@ -138,9 +152,16 @@ def format_table(report: dict) -> str:
                    f"steps, E_min {fit['E_min']:.4g} examples)"
                    + ("" if gns is None else f"; measured grad_noise_scale {gns:.4g}"))
     for r in (report.get("lr_per_batch") or {}).get("rows", []):
+        lo, hi = r.get("tried_range") or (None, None)
+        if r["tuned_lr"] is None:  # no comparison from recipes that never reached the target
+            out.append(f"- LR re-tuned at B={r['global_batch_size']}: none of the {r['n_lrs']} LRs tried "
+                       f"({_num(lo, '.3g')} to {_num(hi, '.3g')}) reached the target: no tuned LR to compare "
+                       "with the rules")
+            continue
         out.append(f"- LR re-tuned at B={r['global_batch_size']}: peak LR {r['tuned_lr']:.4g} = "
                    f"{r['tuned_over_linear']:.3g}x the linear rule's {r['predicted_linear']:.4g}, "
-                   f"{r['tuned_over_sqrt']:.3g}x the sqrt rule's {r['predicted_sqrt']:.4g}")
+                   f"{r['tuned_over_sqrt']:.3g}x the sqrt rule's {r['predicted_sqrt']:.4g} "
+                   f"({r['n_lrs']} LRs tried; {coarseness(r)})")
     out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
     out.append(f"- failures: {len(report['failures'])}")
     out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")

@@ -79,3 +79,20 @@ def basis_note(report: dict) -> str:
                 "Pareto front and the recommendation use it; 'wall-clock s' is the training time measured while "
                 "trials shared the machine")
     return "speed: training wall-clock, measured while trials shared the machine"
+
+
+INPUT_NOTE_SHARE = 0.25  # an input pipeline at least this share of some batch size's step is worth a line
+
+
+def input_note(profile: Optional[dict]) -> Optional[str]:
+    """'the step times include the input pipeline: 67% of the step at B=1024, ...' for the batch sizes where
+    producing the batches (entry `input_share`) takes at least INPUT_NOTE_SHARE of the step; None otherwise."""
+    big = [e for e in (profile or {}).get("entries") or []
+           if isinstance(e.get("input_share"), (int, float)) and e["input_share"] >= INPUT_NOTE_SHARE]
+    if not big:
+        return None
+    cells = ", ".join(f"{100 * e['input_share']:.0f}% at B={e['global_batch_size']}" for e in big)
+    data = ((profile or {}).get("fingerprint") or {}).get("data") or {}
+    per_item = data.get("kind") == "dataset" and not any(data.get("getitems") or ())
+    return (f"the step times include the input pipeline, which takes {cells} of the step" +
+            (" (its Dataset is read item by item: give it __getitems__, or use tensors)" if per_item else ""))

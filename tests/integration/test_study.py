@@ -98,7 +98,19 @@ def test_report_rebuilt_from_mlflow_equals_the_written_one(study_run, capsys):
     root, report = study_run
     rc = main(["report", "--mlflow", report["study"]["tracking_uri"], "--experiment", "it-digits", "--json"])
     assert rc == 0
-    rebuilt = json.loads(capsys.readouterr().out)
-    assert rebuilt.pop("study")["parent_run_id"] == report["study"]["parent_run_id"]
+    got = capsys.readouterr()
+    rebuilt = json.loads(got.out)
+    assert "printed only, nothing written: --out DIR" in got.err  # says that it wrote nothing
+    study = rebuilt.pop("study")
+    assert study["parent_run_id"] == report["study"]["parent_run_id"]
+    # the cost and payback are rebuilt from MLflow alone too (report/verdict.py)
+    for key in ("cost_baseline_runs", "cost_training_s", "payback_trainings"):
+        assert study[key] == report["study"][key], key
     written = {k: v for k, v in report.items() if k != "study"}
     assert rebuilt == json.loads(json.dumps(written, default=str))
+    out = root / "rebuilt"
+    assert main(["report", "--mlflow", report["study"]["tracking_uri"], "--experiment", "it-digits",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"files to {out.resolve()}: report.json, report.md" in err and "report.html" in err
+    assert (out / "report.html").exists()

@@ -261,7 +261,10 @@ def test_missing_key_names_the_trial():
 def test_format_table_has_each_batch_and_the_summary_lines():
     text = format_table(build_report(design_study()))
     lines = text.splitlines()
-    assert lines[0].startswith("| batch")
+    # the first screen answers first (answer, cost, payback: report/verdict.py), then the table
+    assert [line.split(":")[0] for line in lines[:3]] == ["Answer", "Cost", "Payback"]
+    assert lines[0].startswith("Answer: train at B=256 with the linear rule")
+    assert lines[4].startswith("| batch")
     for batch in ("16", "256", "1024"):
         assert any(line.startswith(f"| {batch} ") for line in lines), batch
     assert "88.60% ± 0.14" in text and "+1.20" in text and "83.70%" in text
@@ -280,7 +283,7 @@ def test_write_report_writes_json_md_and_plots(tmp_path):
     paths = write_report(r, recs, tmp_path / "out")
     names = {p.name for p in paths}
     assert names == {"report.json", "report.md", "val_acc_vs_batch.png", "val_acc_vs_wallclock.png",
-                     "learning_curves.png"}
+                     "learning_curves.png", "time_and_acc_vs_batch.png"}
     for p in paths:
         assert p.exists() and p.stat().st_size > 0
         if p.suffix == ".png":

@@ -59,3 +59,24 @@ def test_markdown_subset():
     assert '<td class="num">1</td><td>x</td>' in html
     assert "<ul><li>one</li><li>two</li></ul>" in html and "<ol><li>first</li></ol>" in html
     assert "<h2>T</h2>" in html and "<p>text</p>" in html
+
+
+def test_inline_bold_and_code_are_rendered_and_still_escaped():
+    html = markdown_to_html("- fit: **B_crit = E_min/S_min = 64** from `steps_to_target`\n\n**<b>x</b>** and a * star")
+    assert "<li>fit: <strong>B_crit = E_min/S_min = 64</strong> from <code>steps_to_target</code></li>" in html
+    assert "**" not in html and "`" not in html
+    assert "<strong>&lt;b&gt;x&lt;/b&gt;</strong> and a * star" in html  # a study's string never becomes markup
+
+
+def test_every_markdown_construct_of_a_real_report_is_rendered(tmp_path):
+    # the page says what report.md says, with no Markdown syntax left over (the critical-batch bold included)
+    from tests.unit.test_time_to_target import PROFILE, study
+
+    from largebatch.report import format_markdown
+
+    report = build_report(study(), tolerance=0.5, profile=PROFILE)
+    md = format_markdown(report)
+    page = write_html(report, tmp_path).read_text()
+    body = page.split("<body>", 1)[1]
+    assert "**" in md and "**" not in body
+    assert re.search(r"<p>Answer: train at B=256", body)
