@@ -20,17 +20,21 @@ from bench import common
 # Order matters: the in-process benchmarks run first, before any Ray child has started on the machine.
 BENCHMARKS = {
     "loop_overhead": "bench.loop_overhead",
+    "check_cost": "bench.check_cost",  # issue #30: the overfit check / one baseline run
     "data_path": "bench.data_path",
     "loader_path": "bench.loader_path",
     "scaling": "bench.scaling",
+    "embedded_head": "bench.embedded_head",
     "ray_overhead": "bench.ray_overhead",
     "search_efficiency": "bench.search_efficiency",
     "epoch_cost": "bench.epoch_cost",
     "demo_study": "bench.demo_study",
     "time_to_accuracy": "bench.time_to_accuracy",  # after demo_study: it times the recipe that study recommends
+    "study_cost": "bench.study_cost",  # issue #26: the budgeted study beside the exhaustive grid
 }
 # --no-ray skips these; scaling drops 2 workers
-NEEDS_RAY = ("ray_overhead", "time_to_accuracy", "search_efficiency", "epoch_cost", "demo_study")
+NEEDS_RAY = ("embedded_head", "ray_overhead", "time_to_accuracy", "search_efficiency", "epoch_cost", "demo_study",
+             "study_cost")
 
 # Issue #14's goal table ("Cheap trials"): (key of the figure rows that answer it, figure, before, goal). A figure
 # row carries the key (common.figure(..., key=...)); several rows with one key (the loop at three batch sizes) are

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
+from largebatch.storage import check_writable_dir, undo_preflight
 from largebatch.vocab import OUTCOME_STATUSES
 
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(p)
     p.add_argument("--workers", type=int, default=None, help="workers per trial (default: tuner.workers_per_trial)")
 
+    p = sub.add_parser("check", help="overfit one batch of the study's task here, in seconds (tune, train: first)")
+    _study_args(p)
+
     p = sub.add_parser("train", help="run ONE trial (the study's base config, or --baseline) on Ray Train")
     _study_args(p)
     p.add_argument("--workers", type=int, default=None, help="DDP workers (default: tuner.workers_per_trial)")
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default=None, help="checkpoint storage: a path or s3://bucket/prefix (default ./runs)")
     p.add_argument("--output-json", default=None, help="write the final metrics as JSON here")
+    p.add_argument("--no-check", action="store_true", help="skip the task's overfit check (largebatch check)")
     _verbose_arg(p)
 
     p = sub.add_parser("tune", help="run a whole study on Ray Tune and print the report")
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the trials this study file has and this study's newest completed run lacks (new batch "
                         "sizes, seeds, samples; same --name/--storage/--mlflow) under the same MLflow parent, and "
                         "rebuild the report over all of them; finished trials are never re-run")
+    p.add_argument("--no-check", action="store_true", help="skip the task's overfit check (largebatch check)")
     _verbose_arg(p)
 
     p = sub.add_parser("probe", help="measure the gradient noise scale B_noise on a short run of the baseline "
@@ -127,6 +133,14 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from largebatch.check import check_study
+    from largebatch.config import load_study, parse_sets
+
+    check_study(load_study(args.study, parse_sets(args.sets)), args.study)
+    return 0
+
+
 def _trial_count(study) -> str:
     """How many trials `tune` will run, as the searcher lists them (tune/searchers.py, Ray-free)."""
     from largebatch.config.critical import AROUND_CRITICAL
@@ -156,13 +170,14 @@ def _check_writable_file(path: str) -> None:
 
 def cmd_train(args) -> int:
     from largebatch.config import baseline_trial, load_study, parse_sets, resolve
-    from largebatch.raylib import init_ray, shutdown_ray
+    from largebatch.check import check_study
+    from largebatch.raylib import init_ray, preflight_ray, shutdown_ray
     from largebatch import quiet
     from largebatch.storage import preflight_storage, resolve_storage
     from largebatch.train.trial import fit_outcome, make_trainer
     from largebatch.train_progress import TrainProgress
 
-    study = load_study(args.study, parse_sets(args.sets))
+    study = load_study(args.study, parse_sets(args.sets), resolved=True, workers=args.workers)  # as validate does
     cfg = baseline_trial(study, args.study) if args.baseline else study.base
     workers = _workers(args, study)
     res = resolve(cfg, workers, source=args.study, prefix="baseline." if args.baseline else "base.")
@@ -170,6 +185,9 @@ def cmd_train(args) -> int:
     # the same checks as `tune`, before Ray starts: a bad path must not cost a trial
     if args.output_json:
         _check_writable_file(args.output_json)
+    if not args.no_check:  # a task that cannot overfit one batch: one line, exit 2, before Ray (largebatch/check.py)
+        check_study(study, args.study, args.baseline, prefix="[largebatch] ")
+    preflight_ray(args.address)  # a wrong token, ulimit -v or object-store size: before anything is written
     preflight_storage(storage)  # creates the storage folder: last, so a bad --output-json leaves nothing
     cpus = study.tuner.cpus_per_worker
     print(f"[largebatch] {study.name}: B={res.global_batch_size} ({workers} workers x {res.per_worker_batch}, "
@@ -215,6 +233,7 @@ def resume_command(args) -> str:
 
 def cmd_tune(args) -> int:
     from largebatch.config import load_study, parse_sets
+    from largebatch.failures import verdict_exit
     from largebatch.tune.driver import run_study
 
     if args.name is not None:
@@ -227,11 +246,18 @@ def cmd_tune(args) -> int:
     if args.resume and args.extend:
         raise BadInput("--resume continues a study whose driver died, --extend adds trials to a finished one; give "
                        "one of them", field="--extend")
-    study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke)
-    run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
-              storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume,
-              resume_hint=resume_command(args), extend=args.extend)
-    return 0
+    study = load_study(args.study, parse_sets(args.sets), smoke=args.smoke, resolved=True)  # all of validate's checks
+    if not (args.no_check or args.resume):  # a resumed study was checked when it started (largebatch/check.py)
+        from largebatch.check import check_study
+
+        check_study(study, args.study, prefix="[largebatch] ")
+    from largebatch.raylib import preflight_ray
+
+    preflight_ray(args.address)  # a wrong token, ulimit -v or object-store size: before any run is created
+    report = run_study(study, source=args.study, study_text=Path(args.study).read_text(), name=args.name,
+                       storage=args.storage, mlflow_uri=args.mlflow, address=args.address, resume=args.resume,
+                       resume_hint=resume_command(args), extend=args.extend)
+    return verdict_exit(report)  # every trial failed, or the baseline did: exit 1, naming why (failures.py)
 
 
 def cmd_probe(args) -> int:
@@ -270,6 +296,8 @@ def cmd_report(args) -> int:
     from largebatch.records import find_study_run, records_from_mlflow
     from largebatch.tracking import resolve_tracking_uri
 
+    if args.out:  # before MLflow is read: a bad --out costs nothing
+        check_writable_dir(args.out, "--out")
     uri = resolve_tracking_uri(args.mlflow)
     exp_id, parent_id, options = find_study_run(uri, args.experiment, args.run)
     records = records_from_mlflow(uri, exp_id, parent_id)
@@ -277,13 +305,21 @@ def cmd_report(args) -> int:
 
     report = build_report(records, **options, profile=logged_profile(uri, parent_id))
     report["study"] = {"name": args.experiment, "parent_run_id": parent_id, "experiment_id": exp_id,
-                       "n_trials": len(records)}  # what a rebuilt report knows of its study (the HTML title)
+                       "n_trials": len(records), **report["study"]}  # the HTML title; cost: report/verdict.py
+    written = []
     if args.out:
         from largebatch.report_html import write_html
 
-        write_report(report, records, Path(args.out))
-        write_html(report, Path(args.out))
+        written = write_report(report, records, Path(args.out))
+        written.append(write_html(report, Path(args.out)))
     print(json.dumps(report, indent=2, default=str) if args.json else format_table(report))
+    # where it went (stderr, so that --json stays one JSON document on stdout)
+    if written:
+        print(f"[largebatch] wrote {len(written)} files to {Path(args.out).resolve()}: "
+              f"{', '.join(p.name for p in written)}", file=sys.stderr)
+    else:
+        print("[largebatch] printed only, nothing written: --out DIR writes report.json, report.md, report.html "
+              "and the plots", file=sys.stderr)
     return 0
 
 
@@ -323,7 +359,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "train": cmd_train, "tune": cmd_tune, "probe": cmd_probe,
+COMMANDS = {"validate": cmd_validate, "check": cmd_check, "train": cmd_train, "tune": cmd_tune, "probe": cmd_probe,
             "report": cmd_report, "ui": cmd_ui, "data": cmd_data, "list": cmd_list}
 
 
@@ -337,10 +373,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         if args.cmd in ("train", "tune", "ui"):  # they start servers: SIGTERM/SIGHUP must clean up like Ctrl-C
             previous = interrupts.install()
-        if args.cmd in ("train", "tune"):
-            quiet.configure(args.verbose)  # before Ray or MLflow is imported
+        if args.cmd in ("train", "tune", "report"):
+            quiet.configure(getattr(args, "verbose", False))  # before Ray or MLflow is imported
         return COMMANDS[args.cmd](args)
     except BadInput as e:
+        undo_preflight()  # a refused command leaves no folder behind (runs/ made by a preflight that passed)
         print(redact_text(f"largebatch: error: {e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except StudyAborted as e:

@@ -11,6 +11,7 @@ The package, one job a module (each imports only those above it):
   resolve.py  Phase, Resolved, resolve(): every derived value for one worker count
   critical.py around_critical: its factors' checks and the batch rounding (pure; placed by tune/critical.py)
   search.py   SearchDomain: the `search:` entries (values, sample, to_tune) and their load-time checks
+  fullbatch.py `full` made the training-set size at load; full_batch_only optimizers (rprop) checked
   study.py    load_study: YAML, --set overrides, smoke, baseline, the task check
 
 Everything is importable from `largebatch.config`; importing it loads no torch, ray or mlflow.
@@ -26,6 +27,7 @@ from largebatch.config.resolve import Phase, Resolved, resolve
 from largebatch.config.search import (
     LISTED_KINDS, SEARCH_KINDS, SearchDomain, check_search_key, check_search_resolves, search_values,
 )
+from largebatch.config.fullbatch import full_batch_study, grid_admits
 from largebatch.config.study import (
     baseline_trial, check_task, load_study, load_yaml_text, parse_sets, parse_value, read_yaml,
 )
@@ -36,5 +38,5 @@ __all__ = [
     "SmokeConfig", "StudyConfig", "TaskConfig", "TrialConfig", "TunerConfig", "check_study_name", "check_names",
     "apply_overrides", "flatten", "get_dotted", "parse_trial", "set_dotted", "Phase", "Resolved", "resolve",
     "LISTED_KINDS", "SEARCH_KINDS", "SearchDomain", "check_search_key", "check_search_resolves", "search_values",
-    "baseline_trial", "check_task", "load_study", "load_yaml_text", "parse_sets", "parse_value", "read_yaml",
+    "full_batch_study", "grid_admits", "baseline_trial", "check_task", "load_study", "load_yaml_text", "parse_sets", "parse_value", "read_yaml",
 ]

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
+MAX_SEED = 2**32 - 1  # np.random.RandomState and torch.manual_seed both take it
 MAX_EPOCHS = 100_000  # bounds what resolve() and a trial may be asked to plan
 
 
@@ -28,14 +28,16 @@ class DataConfig(_Strict):
     # evaluate on the first N of a fixed permutation (seed EVAL_SUBSET_SEED, never cfg.seed) of the eval split: the
     # same examples for every trial, seed and epoch; None = the whole split (tasks/build.py)
     eval_subset: Optional[int] = Field(None, gt=0)
-    global_batch_size: int = Field(16, gt=0, le=2**24)  # examples per optimizer step, over all workers and micro-steps
+    # examples per optimizer step, over all workers and micro-steps; "full": the whole (subset) training set, one
+    # step per epoch (resolve() turns it into the number; per_worker_batch_cap/grad_accum_steps bound the memory)
+    global_batch_size: Union[Annotated[int, Field(gt=0, le=2**24)], Literal["full"]] = 16
     # memory cap on one forward pass; forces accumulation. "auto": each worker finds the largest micro-batch that fits
     # before training (on a GPU: halve until no out-of-memory error; on a CPU: within auto_memory_mb of activations)
     per_worker_batch_cap: Union[Annotated[int, Field(gt=0)], Literal["auto"], None] = None
     auto_memory_mb: Optional[float] = Field(None, gt=0)  # the CPU budget for `auto`: tensors saved for backward
     grad_accum_steps: Optional[int] = Field(None, gt=0)  # explicit accumulation; None = derived from the cap
     eval_batch_size: int = Field(4096, gt=0)
-    loader_workers: int = Field(0, ge=0)  # DataLoader processes for a task whose data is a torch Dataset
+    loader_workers: int = Field(0, ge=0, le=64)  # DataLoader processes for a task whose data is a torch Dataset
 
 
 class ModelConfig(_Strict):
@@ -59,6 +61,11 @@ class OptimConfig(_Strict):
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
     eps: float = Field(1e-8, gt=0.0)
     trust_coefficient: float = Field(0.001, gt=0.0)  # LARS eta
+    # which optimizer takes which of these settings: optim/factory.py OPTIMIZERS (OptimInfo.settings)
+    alpha: float = Field(0.99, ge=0.0, lt=1.0)  # rmsprop: decay of the running mean of squared gradients
+    centered: bool = False  # rmsprop: divide by the gradient's estimated variance instead of its second moment
+    etas: list[float] = Field([0.5, 1.2], min_length=2, max_length=2)  # rprop: step shrink/grow on a sign flip/keep
+    step_sizes: list[float] = Field([1e-6, 50.0], min_length=2, max_length=2)  # rprop: per-weight step bounds
     grad_clip_norm: Optional[float] = Field(None, gt=0.0)
 
 
@@ -131,7 +138,7 @@ class TaskConfig(_Strict):
 
 
 class TrialConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # numpy and torch take seeds in 0..2**32-1
     task: TaskConfig = TaskConfig()
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 only on GPU
     data: DataConfig = DataConfig()
@@ -152,13 +159,13 @@ class TunerConfig(_Strict):
     scheduler: str = "fifo"
     grace_period_epochs: int = Field(1, gt=0)  # asha, sha
     reduction_factor: float = Field(3.0, gt=1.0)  # asha, sha: keep the best 1/3 at each rung (Hyperband's eta = 3)
-    num_samples: int = Field(1, gt=0)  # grid: repeats of the grid; random/optuna: samples
+    num_samples: int = Field(1, gt=0, le=10_000)  # grid: repeats of the grid; random/optuna: samples
     max_concurrent: Optional[int] = Field(None, gt=0)
     workers_per_trial: int = Field(1, gt=0)
     cpus_per_worker: int = Field(1, gt=0)
     use_gpu: bool = False
-    seeds: list[int] = Field([0], min_length=1)
-    max_failures: int = Field(2, ge=0)  # Train FailureConfig: worker restarts from the last checkpoint
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field([0], min_length=1, max_length=100)
+    max_failures: int = Field(2, ge=0, le=100)  # Train FailureConfig: worker restarts from the last checkpoint
     # a 1-worker trial has no data parallelism: run it in Tune's trial process (no Train controller or worker
     # group to start); false: every trial goes through Ray Train's TorchTrainer (docs/design.md §8)
     in_process: bool = True
@@ -166,6 +173,10 @@ class TunerConfig(_Strict):
     # steps x profiled step time instead of wall-clock measured while trials share the machine (docs/design.md §9)
     profile: bool = True
     time_budget_s: Optional[float] = Field(None, gt=0)
+    # the study's training budget, in baseline runs of projected training (the baseline's full budget = 1, the
+    # baseline included): trials stop, and no new one starts, once it would be exceeded; searched trials stop at the
+    # target and once they cannot beat the soonest recipe found (tune/stopper.py)
+    budget_runs: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
 
 
 class ReportConfig(_Strict):

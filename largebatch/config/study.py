@@ -2,82 +2,43 @@
 entries and the task. The result is a StudyConfig with tuner.mode and report.tolerance_units filled in."""
 from __future__ import annotations
 
+import operator
+import posixpath
 import re
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Optional
 
 from largebatch.config.names import check_names, check_tuner_names
-from largebatch.config.schema import StudyConfig, TrialConfig
+from largebatch.config.schema import ReportConfig, StudyConfig, TrialConfig, TunerConfig
 from largebatch.config.critical import AROUND_CRITICAL
+from largebatch.config.fullbatch import full_batch_study
 from largebatch.config.search import check_search_key, search_values
 from largebatch.config.tree import _parse, apply_overrides, parse_trial
-from largebatch.errors import BadInput
+from largebatch.config.yamlread import (  # noqa: F401  (re-exported by largebatch.config)
+    MAX_SCALAR, MAX_STUDY_BYTES, YamlLimit, load_yaml_text, parse_sets, parse_value, read_yaml,
+)
+from largebatch.errors import BadInput, did_you_mean
 
 
-class _StudyLoader(yaml.SafeLoader):
-    """YAML as people write numbers: PyYAML's YAML 1.1 rules read `1e-3` and `1.5e3` as strings (they want a dot
-    and a signed exponent); here they are floats, as in YAML 1.2 and every other tool."""
-
-
-_StudyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def load_yaml_text(text: str) -> Any:
-    """The one YAML reader for studies and --set values, so both read `1e-3` the same way."""
-    return yaml.load(text, Loader=_StudyLoader)  # a SafeLoader: no Python objects
-
-
-def parse_value(text: str) -> Any:
-    """`--set key=value` values are YAML scalars/lists: 0.1 -> float, [1,2] -> list, linear -> str."""
-    try:
-        return load_yaml_text(text)
-    except yaml.YAMLError:
-        return text
-
-
-def parse_sets(items: list[str] | None, source: str = "--set") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise BadInput(f"got {item!r}; write key=value, e.g. optim.base_lr=0.1", source=source)
-        out[key.strip()] = parse_value(value)
-    return out
-
-
-def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput("no such file; give the path of a study YAML (see tune_spaces/)", source=str(path))
-    try:
-        data = load_yaml_text(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise BadInput(f"malformed YAML{where}: {problem}; fix the syntax", source=str(path)) from None
-    if not isinstance(data, dict):
-        raise BadInput(f"the top level must be a mapping with name:, base:, search:, ...; got "
-                       f"{type(data).__name__}", source=str(path))
-    return data
-
-
-def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: bool = False) -> StudyConfig:
+def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: bool = False, resolved: bool = False,
+               workers: Optional[int] = None) -> StudyConfig:
     """Read, override and validate a study YAML. `sets` keys starting with tuner./report./search. address
-    those blocks; anything else addresses the trial config (base) and the baseline alike."""
+    those blocks; anything else addresses the trial config (base) and the baseline alike. With `resolved`, base and
+    baseline are resolved for `workers` (default tuner.workers_per_trial) and the grid too (check_study_resolves)."""
     source = str(path)
     raw = read_yaml(path)
     raw.setdefault("name", Path(path).stem)
     if smoke:
+        if "smoke" not in raw:  # `smoke: {}` says the study is already small: --smoke runs it as it is
+            raise BadInput("--smoke, but the study has no smoke: block; add one (smoke: {base: ..., search: ..., "
+                           "tuner: ...}, see tune_spaces/fashion-mnist.yaml), or smoke: {} if the study is already "
+                           "small, or drop --smoke", source=source, field="smoke")
         sm = raw.get("smoke") or {}
-        if not isinstance(sm, dict):
-            raise BadInput("smoke must be a mapping with base:, search:, tuner:", source=source, field="smoke")
+        _check_smoke(sm, source)
         raw = _apply_blocks(raw, {"base": sm.get("base") or {}, "tuner": sm.get("tuner") or {}})
         raw["search"] = {**(raw.get("search") or {}), **(sm.get("search") or {})}
+    elif raw.get("smoke") is not None:
+        _check_smoke(raw["smoke"], source)
     if sets:
         raw = _apply_blocks(raw, _split_sets(sets))
     study = _parse(StudyConfig, raw, source)
@@ -94,9 +55,47 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
             raise BadInput(f"searcher 'grid' takes grid/choice entries only, got {domain.kind}; use searcher random "
                            f"or optuna for continuous ranges, or add per_batch: N to draw N values per batch size",
                            source=source, field=f"search.{key}")
+    check_grid_size(study, source)
     if study.baseline is not None:
         baseline_trial(study, source)  # validates the overrides
-    return check_task(study, source)
+    study = full_batch_study(check_task(study, source), source)  # `full` -> the training-set size; rprop: full only
+    if resolved:  # `train` and `tune`: everything `validate` checks, before Ray starts
+        check_study_resolves(study, workers if workers is not None else study.tuner.workers_per_trial, source)
+    return study
+
+
+def check_train_size(task, base: TrialConfig, source: str) -> int:
+    """The task's count of training examples, on the driver: for a data file (npz) that is the whole file checked
+    (data/npz.py), so bad data is one line before any process starts; a count that is not a positive int is too."""
+    try:
+        n = task.train_size(base)
+    except BadInput as e:
+        if e.source and e.source != source:  # the data file is named: say which study field points at it
+            raise BadInput(str(e), field="data.path") from None
+        raise
+    try:
+        count = None if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise BadInput(f"task {task.name or base.task.name!r}: train_size(cfg) returned {n!r}; return the number of "
+                       f"training examples, a positive int", field="task.name")
+    return count
+
+
+def check_study_resolves(study: StudyConfig, workers: int, source: str) -> list[tuple[str, dict]]:
+    """What `validate` checks past loading, for every command that runs a study file, so `train` and `tune` answer
+    bad input before Ray starts: base and the baseline resolved for `workers`, every grid/choice value for
+    tuner.workers_per_trial (as `tune` runs them). Returns (label, resolved summary) of base and baseline."""
+    from largebatch.config.resolve import resolve
+    from largebatch.config.search import check_search_resolves
+
+    rows = [("base", resolve(study.base, workers, source=source).summary())]
+    if study.baseline is not None:
+        rows.append(("baseline", resolve(baseline_trial(study, source), workers, source=source,
+                                         prefix="baseline.").summary()))
+    check_search_resolves(study, study.tuner.workers_per_trial, source)  # as `tune` will run the grid
+    return rows
 
 
 def eval_subsets(study: StudyConfig) -> list[tuple[str, int]]:
@@ -125,6 +124,8 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
     subsets = eval_subsets(study)
     try:
         task = load_task(t.name, t.kwargs)
+        if task.train_size is not None:
+            check_train_size(task, study.base, source)
         if task.train_size is None or subsets:  # a user task, or an eval subset: look at its data once (item 0 of
             # each split, and the eval split's length, against which every data.eval_subset is checked here)
             base = study.base
@@ -139,6 +140,8 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
             if k > n_eval:
                 raise BadInput(too_many_eval(k, n_eval, study.base, task.name or t.name), source=source, field=field)
     reported = task.reported()
+    for name in reported:
+        check_metric_name(name, t.name, source)
     metric = study.tuner.metric
     if metric not in reported:
         raise BadInput(f"got {metric!r}: task {t.name!r} reports {', '.join(reported)}", source=source,
@@ -150,6 +153,55 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
     units = study.report.tolerance_units or ("points" if mode == "max" else "absolute")
     return study.model_copy(update={"tuner": study.tuner.model_copy(update={"mode": mode}),
                                     "report": study.report.model_copy(update={"tolerance_units": units})})
+
+
+# MLflow's rule for metric names (mlflow/utils/validation.py, POSIX): a name outside it is refused with the whole
+# log_batch it came in, every epoch, while the trial goes on as if logged
+_METRIC_NAME = re.compile(r"^[/\w.\- :]*$")
+MAX_METRIC_NAME = 250 - len("best_")  # MLflow's key length limit, with the summary prefix the report adds
+
+
+def check_metric_name(name: str, task: str, source: str) -> None:
+    """A metric name MLflow would take: letters, digits, _ - . space : /, no path tricks, at most 245 characters."""
+    norm = posixpath.normpath(name) if name else "."
+    if (not _METRIC_NAME.match(name) or norm != name or norm.startswith(("..", "/")) or norm == "."
+            or len(name) > MAX_METRIC_NAME):
+        raise BadInput(f"task {task!r} reports a metric named {name!r}, which MLflow refuses (it would drop every "
+                       f"epoch's metrics); name the task's Metric with letters, digits and _ - . only",
+                       source=source, field="base.task.name")
+
+
+MAX_GRID_TRIALS = 10_000  # trials one study may list (grid points x num_samples x seeds)
+
+
+def check_grid_size(study: StudyConfig, source: str) -> None:
+    """The grid's size from the entries' lengths, before anything enumerates it."""
+    if study.tuner.searcher != "grid":
+        return
+    from largebatch.config.search import SearchDomain
+
+    n = study.tuner.num_samples * len(study.tuner.seeds)
+    for key, entry in study.search.items():
+        domain = SearchDomain.of(entry)
+        n *= domain.per_batch or (len(domain.args) if domain.listed else 1)
+        if n > MAX_GRID_TRIALS:
+            raise BadInput(f"the grid lists more than {MAX_GRID_TRIALS} trials by this entry (search points x "
+                           f"tuner.num_samples x tuner.seeds); list fewer values, or use searcher random with "
+                           f"num_samples", source=source, field=f"search.{key}")
+
+
+def _check_smoke(sm: Any, source: str) -> None:
+    """The smoke: block's shape, checked whether or not --smoke is given (its values are checked when applied)."""
+    if not isinstance(sm, dict):
+        raise BadInput(f"got {type(sm).__name__}: smoke must be a mapping with base:, search:, tuner:",
+                       source=source, field="smoke")
+    for key, value in sm.items():
+        if key not in ("base", "search", "tuner"):
+            raise BadInput(f"unknown key {str(key)!r}{did_you_mean(key, ('base', 'search', 'tuner'))}; valid keys "
+                           f"here: base, search, tuner", source=source, field="smoke")
+        if value is not None and not isinstance(value, dict):
+            raise BadInput(f"got {type(value).__name__}: smoke.{key} must be a mapping of dotted keys, e.g. "
+                           f"{{budget.epochs: 1}}", source=source, field=f"smoke.{key}")
 
 
 def _split_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -171,13 +223,18 @@ def _apply_blocks(raw: dict, blocks: dict[str, dict[str, Any]]) -> dict:
             raw["search"] = {**(current if isinstance(current, dict) else {}), **overrides}
         elif overrides:
             current = raw.get(block) or {}
-            raw[block] = apply_overrides(current if isinstance(current, dict) else {}, overrides)
+            raw[block] = apply_overrides(current if isinstance(current, dict) else {}, overrides,
+                                         model=_BLOCK_MODELS[block])
     if blocks.get("base") and isinstance(raw.get("baseline"), dict):
         # trial-level overrides (--set, smoke) apply to the baseline too, unless the baseline pins that key
         raw["baseline"] = {**blocks["base"], **raw["baseline"]}
     return raw
 
 
+_BLOCK_MODELS = {"base": TrialConfig, "tuner": TunerConfig, "report": ReportConfig}
+
+
 def baseline_trial(study: StudyConfig, source: str = "<study>") -> TrialConfig:
-    tree = apply_overrides(study.base.model_dump(), study.baseline or {})
+    # `data: {global_batch_size: 32}` is `data.global_batch_size: 32`: it leaves data's other keys as base has them
+    tree = apply_overrides(study.base.model_dump(), study.baseline or {}, model=TrialConfig)
     return parse_trial(tree, source=source, prefix="baseline.")

@@ -7,6 +7,7 @@ from MLflow alone, so `largebatch report` gives the same answer later.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -95,8 +96,11 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.tune.trainable import tune_trial
     from largebatch.tune.critical import log_placement, place_critical
     from largebatch.tune.extend import extension_searcher, find_extendable, reopen_parent
-    from largebatch.tune.throughput import study_profile
+    from largebatch.tune.throughput import fingerprint_while_ray_starts, study_profile
     from largebatch.tune.stopper import create_stopper
+    from largebatch.tasks.build import absolute_paths
+    from largebatch.report.speed import step_times
+    from largebatch.report.target import explicit_target
 
     t = study.tuner
     exp_name = name or study.name
@@ -104,8 +108,12 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     tracking_uri = resolve_tracking_uri(mlflow_uri, run_root)
     storage_path = resolve_storage(storage, run_root)
     # ---- everything that can be wrong is checked before Ray starts or a run is created
-    base_tree = study.base.model_dump(mode="json")
-    baseline_tree = baseline_trial(study, source).model_dump(mode="json") if study.baseline is not None else base_tree
+    # relative paths (data.path, files named in task.kwargs) made absolute here, against the folder the study was
+    # loaded (and its task checked) from: the profile and every trial, each in its own folder, read the same files
+    cwd = os.getcwd()
+    base_tree = absolute_paths(study.base.model_dump(mode="json"), cwd)
+    baseline_tree = absolute_paths(baseline_trial(study, source).model_dump(mode="json"), cwd) \
+        if study.baseline is not None else base_tree
     study, critical = place_critical(study, source, run_root)  # around_critical -> {grid: [..]}, else unchanged
     searcher, n_trials = create_searcher(study, {} if study.baseline is not None else None)
     scheduler = create_scheduler(study)
@@ -129,6 +137,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
 
     per_trial = t.workers_per_trial * t.cpus_per_worker
     in_process = runs_in_process(study)
+    fingerprint = None if resume else fingerprint_while_ray_starts(study, base_tree)  # the profile's cache key
     info = init_ray(address)
     try:
         if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
@@ -172,7 +181,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             workers_per_trial=t.workers_per_trial, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
             max_failures=t.max_failures, train_sizes=train_sizes, tracking_uri=tracking_uri, experiment_id=exp_id,
             parent_run_id=parent_id, run_name=run_name, storage_path=storage_path,
-            placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process)
+            placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process, cwd=cwd)
         if in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
             resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         else:
@@ -209,14 +218,21 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                                           callbacks=[progress.create_callback()]),
             )
         display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric, score=summary_name(t.metric),
-                               mode=t.mode or "max",
-                               live=live and wants_live() and not quiet.is_verbose())
+                               mode=t.mode or "max", slots=max_conc,
+                               live=live and wants_live() and not quiet.is_verbose(),
+                               # the best so far on the report's basis: tolerance, units, target, step times
+                               tolerance=study.report.tolerance, units=study.report.tolerance_units,
+                               target=explicit_target(t.metric, study.base.budget.target_val_acc))
         progress.activate(display, runtime)
         t0 = time.time()
         try:
             # each batch size's step time measured alone, before any trial shares the machine (tune/throughput.py)
-            profile = study_profile(study, tracker, parent_id, base_tree, baseline_tree, run_root, target is not None)
+            profile = study_profile(study, tracker, parent_id, base_tree, baseline_tree, run_root, target is not None,
+                                    fingerprint=fingerprint)
             profile_s = time.time() - t0
+            display.step_s = step_times(profile)  # projected times to target, as the report's (report/speed.py)
+            if stopper is not None and target is None:  # tuner.budget_runs: step times, unit, gate (tune/stopper.py)
+                stopper.plan(profile, runtime, searcher)
             display.start()
             try:
                 grid = tuner.fit()
@@ -234,6 +250,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                 progress.deactivate()
             study_s = time.time() - t0
             marked = _mark_unfinished(tracker, exp_id, parent_id, grid, stopper.stopped if stopper else {})
+            if stopper is not None and stopper.budget_runs is not None:
+                runtime.extra["budget"] = stopper.finish()  # what the budget did: printed, and for the report
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
             raise _abort(tracker, exp_id, exp_name, parent_id, e, resume_hint) from None
     finally:

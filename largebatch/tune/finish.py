@@ -2,10 +2,12 @@
 local folder first, then copied to s3:// storage and logged on the parent run (docs/design.md §10)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 from largebatch.config import StudyConfig
+from largebatch.console import command_start
 from largebatch.redact import redact_uri
 from largebatch.tune.runtime import StudyRuntime
 
@@ -23,6 +25,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     from largebatch.storage import report_dir_for, upload_dir
     from largebatch.records import records_from_mlflow
     from largebatch.tracking import tracking_error, with_retry
+    from largebatch.failures import no_verdict
 
     t = study.tuner
     tracking_uri, exp_id, parent_id = rt.tracking_uri, rt.experiment_id, rt.parent_run_id
@@ -42,8 +45,15 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
                        "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
                        "study_s": study_s,
-                       "n_trials": n_trials}
+                       "n_trials": n_trials, **report.get("study", {})}  # cost and payback: report/verdict.py
     report["study"].update(study_costs(records, study_s, slots, profile_s))
+    if rt.extra.get("budget"):  # tuner.budget_runs: what the budget did (tune/stopper.py TargetStopper.accounts)
+        report["study"]["budget"] = rt.extra["budget"]
+    # every trial failed, or the baseline did: the CLI exits 1 (failures.py). No record in MLflow (e.g. every trial
+    # died before its run was created): Tune's results say what happened
+    verdict = no_verdict(records or _records_from_tune(grid, rt))
+    if verdict is not None:
+        report["study"]["no_verdict"] = verdict
     out_dir = report_dir_for(storage_path, run_name, run_root)
     # an s3:// report is written here first and stays (the copy to read if the upload fails)
     local_dir = Path(run_root) / run_name / "report" if out_dir.startswith("s3://") else Path(out_dir)
@@ -60,13 +70,16 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     tracker.log_artifacts(parent_id, local_dir, "report")
     _describe_runs(tracker, parent_id, records, report)
     tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0,
-                                  **_headline(report)}, "completed")
-    tracker.end_run(parent_id)
+                                  **_headline(report)}, "completed", verdict)
+    # no verdict: the run shows FAILED with the line as its reason; its status tag stays completed (every trial
+    # ended, so --resume has nothing to continue and --extend may add trials)
+    tracker.end_run(parent_id, "FINISHED" if verdict is None else "FAILED")
     unlogged += [f"MLflow: {u}" for u in tracker.unlogged]
     print(format_table(report))
     print(f"[largebatch] report: {where[0]}/report.md and report.html  (MLflow parent run {parent_id}, "
           f"{study_s:.0f} s)")
-    print(costs_line(report["study"], study_s))
+    command_s = time.time() - command_start()
+    print(costs_line(report["study"], study_s, command_s))
     if unlogged:  # also kept beside the local report, for whoever finds it there
         (local_dir / "not_logged.txt").write_text(redact_uri("\n".join(unlogged)) + "\n")
         print(redact_uri(f"[largebatch] not logged: {'; '.join(unlogged)}. The whole report is in {local_dir}"),
@@ -78,7 +91,9 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
 def _headline(report: dict) -> dict[str, float]:
     """The time-to-target headline as parent-run metrics (report/target.py), where the report has it."""
     tt, rec = report.get("time_to_target") or {}, report.get("recommended") or {}
+    cost = report.get("study") or {}
     out = {"target_value": tt.get("value"), "baseline_time_to_target_s": tt.get("baseline_time_s"),
+           "cost_baseline_runs": cost.get("cost_baseline_runs"), "payback_trainings": cost.get("payback_trainings"),
            "recommended_time_to_target_s": rec.get("time_to_target_s"),
            "recommended_target_speedup": rec.get("target_speedup"),
            "recommended_global_batch_size": rec.get("global_batch_size")}
@@ -118,7 +133,7 @@ def _records_from_tune(grid, rt: StudyRuntime) -> list[dict]:
             "is_baseline": arm == "baseline", "global_batch_size": summary["global_batch_size"],
             "rule": summary["rule"], "warmup_epochs": summary["warmup_epochs"], "optimizer": cfg.optim.name,
             "base_lr": summary["base_lr"], "peak_lr": summary["peak_lr"], "seed": seed, "status": status,
-            "reason": m.get("reason") if status == "failed" else None,
+            "reason": (m.get("reason") or _error_line(getattr(r, "error", None))) if status == "failed" else None,
             **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
             "wall_s": m.get("wall_s"), "startup_s": m.get("startup_s"),
             "steps": int(m["steps"]) if "steps" in m else None, **{k: m.get(k) for k in TRIAL_FIGURES},
@@ -127,6 +142,12 @@ def _records_from_tune(grid, rt: StudyRuntime) -> list[dict]:
             "history": history,
         })
     return records
+
+
+def _error_line(err) -> Optional[str]:
+    from largebatch.failures import describe
+
+    return describe(err) if isinstance(err, BaseException) else None
 
 
 def _describe_runs(tracker, parent_id: str, records: list[dict], report: dict) -> None:
