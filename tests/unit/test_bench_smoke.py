@@ -16,7 +16,7 @@ import pytest
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IN_PROCESS = ("loop_overhead", "data_path", "loader_path", "scaling")
+IN_PROCESS = ("loop_overhead", "data_path", "loader_path", "scaling", "check_cost")
 
 
 def _positive_finite(x) -> bool:
