@@ -132,3 +132,27 @@ def test_a_budgeted_study_says_its_budget_on_the_cost_line():
                             "stopped": {"reached the target": 2, "cannot beat": 4, "the study's budget": 0}}
     cost = format_table(r).splitlines()[1]
     assert cost.endswith(", within its budget of 3 baseline runs (4 could not beat the soonest recipe; 2 not started).")
+
+
+def test_the_wallclock_plot_says_why_the_star_may_be_off_its_front(tmp_path, monkeypatch):
+    # the recommendation is the soonest to the target; the plot's front is over whole runs: the legend says which
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.axes
+
+    from largebatch import report_plots
+
+    seen = []
+    real = matplotlib.axes.Axes.scatter
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("label"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    r = build_report(study(), tolerance=0.5, profile=PROFILE)
+    assert r["recommended"]["chosen_by"] == "time_to_target"
+    assert report_plots.plot_acc_vs_wallclock(r, tmp_path / "p.png").exists()
+    assert "recommended (soonest to the target, full run shown)" in seen
+    assert "recommended reaches the target (3.74 s)" in seen
