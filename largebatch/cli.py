@@ -177,7 +177,8 @@ def cmd_train(args) -> int:
     from largebatch.train.trial import fit_outcome, make_trainer
     from largebatch.train_progress import TrainProgress
 
-    study = load_study(args.study, parse_sets(args.sets), resolved=True, workers=args.workers)  # as validate does
+    # as validate does, for the one trial `train` runs (the grid is `tune`'s: a subset may be smaller than its B)
+    study = load_study(args.study, parse_sets(args.sets), resolved="trial", workers=args.workers)
     cfg = baseline_trial(study, args.study) if args.baseline else study.base
     workers = _workers(args, study)
     res = resolve(cfg, workers, source=args.study, prefix="baseline." if args.baseline else "base.")

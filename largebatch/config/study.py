@@ -20,11 +20,12 @@ from largebatch.config.yamlread import (  # noqa: F401  (re-exported by largebat
 from largebatch.errors import BadInput, did_you_mean
 
 
-def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: bool = False, resolved: bool = False,
-               workers: Optional[int] = None) -> StudyConfig:
+def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: bool = False,
+               resolved: bool | str = False, workers: Optional[int] = None) -> StudyConfig:
     """Read, override and validate a study YAML. `sets` keys starting with tuner./report./search. address
     those blocks; anything else addresses the trial config (base) and the baseline alike. With `resolved`, base and
-    baseline are resolved for `workers` (default tuner.workers_per_trial) and the grid too (check_study_resolves)."""
+    baseline are resolved for `workers` (default tuner.workers_per_trial) and the grid too (check_study_resolves);
+    `resolved="trial"` (`train`, which runs one of them) leaves the grid out."""
     source = str(path)
     raw = read_yaml(path)
     raw.setdefault("name", Path(path).stem)
@@ -60,7 +61,8 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
         baseline_trial(study, source)  # validates the overrides
     study = full_batch_study(check_task(study, source), source)  # `full` -> the training-set size; rprop: full only
     if resolved:  # `train` and `tune`: everything `validate` checks, before Ray starts
-        check_study_resolves(study, workers if workers is not None else study.tuner.workers_per_trial, source)
+        check_study_resolves(study, workers if workers is not None else study.tuner.workers_per_trial, source,
+                             search=resolved != "trial")
     return study
 
 
@@ -83,7 +85,8 @@ def check_train_size(task, base: TrialConfig, source: str) -> int:
     return count
 
 
-def check_study_resolves(study: StudyConfig, workers: int, source: str) -> list[tuple[str, dict]]:
+def check_study_resolves(study: StudyConfig, workers: int, source: str, search: bool = True
+                         ) -> list[tuple[str, dict]]:
     """What `validate` checks past loading, for every command that runs a study file, so `train` and `tune` answer
     bad input before Ray starts: base and the baseline resolved for `workers`, every grid/choice value for
     tuner.workers_per_trial (as `tune` runs them). Returns (label, resolved summary) of base and baseline."""
@@ -94,7 +97,8 @@ def check_study_resolves(study: StudyConfig, workers: int, source: str) -> list[
     if study.baseline is not None:
         rows.append(("baseline", resolve(baseline_trial(study, source), workers, source=source,
                                          prefix="baseline.").summary()))
-    check_search_resolves(study, study.tuner.workers_per_trial, source)  # as `tune` will run the grid
+    if search:
+        check_search_resolves(study, study.tuner.workers_per_trial, source)  # as `tune` will run the grid
     return rows
 
 

@@ -500,3 +500,17 @@ def test_apply_overrides_does_not_mutate_its_input():
     before = copy.deepcopy(raw)
     apply_overrides(raw, {"optim.base_lr": 1.0})
     assert raw == before
+
+
+def test_train_checks_its_one_trial_and_tune_the_grid_too(repo_root):
+    # `train` runs the base (or baseline) trial only: a training subset smaller than a grid batch is `tune`'s
+    # problem, not train's (found by the e2e S3 train test when train began to run validate's checks)
+    from largebatch.config import load_study
+    from largebatch.errors import BadInput
+
+    path = repo_root / "tune_spaces" / "fashion-mnist.yaml"
+    sets = {"data.train_subset": 4000, "data.global_batch_size": 128}
+    study = load_study(path, sets, resolved="trial", workers=1)
+    assert study.base.data.global_batch_size == 128
+    with pytest.raises(BadInput, match="grid value 4096.*larger than the 4000 training examples"):
+        load_study(path, sets, resolved=True, workers=1)
