@@ -8,50 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-_RULE_COLORS = {"none": "tab:gray", "linear": "tab:blue", "sqrt": "tab:green", "power": "tab:purple"}
-
-
-def _figure(width: float = 7.0, height: float = 4.5, rows: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(rows, 1, sharex=True)  # one Axes, or `rows` of them over one x axis
-
-
-def _color(rule: str) -> str:
-    return _RULE_COLORS.get(rule, "tab:orange")
-
-
-def _k(report: dict) -> float:
-    """Plot scale: accuracy-like metrics (tolerance in points) in percent, others as they are."""
-    return 100.0 if report.get("tolerance_units", "points") == "points" else 1.0
-
-
-def _maxing(report: dict) -> bool:
-    return report.get("mode", "max") == "max"
-
-
-def _ylabel(report: dict) -> str:
-    return f"{report['metric']}" + (" (%)" if _k(report) == 100.0 else "") + ("" if _maxing(report) else
-                                                                              " (lower is better)")
-
-
-def _baseline_band(ax, report: dict) -> None:
-    b = report["baseline"]
-    if b is None:
-        return
-    k, tol, units = _k(report), report["tolerance"], report.get("tolerance_units", "points")
-    acc = b["acc_mean"] * k
-    slack = tol if units == "points" else (tol if units == "absolute" else tol * abs(b["acc_mean"]))
-    lo, hi = (acc - slack, acc) if _maxing(report) else (acc, acc + slack)
-    if units == "points":  # drawn both sides, as it always was for accuracy
-        lo, hi = acc - slack, acc + slack
-    label = {"points": "pts", "absolute": "", "relative": f"({tol:g} relative)"}[units]
-    ax.axhspan(lo, hi, color="tab:red", alpha=0.12, lw=0,
-               label=f"baseline ± {tol:g} pts" if units == "points" else f"tolerance {tol:g} {label}".strip())
-    ax.axhline(acc, color="tab:red", lw=1, ls="--", label=f"baseline B={b['global_batch_size']}")
+from largebatch.plot_style import _baseline_band, _color, _figure, _k, _maxing, _ylabel  # noqa: F401
 
 
 def plot_acc_vs_batch(report: dict, path: Path) -> Path | None:
@@ -120,18 +77,13 @@ def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
         for c in front:
             ax.annotate(f"B={c['global_batch_size']}", (t(c), c["acc_mean"] * _k(report)), fontsize=7,
                         xytext=(4, -10), textcoords="offset points")
-    rec = report["recommended"]
-    if rec is not None:
-        # chosen by its time to the baseline's quality (report/target.py), it need not sit on this front of whole
-        # runs: the legend says so, and an open star marks where it reached the target
-        ttt = rec.get("time_to_target_s") if rec.get("chosen_by") == "time_to_target" else None
-        label = "recommended" if ttt is None else "recommended (soonest to the target, full run shown)"
-        ax.scatter([t(rec)], [rec["acc_mean"] * _k(report)], marker="*", s=250, color="gold",
-                   edgecolor="black", zorder=5, label=label)
-        goal = (report.get("time_to_target") or {}).get("value")
-        if ttt is not None and goal is not None:
-            ax.scatter([ttt], [goal * _k(report)], marker="*", s=250, facecolor="none", edgecolor="black",
-                       zorder=5, label=f"recommended reaches the target ({ttt:.3g} s)")
+    rec, goal = report["recommended"], (report.get("time_to_target") or {}).get("value")
+    ttt = rec.get("time_to_target_s") if rec is not None and rec.get("chosen_by") == "time_to_target" else None
+    for x, y, face, label in ([] if rec is None else [(t(rec), rec["acc_mean"], "gold", "recommended")]) + (
+            [] if ttt is None or goal is None else [(ttt, goal, "none", f"recommended reaches the target ({ttt:.3g} s)")]):
+        # chosen by its time to target, the star need not sit on this front of whole runs: the legend says so
+        ax.scatter([x], [y * _k(report)], marker="*", s=250, facecolor=face, edgecolor="black", zorder=5,
+                   label=label + (" (soonest to the target, full run shown)" if face == "gold" and ttt else ""))
     walls = [t(c) for c in pts]
     if min(walls) > 0 and max(walls) / min(walls) > 10:
         ax.set_xscale("log")
