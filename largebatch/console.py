@@ -276,10 +276,12 @@ class StudyDisplay:
     def _total_ratio(self, best: TrialView, base: TrialView) -> Optional[float]:
         """The baseline's training time over the best's, whole runs: projected (steps x step time) when both
         batches were profiled, else measured wall-clock; None when unknown."""
+        from largebatch.report.speed import projected
+
         def total(v: TrialView) -> Optional[float]:
-            if v.curve and v.batch in self.step_s:
-                return v.curve[-1][0] * self.step_s[v.batch]
-            return None if self.step_s else v.wall_s
+            if self.step_s:
+                return projected(v.batch, v.curve[-1][0], self.step_s) if v.curve else None
+            return v.wall_s
 
         a, b = total(base), total(best)
         return a / b if a and b else None

@@ -36,21 +36,14 @@ def seconds(x: Optional[float]) -> str:
     return f"{x:.3g}"
 
 
-def _trial_cost(t: Any, step_s: dict[int, float], basis: str) -> tuple[Optional[float], Optional[float]]:
-    """(cost on the report's basis, measured wall-clock) of one trial, as far as it trained."""
-    wall = t.wall_s
-    if basis == "projected":
-        return projected(t.batch, t.steps, step_s, t.batch_ramp), wall
-    return wall, wall
-
-
 def study_cost(trials: Iterable[Any], baseline: Optional[dict], step_s: dict[int, float], basis: str
                ) -> dict[str, Any]:
     """The study's training cost in baseline runs (module docstring). `trials` are report/build.py _Trial rows."""
     trials = list(trials)
     spent, wall, unpriced = 0.0, 0.0, 0
     for t in trials:
-        cost, w = _trial_cost(t, step_s, basis)
+        w = t.wall_s
+        cost = projected(t.batch, t.steps, step_s, t.batch_ramp) if basis == "projected" else w
         if cost is None:
             unpriced += 1  # no step count (an old record, a batch ramp, a trial that failed before training)
         else:

@@ -40,6 +40,7 @@ import statistics
 from typing import Any, Optional
 
 from largebatch.metrics import SUMMARIES, summary_name
+from largebatch.report.speed import projected
 from largebatch.report.target import meets, target_value
 from largebatch.tune.runtime import is_baseline_sample
 
@@ -212,9 +213,9 @@ class TargetStopper(_stopper_base()):
             batch, steps = int(result["global_batch_size"]), float(result["steps"])
         except (KeyError, TypeError, ValueError):
             return None
-        if batch not in self.step_s:
+        now = projected(batch, steps, self.step_s)  # the report's own projection (report/speed.py)
+        if now is None:
             return None
-        now = steps * self.step_s[batch]
         self.epoch[trial_id] = max(now - self.spent.get(trial_id, 0.0), 0.0)
         self.spent[trial_id] = now
         return now
