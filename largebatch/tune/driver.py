@@ -83,7 +83,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from largebatch import quiet
+    from largebatch import interrupts, quiet
     from largebatch.console import StudyDisplay, wants_live
     from largebatch.raylib import init_ray, shutdown_ray
     from largebatch.storage import preflight_storage, resolve_storage
@@ -139,6 +139,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     in_process = runs_in_process(study)
     fingerprint = None if resume else fingerprint_while_ray_starts(study, base_tree)  # the profile's cache key
     info = init_ray(address)
+    aborted: Optional[BaseException] = None
     try:
         if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
             need = f"{t.workers_per_trial} workers x {t.cpus_per_worker} CPUs" + (" + 1 GPU each" if t.use_gpu else "")
@@ -253,14 +254,22 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             if stopper is not None and stopper.budget_runs is not None:
                 runtime.extra["budget"] = stopper.finish()  # what the budget did: printed, and for the report
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
-            raise _abort(tracker, exp_id, exp_name, parent_id, e, resume_hint) from None
+            aborted = e
     finally:
         if info["started"]:
             shutdown_ray()
-    return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
-                        slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
-                        profile_s=profile_s,
-                        profile=profile)
+            interrupts.reinstall()  # ray.shutdown() leaves SIGTERM at its default: the report is still ours to close
+    if aborted is not None:
+        # closed only now, with our head (and every trial process on it) stopped: a trial that was starting when
+        # the signal came cannot open its run after the open runs were listed and closed
+        raise _abort(tracker, exp_id, exp_name, parent_id, aborted, resume_hint) from None
+    try:
+        return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
+                            slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
+                            profile_s=profile_s, profile=profile)
+    except KeyboardInterrupt as e:  # a signal while the report is built: the parent is closed KILLED, not left RUNNING
+        raise _abort(tracker, exp_id, exp_name, parent_id, e, _report_hint(tracker, parent_id, resume_hint,
+                                                                              exp_name)) from None
 
 
 def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,
@@ -333,6 +342,21 @@ def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid, at_target: Opti
         tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else
                         "FAILED" if status == "failed" else "FINISHED")
     return None
+
+
+def _report_hint(tracker, parent_id: str, resume_hint: Optional[str], exp_name: str) -> Optional[str]:
+    """What continues a study stopped while its report was built: --resume (every trial is kept, the report is
+    built again), or `largebatch report` once the parent is marked completed (--resume then has nothing to do)."""
+    from largebatch.tracking import STATUS_TAG
+
+    try:
+        status = tracker.client.get_run(parent_id).data.tags.get(STATUS_TAG)
+    except Exception:
+        return resume_hint
+    if status != "completed":
+        return resume_hint
+    uri = redact_uri(tracker.uri) if getattr(tracker, "uri", None) else None
+    return f"largebatch report --experiment {exp_name} --run {parent_id}" + (f" --mlflow {uri}" if uri else "")
 
 
 def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException,

@@ -370,3 +370,62 @@ def test_sha_study_stopped_while_a_trial_waits_at_a_rung_resumes(tmp_path):
         stopped = [c[rung - 1] for c in curves.values() if len(c) == rung]
         assert not (went_on and stopped) or min(went_on) >= max(stopped), (rung, curves)
     print("after resume:", curves)
+
+
+# a tiny study (baseline + 1 point) on digits: the signal below comes once every trial has ended
+REPORT_SIGNAL_STUDY = {
+    "name": "it-report-signal",
+    "base": {"data": {"dataset": "digits", "global_batch_size": 16},
+             "model": {"name": "mlp", "hidden_sizes": [32]},
+             "optim": {"name": "sgd", "base_lr": 0.05, "base_batch_size": 16}, "budget": {"epochs": 2}},
+    "search": {"data.global_batch_size": {"grid": [64]}},
+    "tuner": {"searcher": "grid", "workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent": 1,
+              "profile": False},
+    "baseline": {"data.global_batch_size": 16},
+}
+
+# the real CLI, with a real SIGTERM sent to itself as the report is being built (after every trial ended)
+_SIGNAL_IN_REPORT = """
+import os, signal, sys, time
+import largebatch.report as report
+built = report.build_report
+def build_report(*a, **k):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # the handler raises KeyboardInterrupt here
+    return built(*a, **k)
+report.build_report = build_report
+from largebatch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_signal_while_the_report_is_built_closes_the_parent_and_resume_finishes_it(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(REPORT_SIGNAL_STUDY))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = _tune_cmd(path, tmp_path, "--no-check", name="it-report-signal")
+    p = subprocess.run([sys.executable, "-c", _SIGNAL_IN_REPORT, *cmd[3:]], capture_output=True, text=True,
+                       env=_env(), cwd=tmp_path, timeout=420)
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    client, children = _children(uri, "it-report-signal")
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children), \
+        [(r.info.run_name, r.info.status) for r in children]
+    parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED", parent.info.status  # not left RUNNING
+    assert "interrupted by SIGTERM" in p.stderr + p.stdout
+    out = p.stderr + p.stdout
+    printed = out[out.index("Continue the study with:"):].splitlines()[1].strip()
+    assert printed.startswith("largebatch tune ") and printed.endswith(" --resume"), printed
+    assert not list((tmp_path / "ray").glob("it-report-signal-*/report/report.json"))
+
+    r = subprocess.run([sys.executable, "-m", "largebatch", *shlex.split(printed)[1:]], capture_output=True,
+                       text=True, env=_env(), cwd=tmp_path, timeout=420)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    client, after = _children(uri, "it-report-signal")
+    assert {x.info.run_id for x in after} == {x.info.run_id for x in children}  # no trial ran again
+    report = json.loads(next((tmp_path / "ray").glob("it-report-signal-*/report/report.json")).read_text())
+    assert report["counts"]["completed"] == 2
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["status"] == "completed"
