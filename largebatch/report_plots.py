@@ -70,20 +70,29 @@ def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
         sub = [c for c in pts if c["rule"] == rule]
         ax.scatter([t(c) for c in sub], [c["acc_mean"] * _k(report) for c in sub], color=_color(rule),
                    alpha=0.6, label=rule)
-    front = report["pareto"]
-    if front:
-        ax.plot([t(c) for c in front], [c["acc_mean"] * _k(report) for c in front], drawstyle="steps-post",
-                color="black", lw=1.5, marker="o", mfc="none", ms=10, label="Pareto front")
-        for c in front:
-            ax.annotate(f"B={c['global_batch_size']}", (t(c), c["acc_mean"] * _k(report)), fontsize=7,
-                        xytext=(4, -10), textcoords="offset points")
+    k, front = _k(report), report["pareto"]
     rec, goal = report["recommended"], (report.get("time_to_target") or {}).get("value")
     ttt = rec.get("time_to_target_s") if rec is not None and rec.get("chosen_by") == "time_to_target" else None
-    for x, y, face, label in ([] if rec is None else [(t(rec), rec["acc_mean"], "gold", "recommended")]) + (
-            [] if ttt is None or goal is None else [(ttt, goal, "none", f"recommended reaches the target ({ttt:.3g} s)")]):
-        # chosen by its time to target, the star need not sit on this front of whole runs: the legend says so
-        ax.scatter([x], [y * _k(report)], marker="*", s=250, facecolor=face, edgecolor="black", zorder=5,
-                   label=label + (" (soonest to the target, full run shown)" if face == "gold" and ttt else ""))
+    reach = None if ttt is None or goal is None else (ttt, goal)
+    line = front_with(front_points(front, t), reach, _maxing(report))
+    if line:
+        ax.plot([x for x, _ in line], [y * k for _, y in line], drawstyle="steps-post", color="black", lw=1.5,
+                label="Pareto front" + (" (with the time to the target)" if reach else ""))
+        ax.scatter([t(c) for c in front], [c["acc_mean"] * k for c in front], marker="o", s=100,
+                   facecolor="none", edgecolor="black")
+        for c in front:
+            ax.annotate(f"B={c['global_batch_size']}", (t(c), c["acc_mean"] * k), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
+    if reach is not None:
+        # chosen by its time to target: the star is where it reaches the target, on the front drawn with that point;
+        # its whole run is ringed
+        ax.scatter([reach[0]], [reach[1] * k], marker="*", s=250, facecolor="gold", edgecolor="black", zorder=5,
+                   label=f"recommended: reaches the target at {reach[0]:.3g} s")
+        ax.scatter([t(rec)], [rec["acc_mean"] * k], marker="o", s=160, facecolor="none", edgecolor="goldenrod",
+                   lw=2, zorder=5, label="recommended: its whole run")
+    elif rec is not None:
+        ax.scatter([t(rec)], [rec["acc_mean"] * k], marker="*", s=250, facecolor="gold", edgecolor="black",
+                   zorder=5, label="recommended")
     walls = [t(c) for c in pts]
     if min(walls) > 0 and max(walls) / min(walls) > 10:
         ax.set_xscale("log")
@@ -97,6 +106,20 @@ def plot_acc_vs_wallclock(report: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.savefig(path)
     return path
+
+
+def front_points(front: list[dict], t) -> list[tuple[float, float]]:
+    return [(t(c), c["acc_mean"]) for c in front if c["acc_mean"] is not None and t(c) is not None]
+
+
+def front_with(points: list[tuple[float, float]], reach: tuple[float, float] | None,
+               maxing: bool) -> list[tuple[float, float]]:
+    """The (time, quality) front drawn on the plot: the whole runs' front, plus the recommendation's point where
+    it reaches the target, which drops the runs it dominates (slower, and no better than the target)."""
+    if reach is None:
+        return sorted(points)
+    worse = (lambda y: y <= reach[1]) if maxing else (lambda y: y >= reach[1])
+    return sorted([p for p in points if not (p[0] >= reach[0] and worse(p[1]))] + [reach])
 
 
 def _curve(history: list[dict], key: str = "val_acc", k: float = 100.0) -> tuple[list[float], list[float]]:

@@ -134,8 +134,9 @@ def test_a_budgeted_study_says_its_budget_on_the_cost_line():
     assert cost.endswith(", within its budget of 3 baseline runs (4 could not beat the soonest recipe; 2 not started).")
 
 
-def test_the_wallclock_plot_says_why_the_star_may_be_off_its_front(tmp_path, monkeypatch):
-    # the recommendation is the soonest to the target; the plot's front is over whole runs: the legend says which
+def test_the_wallclock_plots_star_sits_on_the_front_it_draws(tmp_path, monkeypatch):
+    # the recommendation is the soonest to the target: its star is where it reaches the target, and the front drawn
+    # holds that point (it once starred the whole run, off the front of whole runs)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,16 +144,34 @@ def test_the_wallclock_plot_says_why_the_star_may_be_off_its_front(tmp_path, mon
 
     from largebatch import report_plots
 
-    seen = []
-    real = matplotlib.axes.Axes.scatter
+    stars, lines = [], []
+    real_scatter, real_plot = matplotlib.axes.Axes.scatter, matplotlib.axes.Axes.plot
 
-    def spy(self, *a, **kw):
-        seen.append(kw.get("label"))
-        return real(self, *a, **kw)
+    def scatter(self, x, y, *a, **kw):
+        if kw.get("marker") == "*":
+            stars.append((list(x), list(y), kw.get("label")))
+        return real_scatter(self, x, y, *a, **kw)
 
-    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    def plot(self, x, y, *a, **kw):
+        lines.append((list(x), list(y), kw.get("label")))
+        return real_plot(self, x, y, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
     r = build_report(study(), tolerance=0.5, profile=PROFILE)
     assert r["recommended"]["chosen_by"] == "time_to_target"
     assert report_plots.plot_acc_vs_wallclock(r, tmp_path / "p.png").exists()
-    assert "recommended (soonest to the target, full run shown)" in seen
-    assert "recommended reaches the target (3.74 s)" in seen
+    [(sx, sy, label)] = stars
+    assert label == "recommended: reaches the target at 3.74 s"
+    front = [ln for ln in lines if (ln[2] or "").startswith("Pareto front")]
+    assert len(front) == 1 and (sx[0], sy[0]) in list(zip(front[0][0], front[0][1]))
+
+
+def test_the_drawn_front_drops_the_runs_the_target_point_dominates():
+    from largebatch.report_plots import front_with
+
+    runs = [(1.0, 0.80), (3.0, 0.85), (5.0, 0.90)]
+    assert front_with(runs, (2.0, 0.86), maxing=True) == [(1.0, 0.80), (2.0, 0.86), (5.0, 0.90)]
+    assert front_with(runs, None, maxing=True) == runs
+    losses = [(1.0, 0.9), (3.0, 0.5), (5.0, 0.3)]
+    assert front_with(losses, (2.0, 0.5), maxing=False) == [(1.0, 0.9), (2.0, 0.5), (5.0, 0.3)]
