@@ -8,7 +8,9 @@ is nothing to start: it prints that server's URL.
 MLflow 3.17's UI chooses between its GenAI pages and its model-training pages by a workflow switch kept in the
 browser (local storage `mlflow.workflowType`, default GenAI; the experiment's `mlflow.experimentKind` tag is not
 consulted while that switch is on, as it is in 3.17.2). The URL parameter `workflowType=machine_learning` overrides
-it for that page, so the printed link opens the runs table, not the traces overview.
+it for that page only. The server we start is MLflow's app plus one page, /largebatch/open, that sets the switch and
+then shows the study's runs (largebatch/mlflow_app.py): the printed link opens it, so run pages opened from the table
+are model-training pages too. For a server we did not start, the printed link carries the URL parameter.
 """
 from __future__ import annotations
 
@@ -32,6 +34,14 @@ def runs_url(base: str, experiment_id: Optional[str]) -> str:
     if experiment_id is None:
         return f"{base}/#/experiments?{WORKFLOW_QUERY}"
     return f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW_QUERY}"
+
+
+def opener_url(base: str, experiment_id: Optional[str]) -> str:
+    """The page of our own server that switches the UI to model-training mode for every page opened from it, run
+    pages included, then shows the experiment's runs (largebatch/mlflow_app.py)."""
+    from largebatch.mlflow_app import OPEN_PATH
+
+    return f"{base.rstrip('/')}{OPEN_PATH}" + ("" if experiment_id is None else f"?experiment={experiment_id}")
 
 
 def latest_study_experiment(uri: str) -> tuple[Optional[str], Optional[str]]:
@@ -69,7 +79,7 @@ def start_server(uri: str, port: int, log: Path) -> subprocess.Popen:
 
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", uri]
+           "--backend-store-uri", uri, "--app-name", "largebatch"]  # + the opener page (largebatch/mlflow_app.py)
     # the UI's job runner is for GenAI evaluation jobs; it also wants a server-side store of its own
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -111,7 +121,7 @@ def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> in
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_healthy(base, proc, log, timeout_s)
-        print(f"MLflow UI for {redact_uri(uri)} ({what}):\n  {runs_url(base, exp_id)}\n"
+        print(f"MLflow UI for {redact_uri(uri)} ({what}):\n  {opener_url(base, exp_id)}\n"
               f"Ctrl-C stops it.", flush=True)
         while proc.poll() is None:
             time.sleep(0.5)

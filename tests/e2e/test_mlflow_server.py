@@ -1,10 +1,9 @@
 """A study against a real MLflow tracking server (SQLite backend, artifacts on the S3 server), browsed in Chromium."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
+from browser import chromium
 from conftest import DUMMY_AWS, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -80,27 +79,12 @@ def test_secrets_never_reach_params_tags_or_artifacts(study, s3_server, mlflow_s
     assert "lbuser:***@127.0.0.1" in study.stdout and "s3://***@lb-runs/studies" in study.stdout  # shown, masked
 
 
-def _chromium(tmp_path):
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_bin, "make e2e-deps installs Debian's chromium and chromium-driver"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver_bin), options=opts)
-
-
 def test_mlflow_ui_shows_the_trial_runs_in_chromium(study, mlflow_server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _chromium(tmp_path)
+    browser = chromium(tmp_path)
     try:
         exp = _client(mlflow_server.url).get_experiment_by_name(EXPERIMENT)
         browser.get(f"{mlflow_server.url}/#/experiments/{exp.experiment_id}/runs")
@@ -134,7 +118,7 @@ def test_html_report_and_run_descriptions_in_chromium(study, mlflow_server, tmp_
     parent = next(r for r in runs if r.data.tags.get("largebatch.kind") == "study")
     child = next(r for r in runs if r.info.run_name == "B=128 linear warmup=0ep")
     assert child.data.tags["mlflow.note.content"].startswith("best_val_acc ")
-    browser = _chromium(tmp_path)
+    browser = chromium(tmp_path)
     try:
         browser.get(runs_url(mlflow_server.url, exp.experiment_id))
         WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'study ')]")))

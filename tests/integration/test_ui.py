@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from procs import alive, descendants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ def test_ui_prints_the_latest_study_runs_url_and_stops_on_ctrl_c(tmp_path):
             if not line:
                 break
             lines.append(line)
-            m = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs\?workflowType=machine_learning", line)
+            m = re.search(r"(http://127\.0\.0\.1:\d+)/largebatch/open\?experiment=(\d+)$", line.strip())
             if m:
                 url, exp_id = m[1], m[2]
         assert url is not None, "".join(lines)
@@ -53,6 +54,13 @@ def test_ui_prints_the_latest_study_runs_url_and_stops_on_ctrl_c(tmp_path):
                                     timeout=10) as r:
             exp = json.loads(r.read())["experiment"]
         assert exp["name"] == "newer-study"
+        # the printed page sets the UI's model-training switch, then shows the study's runs
+        with urllib.request.urlopen(f"{url}/largebatch/open?experiment={exp_id}", timeout=10) as r:
+            page = r.read().decode()
+        assert 'localStorage.setItem("mlflow.workflowType_v1", JSON.stringify("machine_learning"))' in page
+        assert f'location.replace("/#/experiments/{exp_id}/runs?workflowType=machine_learning")' in page
+        with urllib.request.urlopen(f"{url}/", timeout=10) as r:  # MLflow's own pages are still there
+            assert "<html" in r.read().decode().lower()
         assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
         server = descendants(proc.pid)
         assert server, "no server process under the CLI"
@@ -75,3 +83,53 @@ def test_ui_on_a_missing_store_is_one_line_exit_2(tmp_path):
     assert p.returncode == 2, p.stderr
     assert p.stderr.count("\n") == 1 and "--mlflow" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.slow
+def test_run_pages_opened_after_the_printed_link_are_model_training_pages(tmp_path):
+    """In Chromium: a run page opened without the URL parameter is a GenAI page on a fresh browser; after the printed
+    link it is a model-training page (the UI's switch was set by /largebatch/open)."""
+    from browser import chromium
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from largebatch.tracking import Tracker
+
+    uri, exp_id = _store_with_two_studies(tmp_path)
+    run_id = Tracker(uri).start_run(exp_id, "B=64 sqrt", tags={"largebatch.kind": "trial"})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([str(VENV_BIN / "largebatch"), "ui", "--mlflow", uri], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    browser = None
+    try:
+        url, lines = None, []
+        deadline = time.time() + 180
+        while time.time() < deadline and url is None:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"(http://127\.0\.0\.1:\d+)/largebatch/open\?experiment=\d+$", line.strip())
+            url = m and m[0]
+        assert url, "".join(lines)
+        base = url.split("/largebatch/")[0]
+        browser = chromium(tmp_path)
+        wait = WebDriverWait(browser, 90)
+
+        def run_page_nav() -> str:
+            browser.get(f"{base}/#/experiments/{exp_id}/runs/{run_id}")
+            wait.until(lambda b: "B=64 sqrt" in b.page_source and ("Model registry" in b.page_source or
+                                                                   "Prompts" in b.page_source))
+            return browser.page_source
+
+        page = run_page_nav()
+        assert "Prompts" in page and "Model registry" not in page  # MLflow's default: GenAI pages
+        browser.get(url)
+        wait.until(lambda b: f"/experiments/{exp_id}/runs" in b.current_url)
+        assert browser.execute_script("return localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
+        page = run_page_nav()
+        assert "Model registry" in page and "Prompts" not in page
+    finally:
+        if browser is not None:
+            browser.quit()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
