@@ -122,15 +122,41 @@ def cmd_validate(args) -> int:
         rows.append(("baseline", resolve(baseline_trial(study, args.study), workers, source=args.study,
                                          prefix="baseline.").summary()))
     check_search_resolves(study, workers, args.study)
-    print(f"study {study.name!r} ({args.study}): valid")
+    _check_models(study, args.study)
+    from largebatch.redact import redact_text
+
+    lines = [f"study {study.name!r} ({args.study}): valid"]
     for label, summary in rows:
-        print(f"  {label}:")
+        lines.append(f"  {label}:")
         for k, v in summary.items():
-            print(f"    {k:<18} {v:.6g}" if isinstance(v, float) else f"    {k:<18} {v}")
-    if study.search:
-        print(f"  search: {', '.join(f'{k} {v}' for k, v in study.search.items())}")
-    print(f"  trials: {_trial_count(study)}")
+            lines.append(f"    {k:<18} {v:.6g}" if isinstance(v, float) else f"    {k:<18} {v}")
+    if study.search:  # a searched credential is its reference already (config/study.py hide_searched_credentials)
+        lines.append(f"  search: {', '.join(f'{k} {v}' for k, v in study.search.items())}")
+    lines.append(f"  trials: {_trial_count(study)}")
+    print(redact_text("\n".join(lines)))  # the path or a value elsewhere may hold a URI with a password
     return 0
+
+
+def _check_models(study, source: str) -> None:
+    """The classification task's model options as create_model would take them (the builder, the factory's import,
+    the keyword arguments), without building a model or reading data; a user task builds its own model."""
+    from largebatch.config import baseline_trial
+    from largebatch.models import check_model_options
+
+    trials = [("base.", study.base)] + ([("baseline.", baseline_trial(study, source))] if study.baseline else [])
+    for prefix, cfg in trials:
+        if cfg.task.name != "classification":
+            continue
+        m = cfg.model
+        try:
+            check_model_options(m.name, hidden_sizes=tuple(m.hidden_sizes), depth=m.depth, width=m.width,
+                                dropout=m.dropout, factory=m.factory, kwargs=m.kwargs,
+                                ghost_batch_size=m.ghost_batch_size)
+        except BadInput as e:
+            msg = str(e)
+            if e.field and msg.startswith(f"{e.field}: "):
+                msg = msg[len(e.field) + 2:]
+            raise BadInput(msg, source=source, field=prefix + (e.field or "model")) from None
 
 
 def cmd_check(args) -> int:

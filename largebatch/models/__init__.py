@@ -6,6 +6,7 @@ Each MODELS entry is a callable (input_shape, num_classes, ModelOptions) -> nn.M
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -47,10 +48,27 @@ def _call(fn: Callable[..., nn.Module], what: str, *args: Any, **kwargs: Any) ->
     except TypeError as e:
         params = [p for p in inspect.signature(fn).parameters if p not in ("input_shape", "num_classes")]
         raise BadInput(f"{what} does not accept these arguments ({e}); it accepts: {', '.join(params) or 'none'}",
-                       field="kwargs") from None
+                       field="model.kwargs") from None
     except ValueError:  # some callables (C builtins) have no signature; let the call itself fail
         pass
+    if _DRY.get():  # check_model_options: the arguments bind; nothing is built
+        return _DRY_MODEL
     return fn(*args, **kwargs)
+
+
+_DRY: contextvars.ContextVar[bool] = contextvars.ContextVar("largebatch_models_dry", default=False)
+_DRY_MODEL = nn.Identity()
+
+
+def check_model_options(name: str, **options: Any) -> None:
+    """What create_model(name, ..., **options) would refuse, found without building the model or reading data: the
+    name, the factory's import and the keyword arguments each builder (or the user's factory) would be called with.
+    The input shape and class count are placeholders: a factory's own checks on them run when the trial builds it."""
+    token = _DRY.set(True)
+    try:
+        create_model(name, (1,), 2, **options)
+    finally:
+        _DRY.reset(token)
 
 
 @MODELS.register("mlp", "multi-layer perceptron: Linear+ReLU per hidden size, then a Linear head")
@@ -74,14 +92,14 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     """Resolve "package.module:function" to the function; anything wrong is a BadInput naming the fix."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise BadInput(f"model factory {spec!r} is not of the form 'package.module:function'", field="factory")
+        raise BadInput(f"model factory {spec!r} is not of the form 'package.module:function'", field="model.factory")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise BadInput(
             f"model factory {spec!r}: cannot import module {module_name!r} ({e}); install the package or put it on "
             f"PYTHONPATH on every worker (for Ray, add it to the runtime_env working_dir/py_modules)",
-            field="factory") from None
+            field="model.factory") from None
     try:
         fn = module
         for part in attr.split("."):
@@ -90,9 +108,9 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise BadInput(
             f"model factory {spec!r}: module {module_name!r} has no attribute {attr!r}; callables there: "
-            f"{', '.join(public) or 'none'}", field="factory") from None
+            f"{', '.join(public) or 'none'}", field="model.factory") from None
     if not callable(fn):
-        raise BadInput(f"model factory {spec!r} is not callable", field="factory")
+        raise BadInput(f"model factory {spec!r} is not callable", field="model.factory")
     return fn  # type: ignore[return-value]
 
 
@@ -100,12 +118,12 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     "factory", "your own model: factory='package.module:function', called (input_shape=, num_classes=, **kwargs)")
 def _build_factory(input_shape: tuple[int, ...], num_classes: int, o: ModelOptions) -> nn.Module:
     if not o.factory:
-        raise BadInput("model 'factory' needs factory='package.module:function'", field="factory")
+        raise BadInput("model 'factory' needs factory='package.module:function'", field="model.factory")
     fn = load_factory(o.factory)
     model = _call(fn, f"model factory {o.factory!r}", input_shape=input_shape, num_classes=num_classes, **o.kwargs)
     if not isinstance(model, nn.Module):
         raise BadInput(f"model factory {o.factory!r} returned {type(model).__name__}, not a torch.nn.Module",
-                       field="factory")
+                       field="model.factory")
     return model
 
 
@@ -124,12 +142,12 @@ def create_model(
 ) -> nn.Module:
     """Build MODELS[name]; with `ghost_batch_size`, every BatchNorm becomes ghost BN (arXiv 1705.08741)."""
     if name not in MODELS:
-        raise BadInput(unknown_choice("model", name, MODELS.names()), field="model")
+        raise BadInput(unknown_choice("model", name, MODELS.names()), field="model.name")
     if factory is not None and name != "factory":
-        raise BadInput(f"factory={factory!r} is only used with model 'factory', not {name!r}", field="factory")
+        raise BadInput(f"factory={factory!r} is only used with model 'factory', not {name!r}", field="model.factory")
     opts = ModelOptions(tuple(int(h) for h in hidden_sizes), int(depth), int(width), float(dropout), factory,
                         dict(kwargs or {}))
     model = MODELS.get(name)(tuple(int(d) for d in input_shape), int(num_classes), opts)
-    if ghost_batch_size is not None:
+    if ghost_batch_size is not None and not _DRY.get():
         model = apply_ghost_batchnorm(model, ghost_batch_size)
     return model

@@ -236,6 +236,16 @@ CASES = {
     "seeds-negative": ({"tuner.seeds": [0, -3]}, [], ["tuner.seeds", "-3"]),
     "num-samples-huge": ({"tuner.num_samples": 10**12}, [], ["tuner.num_samples"]),
     "loader-workers-huge": ({"base.data.loader_workers": 10**6}, [], ["base.data.loader_workers"]),
+    # the model's options, checked by validate without building it (they once failed every trial)
+    "model-kwargs-unknown": ({"base.model.kwargs": {"bogus": 1}}, [], ["base.model.kwargs", "bogus", "hidden_sizes"]),
+    "model-factory-misspelled": ({"base.model.name": "factory", "base.model.factory": "torch.nn:Linearr"}, [],
+                                 ["base.model.factory", "'Linearr'"]),
+    "model-factory-no-module": ({"base.model.name": "factory", "base.model.factory": "no_such_pkg.models:net"}, [],
+                                ["base.model.factory", "no_such_pkg"]),
+    "model-factory-kwargs": ({"base.model.name": "factory", "base.model.factory": "torch.nn:Linear",
+                              "base.model.kwargs": {"bogus": 1}}, [], ["base.model.kwargs", "in_features"]),
+    "model-factory-on-mlp": ({"base.model.factory": "torch.nn:Linear"}, [], ["base.model.factory", "'mlp'"]),
+    "baseline-model-kwargs": ({"baseline": {"model.kwargs": {"bogus": 1}}}, [], ["baseline.model.kwargs", "bogus"]),
 }
 
 # errors in the command line itself name the flag, not the study file
@@ -400,9 +410,9 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(largebatch.raylib, "init_ray", refuse)
 
 
-# cases about the search grid: `train` runs one trial (the base or the baseline) and does not refuse them
+# cases about the search grid or the baseline: `train` runs one trial (the base unless asked) and does not refuse them
 # (tests/unit/test_config.py test_train_checks_its_one_trial_and_tune_the_grid_too)
-TUNE_ONLY = ("grid-batch-not-divisible", "grid-batch-over-dataset")
+TUNE_ONLY = ("grid-batch-not-divisible", "grid-batch-over-dataset", "baseline-model-kwargs")
 
 
 @pytest.mark.parametrize("case, command", [(case, command) for case in CASES for command in ("train", "tune")
