@@ -304,10 +304,7 @@ def check_trial(cfg: TrialConfig, source: str, label: str = "base", threads: int
         raise BadInput(f"task {cfg.task.name!r} fails the overfit check: {e} (largebatch check; --no-check skips "
                        f"it)", source=source, field=f"{prefix}task.name") from None
     except BadInput as e:
-        msg, field = str(e), e.field or "task.name"
-        if e.field and msg.startswith(f"{e.field}: "):
-            msg = msg[len(e.field) + 2:]
-        raise BadInput(msg, source=source, field=f"{prefix}{field}") from None
+        raise e.placed(source, prefix, "task.name") from None
     finally:
         torch.set_num_threads(old_threads)
 

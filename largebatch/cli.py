@@ -153,10 +153,7 @@ def _check_models(study, source: str) -> None:
                                 dropout=m.dropout, factory=m.factory, kwargs=m.kwargs,
                                 ghost_batch_size=m.ghost_batch_size)
         except BadInput as e:
-            msg = str(e)
-            if e.field and msg.startswith(f"{e.field}: "):
-                msg = msg[len(e.field) + 2:]
-            raise BadInput(msg, source=source, field=prefix + (e.field or "model")) from None
+            raise e.placed(source, prefix, "model") from None
 
 
 def cmd_check(args) -> int:

@@ -23,6 +23,11 @@ class BadInput(Exception):
         if field:
             prefix += f"{printable(field)}: "
         super().__init__(prefix + printable(" ".join(message.split())))
+        self.message = message
+
+    def placed(self, source: str, prefix: str, default_field: str) -> "BadInput":
+        """The same error, as seen from a study file: its field under `prefix` (e.g. 'base.'), else default_field."""
+        return BadInput(self.message, source=source, field=prefix + (self.field or default_field))
 
 
 def printable(text: str) -> str:
