@@ -138,6 +138,12 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
             n_eval = split_len(build_data(task, base).eval)
     except BadInput as e:
         raise at("task.name", e) from None
+    except Exception as e:  # the user's factory or data() raised: one line here; every trial would fail the same way
+        from largebatch.redact import redact_text
+
+        raise BadInput(redact_text(f"task {t.name!r} raised {type(e).__name__}: {e}"[:600]) + " while it was built "
+                       "or read its data; fix the task or its task.kwargs", source=source,
+                       field="base.task.name") from None
     # a search over the data itself: each trial checks the subset against its own eval split
     if not any(k in ("data.dataset", "data.path") or k.startswith("task.") for k in study.search):
         for field, k in subsets:

@@ -27,3 +27,16 @@ def zero_train_size() -> Task:
 
 def text_train_size() -> Task:
     return _counted("many")
+
+
+def factory_raises() -> Task:
+    raise RuntimeError("cannot build: token expired")  # a traceback, not one line, before the driver caught it
+
+
+def _data_raises(cfg) -> TaskData:
+    raise OSError("data server down")
+
+
+def data_raises() -> Task:
+    return Task(data=_data_raises, model=lambda cfg, d: torch.nn.Linear(2, 1), loss=torch.nn.functional.mse_loss,
+                metrics=(Metric("mse", "min", lambda o, y: (o - y) ** 2),), name="data_raises")

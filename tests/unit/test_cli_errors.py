@@ -246,6 +246,10 @@ CASES = {
                               "base.model.kwargs": {"bogus": 1}}, [], ["base.model.kwargs", "in_features"]),
     "model-factory-on-mlp": ({"base.model.factory": "torch.nn:Linear"}, [], ["base.model.factory", "'mlp'"]),
     "baseline-model-kwargs": ({"baseline": {"model.kwargs": {"bogus": 1}}}, [], ["baseline.model.kwargs", "bogus"]),
+    "task-factory-raises": ({"base.task.name": "task_fixtures_names:factory_raises", "tuner.metric": "val_mse"}, [],
+                            ["base.task.name", "RuntimeError: cannot build: token expired"]),
+    "task-data-raises": ({"base.task.name": "task_fixtures_names:data_raises", "tuner.metric": "val_mse"}, [],
+                         ["base.task.name", "OSError: data server down"]),
 }
 
 # errors in the command line itself name the flag, not the study file
