@@ -340,3 +340,21 @@ def check_study(study: StudyConfig, source: str, baseline: Optional[bool] = None
         results.append(check_trial(cfg, source, label, study.tuner.cpus_per_worker))
         echo(prefix + results[-1].line())
     return results
+
+
+def check_models(study: StudyConfig, source: str) -> None:
+    """The classification task's model options as create_model would take them (the builder, the factory's import,
+    the keyword arguments), without building a model or reading data (`validate`); a user task builds its own."""
+    from largebatch.models import check_model_options
+
+    trials = [("base.", study.base)] + ([("baseline.", baseline_trial(study, source))] if study.baseline else [])
+    for prefix, cfg in trials:
+        if cfg.task.name != "classification":
+            continue
+        m = cfg.model
+        try:
+            check_model_options(m.name, hidden_sizes=tuple(m.hidden_sizes), depth=m.depth, width=m.width,
+                                dropout=m.dropout, factory=m.factory, kwargs=m.kwargs,
+                                ghost_batch_size=m.ghost_batch_size)
+        except BadInput as e:
+            raise e.placed(source, prefix, "model") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
+from largebatch.redact import redact_text
 from largebatch.storage import check_writable_dir, undo_preflight
 from largebatch.vocab import OUTCOME_STATUSES
 
@@ -113,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
+    from largebatch.check import check_models
     from largebatch.config import baseline_trial, check_search_resolves, load_study, parse_sets, resolve
+    from largebatch.tune.searchers import trial_count
 
     study = load_study(args.study, parse_sets(args.sets))
     workers = _workers(args, study)
@@ -122,38 +125,15 @@ def cmd_validate(args) -> int:
         rows.append(("baseline", resolve(baseline_trial(study, args.study), workers, source=args.study,
                                          prefix="baseline.").summary()))
     check_search_resolves(study, workers, args.study)
-    _check_models(study, args.study)
-    from largebatch.redact import redact_text
-
-    lines = [f"study {study.name!r} ({args.study}): valid"]
+    check_models(study, args.study)
+    lines = [f"study {study.name!r} ({args.study}): valid"]  # printed through redact_text: a URI may hold a password
     for label, summary in rows:
-        lines.append(f"  {label}:")
-        for k, v in summary.items():
-            lines.append(f"    {k:<18} {v:.6g}" if isinstance(v, float) else f"    {k:<18} {v}")
+        lines += [f"  {label}:"] + [f"    {k:<18} {v:.6g}" if isinstance(v, float) else f"    {k:<18} {v}"
+                                    for k, v in summary.items()]
     if study.search:  # a searched credential is its reference already (config/study.py hide_searched_credentials)
         lines.append(f"  search: {', '.join(f'{k} {v}' for k, v in study.search.items())}")
-    lines.append(f"  trials: {_trial_count(study)}")
-    print(redact_text("\n".join(lines)))  # the path or a value elsewhere may hold a URI with a password
+    print(redact_text("\n".join([*lines, f"  trials: {trial_count(study)}"])))
     return 0
-
-
-def _check_models(study, source: str) -> None:
-    """The classification task's model options as create_model would take them (the builder, the factory's import,
-    the keyword arguments), without building a model or reading data; a user task builds its own model."""
-    from largebatch.config import baseline_trial
-    from largebatch.models import check_model_options
-
-    trials = [("base.", study.base)] + ([("baseline.", baseline_trial(study, source))] if study.baseline else [])
-    for prefix, cfg in trials:
-        if cfg.task.name != "classification":
-            continue
-        m = cfg.model
-        try:
-            check_model_options(m.name, hidden_sizes=tuple(m.hidden_sizes), depth=m.depth, width=m.width,
-                                dropout=m.dropout, factory=m.factory, kwargs=m.kwargs,
-                                ghost_batch_size=m.ghost_batch_size)
-        except BadInput as e:
-            raise e.placed(source, prefix, "model") from None
 
 
 def cmd_check(args) -> int:
@@ -162,20 +142,6 @@ def cmd_check(args) -> int:
 
     check_study(load_study(args.study, parse_sets(args.sets)), args.study)
     return 0
-
-
-def _trial_count(study) -> str:
-    """How many trials `tune` will run, as the searcher lists them (tune/searchers.py, Ray-free)."""
-    from largebatch.config.critical import AROUND_CRITICAL
-    from largebatch.tune.searchers import grid_points
-
-    seeds = len(study.tuner.seeds)
-    if any(AROUND_CRITICAL in entry for entry in study.search.values()):
-        return "the batch grid is placed from B_noise when the study starts (largebatch probe)"
-    points = (len(grid_points(study)) if study.tuner.searcher == "grid" else 1) * study.tuner.num_samples
-    baseline = seeds if study.baseline is not None else 0
-    return f"{points * seeds + baseline} ({points} search point(s) x {seeds} seed(s)" + \
-        (f" + {baseline} baseline)" if baseline else ")")
 
 
 def _check_writable_file(path: str) -> None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import stat
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -64,13 +66,52 @@ def cache_path(study: StudyConfig, run_root: str | Path, source: str = "<study>"
     return Path(run_root) / CACHE_DIR / f"{study.name}-{cache_key(study, source)}.json"
 
 
-def load_cached(path: Path) -> Optional[dict[str, Any]]:
-    """The cached estimate, or None when there is none (or it is unreadable: it is measured again)."""
+CACHE_MAX_BYTES = 1 << 20  # a cache file we wrote is a few KB; anything larger is not ours
+
+
+def read_cache_json(path: Path, max_bytes: int = CACHE_MAX_BYTES) -> Any:
+    """The JSON value of a cache file (this module's and tune/throughput.py's), or None when it is missing, not a
+    regular file (a symlink, a FIFO, a device: never followed, never waited on), larger than max_bytes, or not
+    JSON. Cache files are JSON only: nothing read back is ever unpickled."""
     try:
-        est = json.loads(path.read_text())
-        return est if isinstance(est.get("b_noise"), (int, float)) and est["b_noise"] > 0 else None
-    except (OSError, ValueError, AttributeError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser
+        return None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def load_cached(path: Path) -> Optional[dict[str, Any]]:
+    """The cached estimate, or None when there is none, or it is unreadable or not what save_estimate writes (it
+    is measured again): every field `tune` and format_estimate read is checked for its type and range."""
+    est = read_cache_json(path)
+    if not isinstance(est, dict):
+        return None
+    per, std, k = est.get("per_epoch"), est.get("b_noise_std"), est.get("tail_epochs")
+    ok = (_number(est.get("b_noise")) and math.isfinite(est["b_noise"]) and est["b_noise"] > 0
+          and (std is None or (_number(std) and math.isfinite(std) and std >= 0))
+          and isinstance(per, list) and all(_number(v) for v in per) and _count(k) and k <= len(per)
+          and isinstance(est.get("tail", []), list) and isinstance(est.get("settings", {}), dict)
+          and all(_count(est.get(f)) for f in ("global_batch_size", "micro_batch", "train_size"))
+          and _number(est.get("probe_s")) and math.isfinite(est["probe_s"]) and est["probe_s"] >= 0)
+    return est if ok else None
 
 
 def probe_trial(study: StudyConfig, source: str, settings: ProbeSettings, train_size: int) -> TrialConfig:

@@ -186,7 +186,7 @@ class Tracker:
                 if found:
                     return found
             tried.append(True)
-            return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+            return self.client.create_run(experiment_id, run_name=redact_text(name), tags=all_tags).info.run_id
 
         run_id = self.call(create)
         if params:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 MAX_SEED = 2**32 - 1  # np.random.RandomState and torch.manual_seed both take it
 MAX_EPOCHS = 100_000  # bounds what resolve() and a trial may be asked to plan
@@ -201,6 +201,13 @@ class StudyConfig(_Strict):
     baseline: Optional[dict[str, Any]] = None  # dotted overrides of base: the small-batch reference
     report: ReportConfig = ReportConfig()
     smoke: SmokeConfig = SmokeConfig()
+    # reference -> the credential-bearing string it replaced in `search` (load_study; largebatch/redact.py
+    # hide_credentials): what Tune writes and names after a trial holds the reference, the trial gets the string
+    _credentials: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def credentials(self) -> dict[str, str]:
+        """{reference: real string} of the searched values that hold a credential (empty when none do)."""
+        return dict(self._credentials)
 
     @field_validator("name")
     @classmethod

@@ -23,6 +23,7 @@ from largebatch.config.resolve import resolve
 from largebatch.config.schema import StudyConfig, TrialConfig
 from largebatch.config.tree import flatten, get_dotted, parse_trial, set_dotted
 from largebatch.errors import BadInput, did_you_mean
+from largebatch.redact import reveal_credentials
 
 SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", AROUND_CRITICAL)
 PER_BATCH = "per_batch"
@@ -171,10 +172,12 @@ def check_search_resolves(study: StudyConfig, num_workers: int, source: str = "<
     """Resolve base with every grid/choice value, so a batch that does not divide over the workers or exceeds the
     dataset is an error before any trial starts (docs/design.md §10), not a failed trial mid-study."""
     base = study.base.model_dump()
+    secrets = study.credentials()  # a searched credential is a reference after load: resolve the real value
     for key, entry in study.search.items():
         domain = SearchDomain.of(entry)
         for v in domain.values():
-            cfg = TrialConfig.model_validate(set_dotted(base, key, v))  # load_study already parsed it
+            # load_study already parsed it
+            cfg = TrialConfig.model_validate(set_dotted(base, key, reveal_credentials(v, secrets)))
             if key in ("optim.name", "optim") and _full_batch_only(cfg.optim.name):
                 # the grid runs it at the full batch only (config/fullbatch.py grid_admits)
                 cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"global_batch_size": "full"})})

@@ -63,7 +63,23 @@ def load_study(path: str | Path, sets: dict[str, Any] | None = None, *, smoke: b
     if resolved:  # `train` and `tune`: everything `validate` checks, before Ray starts
         check_study_resolves(study, workers if workers is not None else study.tuner.workers_per_trial, source,
                              search=resolved != "trial")
-    return study
+    return hide_searched_credentials(study)
+
+
+def hide_searched_credentials(study: StudyConfig) -> StudyConfig:
+    """The study with every searched value that holds a credential (a URI password, a secret query value) replaced
+    by its reference (redact.py hide_credentials), after every check has seen the real values. The searchers, and
+    so Tune's trial configs, run names and console lines, see only references; `study.credentials()` maps them back
+    (tune/runtime.py trial_spec, on the trial's side)."""
+    from largebatch.redact import hide_credentials
+
+    table: dict[str, str] = {}
+    search = {key: hide_credentials(entry, table) for key, entry in study.search.items()}
+    if not table:
+        return study
+    hidden = study.model_copy(update={"search": search})
+    hidden._credentials = table
+    return hidden
 
 
 def check_train_size(task, base: TrialConfig, source: str) -> int:

@@ -182,7 +182,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             workers_per_trial=t.workers_per_trial, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
             max_failures=t.max_failures, train_sizes=train_sizes, tracking_uri=tracking_uri, experiment_id=exp_id,
             parent_run_id=parent_id, run_name=run_name, storage_path=storage_path,
-            placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process, cwd=cwd)
+            placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process, cwd=cwd,
+            credentials=study.credentials())
         if in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
             resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         else:

@@ -17,6 +17,7 @@ from typing import Any
 
 from largebatch.config import StudyConfig, apply_overrides, flatten, parse_trial
 from largebatch.errors import BadInput
+from largebatch.redact import reveal_credentials
 
 EXTENDABLE_SEARCHERS = ("grid", "random")
 
@@ -61,9 +62,11 @@ def study_trials(study: StudyConfig, base_tree: dict, baseline_tree: dict, sourc
     seeds = list(study.tuner.seeds)
     items = [{"arm": "baseline", "overrides": {}, "seed": s} for s in seeds] if study.baseline is not None else []
     items += [{"arm": "search", "overrides": dict(p), "seed": s} for p in _points(study) for s in seeds]
-    for item in items:  # the trial config, as tune/trainable.py resolve_trial builds it
+    secrets = study.credentials()  # searched credentials are references here; the runs logged the real values
+    for item in items:  # the trial config, as tune/runtime.py trial_spec builds it
         tree = baseline_tree if item["arm"] == "baseline" else base_tree
-        cfg = parse_trial(apply_overrides(tree, {**item["overrides"], "seed": item["seed"]}), source=source,
+        overrides = reveal_credentials(item["overrides"], secrets)
+        cfg = parse_trial(apply_overrides(tree, {**overrides, "seed": item["seed"]}), source=source,
                           prefix="baseline." if item["arm"] == "baseline" else "search.")
         item["_params"] = _as_logged(flatten(cfg.model_dump(mode="json")))
     return items

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from ray import tune
 
 from largebatch.console import StudyDisplay
+from largebatch.redact import redact_text
 from largebatch.tune.runtime import StudyRuntime
 
 _ACTIVE: Optional["_Study"] = None
@@ -30,11 +31,11 @@ class _Study:
         arm = config.get("arm", "search")
         try:
             spec, overrides = self.runtime.trial_spec(config)
-            return self.runtime.label(spec, overrides), arm == "baseline", int(spec.res.epochs)
+            return redact_text(self.runtime.label(spec, overrides)), arm == "baseline", int(spec.res.epochs)
         except Exception:  # the trial itself reports a bad config; the display must not stop the study
             overrides = dict(config.get("overrides") or {})
             words = " ".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
-            return (f"{arm} {words}".strip(), arm == "baseline", 0)
+            return (redact_text(f"{arm} {words}".strip()), arm == "baseline", 0)
 
 
 def activate(display: StudyDisplay, runtime: "StudyRuntime") -> None:
@@ -59,7 +60,7 @@ def failure_reason(trial) -> str:
         text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else "the trial failed (see its error.txt in the run folder)"
-    return with_hint(last.removeprefix("RuntimeError: ")[:300])
+    return redact_text(with_hint(last.removeprefix("RuntimeError: ")[:300]))  # an error may quote a URI
 
 
 def ended_results() -> Optional[list]:

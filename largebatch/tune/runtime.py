@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from largebatch.config import apply_overrides, parse_trial, resolve
+from largebatch.redact import reveal_credentials
 from largebatch.train.spec import TrialSpec
 
 
@@ -54,6 +55,9 @@ class StudyRuntime:
     placement_strategy: str = "PACK"   # SPREAD on a multi-node cluster
     in_process: bool = False           # 1-worker trials train in Tune's trial process (train/inprocess.py)
     cwd: str = ""                      # the driver's folder: a searched relative path is made absolute against it
+    # reference -> credential of the searched values (StudyConfig.credentials(), redact.py): Tune's configs hold
+    # the references; the trial's config gets the real strings here, in the trial's process
+    credentials: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_size(self, cfg) -> int:
@@ -80,7 +84,7 @@ class StudyRuntime:
         arm, seed = sample.get("arm", "search"), int(sample.get("seed", 0))
         overrides = dict(sample.get("overrides") or {})
         tree = self.baseline_tree if arm == "baseline" else self.base_tree
-        tree = apply_overrides(tree, {**overrides, "seed": seed})
+        tree = apply_overrides(tree, {**reveal_credentials(overrides, self.credentials), "seed": seed})
         if self.cwd:  # base and baseline were made absolute on the driver; a searched path is made so here
             from largebatch.tasks.build import absolute_paths
 

@@ -85,3 +85,16 @@ def _optuna(study: StudyConfig):
                          sampler=optuna.samplers.TPESampler(seed=study.base.seed))
     inner.set_search_properties(study.tuner.metric, study.tuner.mode, space)
     return inner, study.tuner.num_samples
+
+
+def trial_count(study) -> str:
+    """How many trials `tune` will run, as the searcher lists them (`validate` prints it; Ray-free)."""
+    from largebatch.config.critical import AROUND_CRITICAL
+
+    seeds = len(study.tuner.seeds)
+    if any(AROUND_CRITICAL in entry for entry in study.search.values()):
+        return "the batch grid is placed from B_noise when the study starts (largebatch probe)"
+    points = (len(grid_points(study)) if study.tuner.searcher == "grid" else 1) * study.tuner.num_samples
+    baseline = seeds if study.baseline is not None else 0
+    return f"{points * seeds + baseline} ({points} search point(s) x {seeds} seed(s)" + \
+        (f" + {baseline} baseline)" if baseline else ")")

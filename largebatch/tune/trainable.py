@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
+from largebatch.redact import redact_text
 from largebatch.train.spec import TrialSpec
 from largebatch.tune.runtime import StudyRuntime
 
@@ -62,7 +63,7 @@ def _child_by_index(tracker: Tracker, rt: StudyRuntime, index: int, trial_id: st
         return None
     run_id = runs[0].info.run_id
     tracker.client.set_tag(run_id, TRIAL_TAG, trial_id)  # Tune's id for it from now on
-    tracker.client.set_tag(run_id, TRIAL_DIR_TAG, trial_dir)
+    tracker.client.set_tag(run_id, TRIAL_DIR_TAG, redact_text(trial_dir))
     return run_id
 
 
@@ -138,5 +139,6 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
     if not rt.in_process:  # the race is between TuneReportCallback and the trial session
         _wait_for_tune_queue()
     if out["status"] == "failed":
-        # Tune records the error; the study goes on (failed trials are data in the report)
-        raise RuntimeError(out.get("reason") or "trial failed")
+        # Tune records the error (error.txt/error.pkl in the trial folder: the reason may quote a URI, masked);
+        # the study goes on (failed trials are data in the report)
+        raise RuntimeError(redact_text(out.get("reason") or "trial failed"))
