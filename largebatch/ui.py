@@ -116,7 +116,9 @@ def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> in
         print(f"MLflow UI ({what}):\n  {runs_url(redact_uri(uri), exp_id)}", flush=True)
         return 0
     port = port or free_port()
-    log = Path(tempfile.gettempdir()) / f"largebatch-mlflow-ui-{port}.log"
+    fd, name = tempfile.mkstemp(prefix=f"largebatch-mlflow-ui-{port}-", suffix=".log")  # 0600, a fresh name
+    os.close(fd)
+    log = Path(name)
     proc = start_server(uri, port, log)
     try:
         base = f"http://127.0.0.1:{port}"
