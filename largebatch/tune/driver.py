@@ -140,6 +140,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     fingerprint = None if resume else fingerprint_while_ray_starts(study, base_tree)  # the profile's cache key
     info = init_ray(address)
     aborted: Optional[BaseException] = None
+    parent_id: Optional[str] = None
     try:
         if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
             need = f"{t.workers_per_trial} workers x {t.cpus_per_worker} CPUs" + (" + 1 GPU each" if t.use_gpu else "")
@@ -256,6 +257,10 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                 runtime.extra["budget"] = stopper.finish()  # what the budget did: printed, and for the report
         except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
             aborted = e
+    except BaseException as e:  # before the trials start: with the parent open, it is closed like any abort
+        if parent_id is None:
+            raise
+        aborted = e
     finally:
         if info["started"]:
             shutdown_ray()
