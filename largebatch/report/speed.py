@@ -69,15 +69,24 @@ def speed_fields(batch: int, steps: list[int], walls: list[float], step_s: dict[
     return {"projected_s": projected_s, "time_s": projected_s if basis == "projected" else wall}
 
 
+def profile_workers(profile: Optional[dict]) -> int:
+    """The workers per trial a profile was measured with (its entries' `workers`, tune/group.py; 1 without)."""
+    counts = {e.get("workers") for e in (profile or {}).get("entries") or [] if isinstance(e, dict)}
+    counts = {c for c in counts if isinstance(c, int) and c > 0}
+    return max(counts) if counts else 1
+
+
 def basis_note(report: dict) -> str:
     """The footnote that says what the speed columns are."""
     prof = report.get("throughput") or {}
     if report.get("speed_basis") == "projected":
         where = f" on {prof['machine'].get('hostname')}" if isinstance(prof.get("machine"), dict) else ""
-        return ("speed: projected training time = steps x the step time of each batch size measured alone before "
-                f"the search (throughput profile{where}, {prof.get('status', 'measured')}); the speed-up, the "
-                "Pareto front and the recommendation use it; 'wall-clock s' is the training time measured while "
-                "trials shared the machine")
+        n = profile_workers(prof)
+        group = f" on one group of {n} workers, DDP's gradient all-reduce included," if n > 1 else ""
+        return ("speed: projected training time = steps x the step time of each batch size measured alone"
+                f"{group} before the search (throughput profile{where}, {prof.get('status', 'measured')}); the "
+                "speed-up, the Pareto front and the recommendation use it; 'wall-clock s' is the training time "
+                "measured while trials shared the machine")
     return "speed: training wall-clock, measured while trials shared the machine"
 
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 # largebatch's own code that a profiled step runs (relative to the package): a change measures again
 STEP_CODE = ("train/loop.py", "train/stepsums.py", "data/feed.py", "data/loader.py", "optim", "tune/throughput.py",
-             "tune/measure.py", "tune/fingerprint.py")
+             "tune/measure.py", "tune/group.py", "tune/fingerprint.py")
 _NOT_HASHED = ("torch", "numpy", "builtins", "typing", "functools", "collections")  # keyed by version instead
 
 

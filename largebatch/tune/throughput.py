@@ -15,21 +15,27 @@ threads (CPU time adds up over them) or a GPU it is the 10th percentile of the w
 ever slows a step down). The wall-clock median and 10th percentile are kept beside it. The report projects each
 recipe's training time as steps x step time (report/speed.py).
 
+A study with N > 1 workers per trial is profiled on one worker group of N Ray actors, measured alone in the same way
+(tune/group.py): each rank takes global / N of every batch, the model in DDP over a gloo (nccl) process group, so the
+gradient all-reduce is in the step. A step ends when the slowest rank's does; with one CPU thread per worker on one
+node its time is the median of the steps' process CPU time (the all-reduce's threads included), else the
+wall-clock's lower decile.
+
 Measured results are cached under `<run root>/throughput/`, one file per key: task, model, data, precision,
 optimizer, instruments, batch, worker count, CPUs/GPU, the machine (hostname, CPU count, torch version, GPU name) and
 the step's fingerprint (tune/fingerprint.py: the built model's parameter shapes, the task's source files, the data
 pipeline), so a second study on the same setup reuses them and a changed model or task code measures again. Each
 entry also says how much of the step is the input pipeline (`input_share`, `input_note`).
 
-What is not profiled (the report then uses measured wall-clock, and says so): trials with more than one worker (a
-one-worker profile leaves the all-reduce out), Ray Data tasks, `per_worker_batch_cap: auto`, the gradient noise
-scale instrument (per-step work the profile does not do), and searched keys that change a step's cost (model, task,
-data source, optimizer name, precision, ...).
+What is not profiled (the report then uses measured wall-clock, and says so): Ray Data tasks, `per_worker_batch_cap:
+auto`, the gradient noise scale instrument (per-step work the profile does not do), and searched keys that change a
+step's cost (model, task, data source, optimizer name, precision, ...).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -37,7 +43,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from largebatch.report.speed import INPUT_NOTE_SHARE, input_note  # noqa: F401 (the profile line says it too)
+# the profile line says these too
+from largebatch.report.speed import INPUT_NOTE_SHARE, input_note, profile_workers  # noqa: F401
 from largebatch.tune.measure import BUDGET_S, MAX_STEPS, MIN_TIMED, ROUNDS, measure, summarize  # noqa: F401
 
 VERSION = 4  # bump when the measurement changes: older cache files no longer match
@@ -93,9 +100,6 @@ def skip_reason(study) -> Optional[str]:
     t, base = study.tuner, study.base
     if not t.profile:
         return "tuner.profile is false"
-    if t.workers_per_trial > 1:
-        return (f"{t.workers_per_trial} workers per trial: a one-worker profile would leave the all-reduce out, so "
-                f"speeds are measured wall-clock")
     if task_of(base).ray_data is not None:
         return "a Ray Data task reads its training data through Ray Train's shards"
     if base.data.per_worker_batch_cap == "auto":
@@ -155,12 +159,13 @@ def fingerprint_while_ray_starts(study, base_tree: dict):
 
 
 def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | Path, run=_on_ray,
-                  fingerprint=None) -> dict[str, Any]:
+                  fingerprint=None, group=None) -> dict[str, Any]:
     """The study's profile: cached entries where the key matches, the rest measured now in one Ray task (ray.init
-    done; `run(fn, opts, ...)` runs a function there). The key includes the step's fingerprint (tune/fingerprint.py:
-    `fingerprint`, or a Future of it, else computed here); when it cannot be computed, everything is measured and
-    nothing cached. Returns {"status": "measured"|"cached"|"off", "reason", "machine", "setup", "fingerprint",
-    "entries": [...]}."""
+    done; `run(fn, opts, ...)` runs a function there), or with 2+ workers per trial on one worker group of that
+    many Ray actors (tune/group.py `measure_group`, or `group(trees, workers=, cpus=, use_gpu=)`). The key
+    includes the worker count and the step's fingerprint (tune/fingerprint.py: `fingerprint`, or a Future of it,
+    else computed here); when it cannot be computed, everything is measured and nothing cached. Returns
+    {"status": "measured"|"cached"|"off", "reason", "machine", "setup", "fingerprint", "entries": [...]}."""
     from largebatch.tune.fingerprint import step_fingerprint
 
     reason = skip_reason(study)
@@ -182,16 +187,20 @@ def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | P
     cache = Path(run_root) / CACHE_DIR
     entries, missing = {}, {}
     for b, tree in trees.items():
-        hit = _read_cache(cache / f"{cache_key(keyed, b, machine)}.json") if fingerprint["digest"] else None
+        hit = _read_cache(cache / f"{cache_key(keyed, b, machine)}.json", b) if fingerprint["digest"] else None
         if hit is not None:
             entries[b] = {**hit, "cached": True}
         else:
             missing[b] = tree
     if missing:
         t0 = time.time()
-        # max_calls=1: the worker process exits afterwards, so the data it decoded is not held during the search
-        measured = run(measure, {"max_calls": 1, **opts}, missing, workers=t.workers_per_trial,
-                       cpus=t.cpus_per_worker, use_gpu=t.use_gpu)
+        if t.workers_per_trial > 1:  # one worker group, DDP's all-reduce in the step (tune/group.py)
+            if group is None:
+                from largebatch.tune.group import measure_group as group
+            measured = group(missing, workers=t.workers_per_trial, cpus=t.cpus_per_worker, use_gpu=t.use_gpu)
+        else:  # max_calls=1: the worker process exits afterwards, so the data it decoded is not held in the search
+            measured = run(measure, {"max_calls": 1, **opts}, missing, workers=t.workers_per_trial,
+                           cpus=t.cpus_per_worker, use_gpu=t.use_gpu)
         for e in measured:
             key = cache_key(keyed, e["global_batch_size"], machine)
             e = {**e, "key": key}
@@ -201,8 +210,9 @@ def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | P
             entries[e["global_batch_size"]] = {**e, "cached": False}
         where = f"cached under {cache}" if fingerprint["digest"] else \
             f"not cached: the step's fingerprint failed ({fingerprint['error']})"
+        group_of = f"{t.workers_per_trial} workers x " if t.workers_per_trial > 1 else ""
         print(f"[largebatch] throughput profile: {len(measured)} batch size(s) measured alone in "
-              f"{time.time() - t0:.1f} s ({t.cpus_per_worker} CPU{'s' if t.cpus_per_worker > 1 else ''}"
+              f"{time.time() - t0:.1f} s ({group_of}{t.cpus_per_worker} CPU{'s' if t.cpus_per_worker > 1 else ''}"
               f"{' + 1 GPU' if t.use_gpu else ''}, {where})", flush=True)
     profile = {"version": VERSION, "status": "measured" if missing else "cached", "reason": None,
                "machine": machine, "setup": setup, "fingerprint": fingerprint,
@@ -211,12 +221,22 @@ def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | P
     return profile
 
 
-def _read_cache(path: Path) -> Optional[dict]:
-    try:
-        e = json.loads(path.read_text())
-    except (OSError, ValueError):
+def _read_cache(path: Path, batch: Optional[int] = None) -> Optional[dict]:
+    """A cached entry (read bounded, JSON only: probe.py read_cache_json), or None unless its numbers are what
+    measure() writes: the batch it is filed under, a finite positive step time and examples/s."""
+    from largebatch.probe import read_cache_json
+
+    e = read_cache_json(path)
+
+    def positive(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    if not (isinstance(e, dict) and positive(e.get("step_s")) and positive(e.get("examples_per_s"))
+            and isinstance(e.get("global_batch_size"), int) and not isinstance(e["global_batch_size"], bool)
+            and (batch is None or e["global_batch_size"] == batch)):
         return None
-    return e if isinstance(e, dict) and isinstance(e.get("step_s"), (int, float)) and e["step_s"] > 0 else None
+    share = e.get("input_share")
+    return e if share is None or (positive(share) or share == 0) else None
 
 
 def _write_cache(path: Path, entry: dict) -> None:
@@ -233,7 +253,9 @@ def describe(profile: Optional[dict]) -> str:
     cells = [f"B={e['global_batch_size']} {e['step_s'] * 1000:.3g} ms/step ({e['examples_per_s']:.0f} ex/s)"
              for e in profile["entries"]]
     note = input_note(profile)
-    return f"throughput profile ({profile['status']}, measured alone): " + ", ".join(cells) + (
+    n = profile_workers(profile)
+    alone = f"measured alone on one group of {n} workers" if n > 1 else "measured alone"
+    return f"throughput profile ({profile['status']}, {alone}): " + ", ".join(cells) + (
         f"; {note}" if note else "")
 
 
