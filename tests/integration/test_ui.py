@@ -31,24 +31,30 @@ def _store_with_two_studies(tmp_path: Path) -> tuple[str, str]:
     return uri, newer
 
 
+def _start_ui(uri: str, cwd: Path) -> tuple[subprocess.Popen, str, str, str]:
+    """`largebatch ui` on the store: (its process, the server's base URL, the experiment id, all it printed)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([str(VENV_BIN / "largebatch"), "ui", "--mlflow", uri], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"(http://127\.0\.0\.1:\d+)/largebatch/open\?experiment=(\d+)$", line.strip())
+        if m:
+            return proc, m[1], m[2], "".join(lines)
+    proc.kill()
+    raise AssertionError("".join(lines))
+
+
 def test_ui_prints_the_latest_study_runs_url_and_stops_on_ctrl_c(tmp_path):
     uri, newer = _store_with_two_studies(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([str(VENV_BIN / "largebatch"), "ui", "--mlflow", uri], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, url, exp_id, printed = _start_ui(uri, tmp_path)
     try:
-        lines, url = [], None
-        deadline = time.time() + 180
-        while time.time() < deadline and url is None:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"(http://127\.0\.0\.1:\d+)/largebatch/open\?experiment=(\d+)$", line.strip())
-            if m:
-                url, exp_id = m[1], m[2]
-        assert url is not None, "".join(lines)
-        assert exp_id == newer and "newer-study" in "".join(lines)
+        assert exp_id == newer and "newer-study" in printed
         # the server behind the link serves this store
         with urllib.request.urlopen(f"{url}/ajax-api/2.0/mlflow/experiments/get?experiment_id={exp_id}",
                                     timeout=10) as r:
@@ -96,22 +102,10 @@ def test_run_pages_opened_after_the_printed_link_are_model_training_pages(tmp_pa
 
     uri, exp_id = _store_with_two_studies(tmp_path)
     run_id = Tracker(uri).start_run(exp_id, "B=64 sqrt", tags={"largebatch.kind": "trial"})
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([str(VENV_BIN / "largebatch"), "ui", "--mlflow", uri], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, base, _, _ = _start_ui(uri, tmp_path)
+    url = f"{base}/largebatch/open?experiment={exp_id}"
     browser = None
     try:
-        url, lines = None, []
-        deadline = time.time() + 180
-        while time.time() < deadline and url is None:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"(http://127\.0\.0\.1:\d+)/largebatch/open\?experiment=\d+$", line.strip())
-            url = m and m[0]
-        assert url, "".join(lines)
-        base = url.split("/largebatch/")[0]
         browser = chromium(tmp_path)
         wait = WebDriverWait(browser, 90)
 
