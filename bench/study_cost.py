@@ -15,6 +15,9 @@ Figures, all ratios of quantities measured in the same run:
 - **speed-up to target**: the recommended recipe's, from each study's report (`recommended.target_speedup`).
   Goal: budgeted / grid >= 0.9.
 - **the recommendation** (batch, rule, warmup, LR) of each repetition: the same in every one (goal 3 of 3).
+- **confirmation**: whether the budgeted study's recommended recipe reached the target on its second seed too
+  (tune/stopper.py runs the leader once more on seed + 1; the report's `recommended.confirmation`), with the
+  spread of its time to target over the two seeds; the confirmation trials are in the cost above.
 
 Full sizes: the demo (full Fashion-MNIST), digits (the smoke study on 1-worker trials, so they are profiled) and the
 charlm smoke, 3 repetitions of the budgeted study. --quick: the demo's `smoke:` block, one repetition.
@@ -74,7 +77,20 @@ def _one(file: str, sets: dict, smoke: bool, name: str, root: str) -> dict[str, 
             "recommended": {k: rec.get(k) for k in ("global_batch_size", "rule", "warmup_epochs", "peak_lr",
                                                       "time_to_target_s", "target_speedup", "chosen_by")},
             "statuses": {st: sum(r["status"] == st for r in records) for st in {r["status"] for r in records}},
+            "confirmation": _confirmation(rec.get("confirmation"), (s.get("budget") or {}).get("confirmations")),
             "reasons": [r.get("reason") for r in records if r.get("status") == "stopped_early"]}
+
+
+def _confirmation(conf: Optional[dict], runs: Optional[list]) -> Optional[dict[str, Any]]:
+    """The recommended recipe's seeds (report/verdict.py confirmation) and the confirmation trials the budget ran
+    (a confirmation that missed may leave the baseline as the answer: no recommended recipe to confirm)."""
+    if conf is None and not runs:
+        return None
+    conf = conf or {"status": "no recipe recommended"}
+    return {k: conf.get(k) for k in ("status", "reached", "seeds", "time_to_target_mean_s", "time_to_target_std_s")} | {
+        "missed": [m["recipe"] for m in conf.get("missed") or []],
+        "trials": [{k: c.get(k) for k in ("recipe", "seed", "status", "time_to_target_s", "first_seed_time_s")}
+                   for c in runs or []]}
 
 
 def child(spec: dict) -> dict[str, Any]:
@@ -106,6 +122,18 @@ def _recipe(rec: dict) -> str:
             f"lr={lr:.3g}" if isinstance(lr, (int, float)) else f"B={rec.get('global_batch_size')} {rec.get('rule')}")
 
 
+def _spread(c: dict) -> str:
+    """'confirmed 2/2, 3.5 ± 0.25 s' / 'no recipe recommended, B=128 linear seed 1 missed'."""
+    if not c:
+        return "no recommendation"
+    mean, sd = c.get("time_to_target_mean_s"), c.get("time_to_target_std_s")
+    out = f"{c.get('status')} {c.get('reached') or ''}".strip()
+    out += f", {mean:.3g} ± {sd:.2g} s" if mean is not None and sd is not None else ""
+    out += "".join(f", {x['recipe']} seed {x['seed']} {x['status']}" for x in c.get("trials") or []
+                   if x.get("status") != "reached")
+    return out + (f", missed: {', '.join(c['missed'])}" if c.get("missed") else "")
+
+
 def analyse(got: dict[str, Any], quick: bool, repeats: int) -> dict[str, Any]:
     summary = []
     for task, rows in got.items():
@@ -117,6 +145,8 @@ def analyse(got: dict[str, Any], quick: bool, repeats: int) -> dict[str, Any]:
         recipes = [_recipe(b["recommended"]) for b in budgeted]
         same = max(recipes.count(r) for r in recipes) if recipes else 0
         what = f"{task}{' (smoke)' if quick else ''}"
+        confs = [b.get("confirmation") or {} for b in budgeted]
+        held = sum(c.get("status") == "confirmed" for c in confs)
         summary += [
             common.figure(f"{what}: budgeted study cost, baseline runs of projected training (worst of {len(costs)})",
                           worst, goal=f"<= {GOAL_COST:g}", met=worst is not None and worst <= GOAL_COST,
@@ -132,6 +162,10 @@ def analyse(got: dict[str, Any], quick: bool, repeats: int) -> dict[str, Any]:
                           goal=f"{len(recipes)} of {len(recipes)}", met=same == len(recipes) and repeats >= 3,
                           shown=f"{same} of {len(recipes)} ({recipes[0] if recipes else '-'})",
                           key="study_same"),
+            common.figure(f"{what}: the recommendation confirmed on a second seed (reached the target 2/2), n of "
+                          f"{len(confs)} runs", float(held), goal=f"{len(confs)} of {len(confs)}",
+                          met=held == len(confs), key="study_confirmed",
+                          shown=f"{held} of {len(confs)} (" + "; ".join(_spread(c) for c in confs) + ")"),
         ]
     return {"settings": {"tasks": {t: TASKS.get(t) for t in got}, "budgeted": BUDGETED, "repeats": repeats,
                          "quick": quick, "grid_sets": UNBUDGETED},

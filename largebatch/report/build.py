@@ -41,7 +41,7 @@ from largebatch.report.speed import choose_basis, speed_fields, step_times
 from largebatch.report.target import (
     curve, recipe_to_target, recommend_by_target, target_value, time_to_target_section,
 )
-from largebatch.report.verdict import payback, study_cost
+from largebatch.report.verdict import confirmation, payback, study_cost
 from largebatch.vocab import (
     MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
 )
@@ -77,6 +77,7 @@ class _Trial:
     batch_ramp: bool = False  # the batch changes during the trial (schedule.batch_ramp)
     extra: tuple[tuple[str, float], ...] = ()  # the finite INSTRUMENT_FIELDS of the record
     curve: tuple = ()  # (steps, wall_s, metric) per evaluation (report/target.py), from the record's history
+    seed: int | None = None  # the trial's seed (a recipe's seeds: tuner.seeds, or a budgeted study's confirmation)
 
 
 
@@ -118,7 +119,13 @@ def _parse(rec: dict, metric: str) -> _Trial:
         batch_ramp=bool(rec.get("batch_ramp", False)),
         extra=tuple((k, v) for k in INSTRUMENT_FIELDS if (v := _instrument(rec, k)) is not None),
         curve=curve(rec.get("history"), metric.split("_", 1)[1]),
+        seed=_seed(rec.get("seed")),
     )
+
+
+def _seed(x: Any) -> int | None:
+    v = _finite(x)
+    return None if v is None else int(v)
 
 
 def _instrument(rec: dict, key: str) -> float | None:
@@ -320,6 +327,8 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     if recommended is not None:
         recommended["chosen_by"] = ("time_to_target" if to_target and recommended.get("time_to_target_s") is not None
                                     else "pareto")
+        # is it confirmed on a second seed (every seed reached the target), and which sooner recipe missed on one
+        recommended["confirmation"] = confirmation(recommended, configs)
     if not trials:
         warnings.append("no trial records")
     counts = {"total": len(trials), **{s: sum(t.status == s for t in trials) for s in STATUSES}}

@@ -84,21 +84,28 @@ def recipe_to_target(trials: list, target: Optional[float], mode: str, step_s: d
     if target is None or not scored:
         return {}
     hits = [first_reach(t.curve, target, mode) for t in scored]
-    out: dict[str, Any] = {"target_reached": f"{sum(h is not None for h in hits)}/{len(hits)}",
-                           "steps_to_target": None, "examples_to_target": None, "time_to_target_s": None}
-    if any(h is None for h in hits) or any(t.batch_ramp for t in scored):
-        return out  # a batch ramp has no single batch: its examples and projected time are not steps x B
-    steps = [h[0] for h in hits]
     batch = scored[0].batch
-    if basis == "projected":
-        times = [projected(batch, s, step_s) for s in steps]
-    else:
-        times = [h[1] for h in hits]
+    ramp = any(t.batch_ramp for t in scored)  # a batch ramp has no single batch: its time is not steps x B
+    per_seed = [{"seed": getattr(t, "seed", None), "trial_id": t.trial_id, "reached": h is not None,
+                 "steps_to_target": None if h is None else h[0],
+                 "time_to_target_s": None if h is None or ramp else
+                 projected(batch, h[0], step_s) if basis == "projected" else h[1]}
+                for t, h in zip(scored, hits)]
+    out: dict[str, Any] = {"target_reached": f"{sum(h is not None for h in hits)}/{len(hits)}",
+                           "steps_to_target": None, "examples_to_target": None, "time_to_target_s": None,
+                           "per_seed": per_seed}
+    if any(h is None for h in hits) or ramp:
+        return out
+    steps = [h[0] for h in hits]
+    times = [p["time_to_target_s"] for p in per_seed]
     out["steps_to_target"] = statistics.fmean(steps)
     # evaluations happen at epoch ends: the crossing lies after the last evaluation below the target
     out["steps_after"] = statistics.fmean(last_miss(t.curve, target, mode) for t in scored)
     out["examples_to_target"] = statistics.fmean(steps) * batch
     out["time_to_target_s"] = statistics.fmean(times) if all(x is not None for x in times) else None
+    # the spread over seeds (sample std; 0 for one seed): a recipe's time to target is their mean
+    out["time_to_target_std_s"] = (None if out["time_to_target_s"] is None else
+                                   statistics.stdev(times) if len(times) > 1 else 0.0)
     return out
 
 

@@ -11,6 +11,12 @@
   is to keep the baseline) or the savings are unknown.
 - **Answer**: one sentence: the recipe, its time to the baseline's quality and the speed-up, or "keep the baseline"
   when no larger batch gets there sooner within tolerance.
+- **Confirmation** (`recommended.confirmation`): whether the recommended recipe reached the target on every seed it
+  ran (2 or more: "confirmed on 2 seeds, 2/2"), its time to target per seed and their spread (mean ± sample std,
+  min, max); a budgeted one-seed study runs the leader once more on a second seed for this (tune/stopper.py). A
+  recipe that missed the target on one of its seeds has no time to target (report/target.py), so the recommendation
+  falls back to the next recipe; `missed` names the sooner ones that did (their first seed was sooner). One seed
+  only: "unconfirmed", with the budget's reason when its confirmation was not started.
 
 Pure functions over build_report's rows and parsed trials.
 """
@@ -88,6 +94,70 @@ def payback(cost: dict, recommended: Optional[dict], baseline: Optional[dict]) -
     return {"saving_per_training_s": saving, "payback_trainings": n}
 
 
+def missed_confirmation(configs: Iterable[dict], before: Optional[float] = None) -> list[dict[str, Any]]:
+    """Recipes run on 2+ seeds that reached the target on some but not all of them (so they have no time to target),
+    soonest first; with `before`, only those whose reaching seeds were on average sooner than it."""
+    out = []
+    for c in configs:
+        seeds = c.get("per_seed") or []
+        hit = [p["time_to_target_s"] for p in seeds if p["reached"] and p.get("time_to_target_s") is not None]
+        if len(seeds) < 2 or not hit or len(hit) == len(seeds) or c.get("is_baseline"):
+            continue
+        t = sum(hit) / len(hit)
+        if before is None or t < before:
+            out.append({"recipe": c["label"], "reached": c.get("target_reached"), "reached_time_s": t,
+                        "per_seed": seeds})
+    return sorted(out, key=lambda m: (m["reached_time_s"], m["recipe"]))
+
+
+def confirmation(recommended: Optional[dict], configs: Iterable[dict]) -> Optional[dict[str, Any]]:
+    """The recommended recipe's seeds: reached n/n, the time to target per seed and the spread (module docstring)."""
+    seeds = (recommended or {}).get("per_seed") or []
+    if not seeds or recommended.get("is_baseline"):  # no curves (chosen on the Pareto front), or keep the baseline
+        return None
+    times = [p["time_to_target_s"] for p in seeds if p["reached"] and p.get("time_to_target_s") is not None]
+    n, reached = len(seeds), sum(bool(p["reached"]) for p in seeds)
+    mean = sum(times) / len(times) if times else None
+    std = (math.sqrt(sum((x - mean) ** 2 for x in times) / (len(times) - 1)) if len(times) > 1
+           else 0.0 if times else None)
+    return {"status": "confirmed" if n >= 2 and reached == n else "unconfirmed", "n_seeds": n,
+            "reached": f"{reached}/{n}", "seeds": [p["seed"] for p in seeds], "per_seed": seeds,
+            "time_to_target_mean_s": mean, "time_to_target_std_s": std,
+            "time_to_target_min_s": min(times) if times else None,
+            "time_to_target_max_s": max(times) if times else None,
+            "missed": missed_confirmation(configs, recommended.get("time_to_target_s"))}
+
+
+def confirmation_words(report: dict) -> str:
+    """The answer line's last sentence: confirmed on n seeds, or unconfirmed and why; '' when nothing ran twice."""
+    rec = report.get("recommended") or {}
+    conf = rec.get("confirmation")
+    budget = (report.get("study") or {}).get("budget") or {}
+    refused = [c for c in budget.get("confirmations") or [] if c.get("status") == "not started"]
+    missed = (conf or {}).get("missed") if conf else missed_confirmation(report.get("configs") or [])
+    miss = ""
+    if missed:
+        m = missed[0]
+        two = m["reached"] == "1/2"
+        miss = (f"{m['recipe']} reached the target sooner on {'its first seed' if two else 'some seeds'} but missed "
+                f"it on {'its second' if two else 'others'} ({m['reached']})")
+    if conf is None:
+        return f" Not recommended: {miss}." if miss else ""
+    if conf["status"] == "confirmed":
+        spread = ("" if conf["time_to_target_mean_s"] is None else
+                  f", time to target {seconds(conf['time_to_target_mean_s'])} ± "
+                  f"{seconds(conf['time_to_target_std_s'])} s")
+        return (f" Confirmed on {conf['n_seeds']} seeds (reached the target {conf['reached']}{spread})"
+                + (f"; {miss}" if miss else "") + ".")
+    if conf["n_seeds"] >= 2:
+        return f" Unconfirmed: it reached the target on {conf['reached']} seeds" + (f"; {miss}" if miss else "") + "."
+    if not miss and "confirmations" not in budget:
+        return ""  # one seed, and no confirmation was planned (no budget): the study's seeds are the user's choice
+    why = (f"{miss}; this one ran on 1 seed" if miss else
+           f"its second seed was not run: {refused[-1]['why']}" if refused else "it ran on 1 seed")
+    return f" Unconfirmed: {why}."
+
+
 def _recipe_words(c: dict) -> str:
     warm = "no warmup" if not c.get("warmup_epochs") else f"{c['warmup_epochs']:g}-epoch warmup"
     lr = c.get("peak_lr")
@@ -110,6 +180,7 @@ def answer_lines(report: dict, value_text: str) -> list[str]:
     elif is_keep_baseline(rec):
         first = (f"Answer: keep the baseline (B={base['global_batch_size']}, {base['rule']} rule, {base['optimizer']}, "
                  f"base LR {base['base_lr']:g}): no larger batch reached its quality sooner within the tolerance.")
+        first += confirmation_words(report)
     else:
         sign = ">=" if report.get("mode", "max") == "max" else "<="
         if rec.get("chosen_by") == "time_to_target" and tt:
@@ -120,6 +191,7 @@ def answer_lines(report: dict, value_text: str) -> list[str]:
         else:
             first = (f"Answer: train at {_recipe_words(rec)}: within the tolerance of the baseline in "
                      f"{seconds(rec['time_s'])} s{unit}, {rec['speedup']:.2f}x the baseline's speed.")
+        first += confirmation_words(report)
     runs, wall = study.get("cost_baseline_runs"), study.get("cost_wall_baseline_runs")
     if runs is None:
         second = "Cost: unknown (no baseline run to measure it by)."

@@ -94,5 +94,6 @@ class StudyRuntime:
         return TrialSpec(res=res, arm=arm, cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu), overrides
 
     def label(self, spec: TrialSpec, overrides: dict[str, Any]) -> str:
+        # a confirmation trial (tune/stopper.py: the leader again on another seed) is named with its seed
         return trial_label(spec.res.summary(), spec.arm, overrides if spec.arm == "search" else {},
-                           spec.cfg.seed, len(self.seeds))
+                           spec.cfg.seed, len(self.seeds) if spec.cfg.seed in self.seeds else 2)

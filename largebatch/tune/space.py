@@ -61,9 +61,15 @@ class WithBaseline(_searcher_base()):
     """The baseline arm first (one trial per seed), then the inner searcher's points, each repeated per seed.
 
     `gate` (set by the study's budget, tune/stopper.py TargetStopper.admit): asked about each point before it is
-    handed out; None starts it, anything else (why not) skips it."""
+    handed out; None starts it, anything else (why not) skips it.
+
+    `confirm` (set by a one-seed budgeted study, TargetStopper.confirmation): once the inner searcher is done and no
+    trial handed out is still running, asked for one more trial (the leading recipe on a second seed); None ends the
+    search. While trials run it answers "wait" (suggest() answers None, Tune asks again: the leader may still change)
+    or None (no confirmation can come: the budget is spent)."""
 
     gate: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
+    confirm: Optional[Callable[..., Any]] = None
 
     def __init__(self, inner, baseline: Optional[dict[str, Any]], seeds: list[int], metric: str, mode: str,
                  total: Optional[int] = None):
@@ -78,17 +84,22 @@ class WithBaseline(_searcher_base()):
         # Tune had not saved yet (the driver died first), so that trial finds its MLflow run again
         self.suggested = 0
         self.primary: dict[str, str] = {}  # our trial id -> the inner searcher's trial id (first seed reports)
+        self.live: set[str] = set()  # trials handed out and not yet complete
+        self.done = False  # the inner searcher has nothing more
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str):
         while not self.queue:
-            if self.total is not None and self.asked >= self.total:
-                return self.FINISHED
+            if self.done or (self.total is not None and self.asked >= self.total):
+                return self._last(trial_id)
             inner_id = f"{trial_id}-inner"
             point = self.inner.suggest(inner_id)
-            if point is None or point == self.FINISHED:
+            if point == self.FINISHED:
+                self.done = True
+                return self._last(trial_id)
+            if point is None:
                 return point
             self.asked += 1
             why = self.gate({"arm": "search", "overrides": dict(point), "seed": self.seeds[0]}) if self.gate else None
@@ -101,24 +112,39 @@ class WithBaseline(_searcher_base()):
         inner_id = item.pop("_inner", None)
         if inner_id:
             self.primary[trial_id] = inner_id
+        return self._hand_out(trial_id, item)
+
+    def _hand_out(self, trial_id: str, item: dict[str, Any]) -> dict[str, Any]:
         item["index"] = self.suggested
         self.suggested += 1
+        self.live.add(trial_id)
         return item
+
+    def _last(self, trial_id: str):
+        """The search is done: a confirmation trial once nothing runs (None until then), else FINISHED."""
+        if self.confirm is None:
+            return self.FINISHED
+        item = self.confirm(waiting=bool(self.live))
+        if item == "wait":  # trials still run: the leader may change, so ask again later
+            return None
+        return self.FINISHED if item is None else self._hand_out(trial_id, dict(item))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.primary:
             self.inner.on_trial_result(self.primary[trial_id], result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        self.live.discard(trial_id)
         if trial_id in self.primary:
             self.inner.on_trial_complete(self.primary.pop(trial_id), result=result, error=error)
 
     def get_state(self) -> dict:
-        return {"queue": self.queue, "asked": self.asked, "suggested": self.suggested}
+        return {"queue": self.queue, "asked": self.asked, "suggested": self.suggested, "done": self.done}
 
     def set_state(self, state: dict) -> None:
         self.queue, self.asked = state["queue"], state["asked"]
         self.suggested = int(state.get("suggested", 0))
+        self.done = bool(state.get("done", False))
         self.primary = dict(state.get("primary", {}))
         if "inner" in state:
             self._set_inner_state(state["inner"])
@@ -180,4 +206,9 @@ def create_searcher(study: StudyConfig, baseline: Optional[dict[str, Any]]):
     inner, n_points = SEARCHERS.get(study.tuner.searcher)(study)
     seeds = list(study.tuner.seeds)
     n_trials = n_points * len(seeds) + (len(seeds) if baseline is not None else 0)
+    if study.tuner.budget_runs is not None and len(seeds) == 1 and baseline is not None:
+        # room for the confirmation trials on a second seed (tune/stopper.py): Tune creates at most n_trials
+        from largebatch.tune.stopper import MAX_CONFIRMATIONS
+
+        n_trials += MAX_CONFIRMATIONS
     return WithBaseline(inner, baseline, seeds, study.tuner.metric, study.tuner.mode, total=n_points), n_trials

@@ -25,6 +25,11 @@ report's `cost_baseline_runs`. With it set, searched trials also stop at the tar
 - *Budget*: a running trial stops when the spend, plus one more epoch of every running searched trial, would pass
   N baseline runs; a trial whose first epoch would not fit is not started (the searcher skips it,
   tune/space.py WithBaseline.gate). The study is then marked "budget reached".
+- *Confirmation* (one seed s): once the search is done and nothing runs, the searcher asks `confirmation()` for one
+  more trial: the leader (soonest to the target) again on seed s + 1. The search keeps the leader's T* in reserve
+  for it. It is not cut on T*; it stops at the target, once its next evaluation would come after the baseline's own
+  time to the target, or on the budget. If it misses, the next recipe that reached the target follows (at most
+  MAX_CONFIRMATIONS). The report (report/verdict.py) reads each seed from the records: a miss drops the recipe.
 
 These need the throughput profile (the driver hands it over through `plan`); without one the budget is not applied
 and the study says so. Which trials run within the budget depends on the order the searcher hands them out in (the
@@ -45,6 +50,8 @@ from largebatch.report.target import meets, target_value
 from largebatch.tune.runtime import is_baseline_sample
 
 _EPS = 1e-9
+MAX_CONFIRMATIONS = 2  # second-seed trials a budgeted study may run: the leader, then the next recipe if it misses
+CONFIRMS_KEY = "confirms"  # in a confirmation trial's Tune sample: the label of the recipe it re-runs
 
 
 def per_epoch_metric(metric: str) -> str:
@@ -61,7 +68,8 @@ def _stopper_base():
 
 class TargetStopper(_stopper_base()):
     def __init__(self, metric: str, mode: str, tolerance: float, units: str, n_baseline: int,
-                 explicit: Optional[float] = None, budget_runs: Optional[float] = None):
+                 explicit: Optional[float] = None, budget_runs: Optional[float] = None,
+                 seeds: Optional[list[int]] = None):
         self.key, self.summary = per_epoch_metric(metric), summary_name(metric)
         self.mode, self.tolerance, self.units = mode, tolerance, units
         self.n_baseline = n_baseline
@@ -83,6 +91,14 @@ class TargetStopper(_stopper_base()):
         # a recipe's time to target is the mean over its seeds, which one trial's T* does not bound: with several
         # seeds only the budget applies
         self.prunes = n_baseline == 1
+        # ---- confirmation on a second seed (one-seed budgeted studies)
+        first = (seeds or [0])[0]
+        self.confirm_seed = first + 1 if first < 2**32 - 1 else first - 1  # numpy and torch take 0..2**32-1
+        self.samples: dict[str, dict] = {}  # searched trial id -> its Tune sample (a confirmation re-runs it)
+        self.reach: dict[str, float] = {}  # searched trial id -> projected time it first met the target
+        self.confirmations: list[dict[str, Any]] = []  # one per confirmation handed out or refused (accounts())
+        self.baseline_curve: list[tuple[float, float]] = []  # (projected s, metric) of the baseline's epochs
+        self.baseline_time: Optional[float] = None  # the baseline's own projected time to the target
 
     # ---- the plan: the driver hands over the throughput profile once it is measured
     def plan(self, profile: Optional[dict], runtime, searcher=None) -> None:
@@ -103,6 +119,8 @@ class TargetStopper(_stopper_base()):
         self.unit = res.total_steps * self.step_s[res.global_batch_size]
         if searcher is not None:
             searcher.gate = self.admit
+            if self.confirms():
+                searcher.confirm = self.confirmation
         print(f"[largebatch] budget: {self.budget_runs:g} baseline runs of projected training (1 run = "
               f"{self.unit:.3g} s, B={res.global_batch_size} x {res.total_steps} steps), the baseline's "
               f"{self.n_baseline} included; searched trials stop at the target and once they cannot beat the "
@@ -112,6 +130,9 @@ class TargetStopper(_stopper_base()):
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(self.key)
         if is_baseline_sample(result.get("config")):
+            at = self._at(result)
+            if at is not None and isinstance(value, (int, float)) and value == value:
+                self.baseline_curve.append((at, float(value)))
             best = result.get(self.summary)
             if result.get("is_final") and isinstance(best, (int, float)) and best == best:
                 self.baseline[trial_id] = float(best)
@@ -122,13 +143,22 @@ class TargetStopper(_stopper_base()):
                           f"{'>=' if self.mode == 'max' else '<='} {self.target:.4g}; searched trials stop when "
                           f"they reach it", flush=True)
                     self._soonest_so_far()
+                if self.target is not None and self.baseline_time is None:
+                    self.baseline_time = next((t for t, v in self.baseline_curve
+                                               if meets(v, self.target, self.mode)), None)
             return False
+        config = result.get("config") or {}
+        if config.get(CONFIRMS_KEY):
+            return self._confirming(trial_id, result, value)
+        if trial_id not in self.samples and config:
+            self.samples[trial_id] = {k: v for k, v in config.items() if k != "index"}
         now = self._account(trial_id, result)
         if now is not None and isinstance(value, (int, float)) and value == value and self.budget_runs is not None:
             self.curves.setdefault(trial_id, []).append((now, float(value)))
             self._label(trial_id, result)
-        reached = (self.target is not None and isinstance(value, (int, float)) and value == value
-                   and meets(float(value), self.target, self.mode))
+        reached = self._meets(value)
+        if reached and now is not None:
+            self.reach.setdefault(trial_id, now)
         if reached and now is not None and (self.best is None or now < self.best[0]):
             self.best = (now, self._label(trial_id, result))
         if result.get("is_final"):
@@ -144,7 +174,7 @@ class TargetStopper(_stopper_base()):
             self.stopped[trial_id] = (f"cannot beat {self.best[1]}'s {self.best[0]:.3g} s to the target (its next "
                                       f"evaluation would come at {now + self.epoch[trial_id]:.3g} s projected)")
             return self._stop(trial_id)
-        if self.committed() + sum(self.epoch.values()) > self.budget_runs * self.unit + _EPS:
+        if self.committed() + sum(self.epoch.values()) + self.reserve() > self.budget_runs * self.unit + _EPS:
             self.budget_reached = True
             self.stopped[trial_id] = (f"the study's budget of {self.budget_runs:g} baseline runs was reached "
                                       f"({self.runs_spent():.2f} spent)")
@@ -172,7 +202,7 @@ class TargetStopper(_stopper_base()):
             self.not_started.append(f"{label}: its first epoch alone ({first:.3g} s) cannot beat {self.best[1]}'s "
                                     f"{self.best[0]:.3g} s")
             return "cannot beat"
-        if self.committed() + sum(self.epoch.values()) + first > self.budget_runs * self.unit + _EPS:
+        if self.committed() + sum(self.epoch.values()) + first + self.reserve() > self.budget_runs * self.unit + _EPS:
             self.budget_reached = True
             self.not_started.append(f"{label}: the budget of {self.budget_runs:g} baseline runs was reached")
             return "budget"
@@ -192,6 +222,7 @@ class TargetStopper(_stopper_base()):
                 "spent_runs": self.runs_spent() if self.unit else None, "budget_reached": self.budget_reached,
                 "soonest": None if self.best is None else {"recipe": self.best[1], "time_to_target_s": self.best[0]},
                 "not_started": list(self.not_started),
+                "confirmations": [{k: v for k, v in c.items() if k != "of"} for c in self.confirmations],
                 "stopped": {why: sum(r.startswith(why) for r in self.stopped.values())
                             for why in ("reached the target", "cannot beat", "the study's budget")}}
 
@@ -205,15 +236,16 @@ class TargetStopper(_stopper_base()):
               f"training{' (budget reached)' if self.budget_reached else ''}; searched trials stopped: "
               f"{stops or 'none'}; not started: {len(self.not_started)}"
               + (f"; soonest to the target: {self.best[1]}, {self.best[0]:.3g} s" if self.best else ""), flush=True)
+        for c in self.confirmations:
+            got = (f"reached the target in {c.get('time_to_target_s') or float('nan'):.3g} s (first seed "
+                   f"{c.get('first_seed_time_s') or float('nan'):.3g} s)" if c["status"] == "reached" else
+                   c["status"] + (f": {c['why']}" if c.get("why") else ""))
+            print(f"[largebatch] confirmation of {c['recipe']} on seed {c['seed']}: {got}", flush=True)
         return out
 
     def _account(self, trial_id: str, result: dict[str, Any]) -> Optional[float]:
         """The trial's projected training so far (and its last epoch's), None when it cannot be projected."""
-        try:
-            batch, steps = int(result["global_batch_size"]), float(result["steps"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        now = projected(batch, steps, self.step_s)  # the report's own projection (report/speed.py)
+        now = self._at(result)  # the report's own projection (report/speed.py)
         if now is None:
             return None
         self.epoch[trial_id] = max(now - self.spent.get(trial_id, 0.0), 0.0)
@@ -224,8 +256,106 @@ class TargetStopper(_stopper_base()):
         """Once the target is known, T* from the curves of the trials that reported before it was."""
         for tid, points in self.curves.items():
             at = next((t for t, v in points if meets(v, self.target, self.mode)), None)
+            if at is not None:
+                self.reach.setdefault(tid, at)
             if at is not None and (self.best is None or at < self.best[0]):
                 self.best = (at, self._labels.get(tid, f"trial {tid}"))
+
+    def confirms(self) -> bool:
+        """Whether this study confirms its leader on a second seed: budgeted, one seed."""
+        return self.budget_runs is not None and self.prunes
+
+    def reserve(self) -> float:
+        """Projected seconds the search keeps for the confirmation: the leader's time to the target, until one ran."""
+        return self.best[0] if self.confirms() and self.best is not None and not self.confirmations else 0.0
+
+    def confirmation(self, waiting: bool = False) -> Optional[dict[str, Any] | str]:
+        """The searcher's last trial(s) (tune/space.py WithBaseline, once nothing else runs): the leading recipe not
+        yet confirmed, with the second seed; None when none is due (one held, MAX_CONFIRMATIONS ran, no recipe
+        reached the target, or its expected cost, its first seed's time to target, does not fit the budget).
+        waiting: trials still run; "wait" unless no confirmation can come (the budget is spent, or all were run)."""
+        running = any(c["status"] == "running" for c in self.confirmations)
+        if not self.confirms() or self.unit is None or any(c["status"] in ("reached", "not started")
+                                                           for c in self.confirmations):
+            return None
+        if waiting:  # a running confirmation may miss: the next recipe would follow it
+            room = self.budget_runs * self.unit - self.committed() - sum(self.epoch.values())
+            more = len(self.confirmations) < MAX_CONFIRMATIONS
+            return "wait" if more and (running or room > _EPS) else None
+        if running or len(self.confirmations) >= MAX_CONFIRMATIONS or self.target is None:
+            return None  # running with nothing live: its trial ended without a final result
+        tried = {c["of"] for c in self.confirmations}
+        t, tid = min(((t, tid) for tid, t in self.reach.items() if tid not in tried and tid in self.samples),
+                     default=(None, None))
+        if tid is None:
+            return None
+        label = self._labels.get(tid, f"trial {tid}")
+        entry = {"recipe": label, "of": tid, "seed": self.confirm_seed, "first_seed": self.samples[tid].get("seed"),
+                 "first_seed_time_s": t}
+        self.confirmations.append(entry)
+        if self.committed() + t > self.budget_runs * self.unit + _EPS:
+            entry.update(status="not started", why=f"its expected cost ({t:.3g} s, the first seed's time to the "
+                         f"target) does not fit the budget of {self.budget_runs:g} baseline runs "
+                         f"({self.runs_spent():.2f} spent)")
+            print(f"[largebatch] confirmation of {label} on seed {self.confirm_seed} not started: {entry['why']}",
+                  flush=True)
+            return None
+        entry["status"] = "running"
+        print(f"[largebatch] confirming {label} (the soonest to the target, {t:.3g} s projected) on a second seed, "
+              f"{self.confirm_seed}", flush=True)
+        return {**self.samples[tid], "seed": self.confirm_seed, CONFIRMS_KEY: label}
+
+    def _confirming(self, trial_id: str, result: dict[str, Any], value: Any) -> bool:
+        """A confirmation's result: stopped at the target, once it cannot beat the baseline, or on the budget."""
+        label = (result.get("config") or {}).get(CONFIRMS_KEY)
+        entry = next((c for c in reversed(self.confirmations) if c.get("trial_id") == trial_id), None) or next(
+            (c for c in reversed(self.confirmations) if c["recipe"] == label and c["status"] == "running"
+             and "trial_id" not in c), None)
+        if entry is None:  # a resumed study: Tune's copy of the stopper did not hand it out
+            entry = {"recipe": label, "of": None, "seed": result["config"].get("seed"), "status": "running"}
+            self.confirmations.append(entry)
+        entry["trial_id"] = trial_id
+        now = entry["spent_s"] = self._account(trial_id, result)
+        reached = self._meets(value)
+        if reached:
+            entry.update(status="reached", time_to_target_s=now)
+        if result.get("is_final"):
+            self.epoch.pop(trial_id, None)
+            if not reached:
+                entry.update(status="missed", why="did not reach the target within its budget of epochs")
+            return False
+        if reached:
+            self.stopped[trial_id] = (f"reached the target {self.key} {value:.4g} (target {self.target:.4g}) at step "
+                                      f"{result.get('steps', '?')} (confirmation on seed {entry['seed']})")
+            return self._stop(trial_id)
+        nxt = None if now is None else now + self.epoch.get(trial_id, 0.0)
+        if nxt is None:
+            return False
+        if self.baseline_time is not None and nxt >= self.baseline_time - _EPS:
+            entry.update(status="missed", why=f"cannot be sooner than the baseline's {self.baseline_time:.3g} s "
+                                              f"to the target")
+            self.stopped[trial_id] = (f"the confirmation on seed {entry['seed']} cannot be sooner than the "
+                                      f"baseline's {self.baseline_time:.3g} s to the target (its next evaluation "
+                                      f"would come at {nxt:.3g} s projected)")
+            return self._stop(trial_id)
+        if self.committed() + sum(self.epoch.values()) > self.budget_runs * self.unit + _EPS:
+            self.budget_reached = True
+            entry.update(status="missed", why=f"the budget of {self.budget_runs:g} baseline runs was reached")
+            self.stopped[trial_id] = (f"the study's budget of {self.budget_runs:g} baseline runs was reached "
+                                      f"({self.runs_spent():.2f} spent; confirmation on seed {entry['seed']})")
+            return self._stop(trial_id)
+        return False
+
+    def _at(self, result: dict[str, Any]) -> Optional[float]:
+        """The result's projected training so far (report/speed.py), None when it cannot be projected."""
+        try:
+            return projected(int(result["global_batch_size"]), float(result["steps"]), self.step_s)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _meets(self, value: Any) -> bool:
+        return (self.target is not None and isinstance(value, (int, float)) and value == value
+                and meets(float(value), self.target, self.mode))
 
     def _stop(self, trial_id: str) -> bool:
         self.epoch.pop(trial_id, None)
@@ -266,4 +396,4 @@ def create_stopper(study) -> Optional[TargetStopper]:
     # load_study filled in tuner.mode and report.tolerance_units from the metric's direction (config/study.py)
     return TargetStopper(t.metric, t.mode, study.report.tolerance, study.report.tolerance_units,
                          n_baseline=len(t.seeds), explicit=explicit_target(t.metric, budget.target_val_acc),
-                         budget_runs=t.budget_runs)
+                         budget_runs=t.budget_runs, seeds=list(t.seeds))
