@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The largebatch image: Ray + torch + this package + tune_spaces/. One image serves the KubeRay head,
-# workers and job submitter, the MLflow tracking server (same mlflow as the clients, plus psycopg2), the
+# workers and job submitter, the MLflow tracking server (same mlflow as the clients, plus psycopg), the
 # dev bucket Job, and `ray up` clusters.
 #
 #   CPU: docker build -t largebatch:0.1.0-ray2.60.0-py311 .
@@ -27,8 +27,6 @@ ARG RAY_VERSION
 ARG TORCH_VERSION=2.13.0
 # The CPU wheel index keeps the CPU image free of several GB of CUDA libraries.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# PostgreSQL driver for `mlflow server --backend-store-uri postgresql://...` (k8s/base/mlflow.yaml).
-ARG PSYCOPG2_VERSION=2.9.10
 # torch FIRST and pinned: installing the package first would let pip resolve an unpinned torch
 # (the CUDA build, several GB) from PyPI.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
@@ -38,9 +36,9 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
 COPY --chown=1000:100 requirements.lock /tmp/requirements.lock
 COPY --from=builder --chown=1000:100 /home/ray/dist/ /tmp/dist/
 # mlflow[auth] adds Flask-WTF (pinned in requirements.lock), without which `mlflow server --app-name=basic-auth`
-# (k8s/base/mlflow.yaml) refuses to start.
+# (k8s/base/mlflow.yaml) refuses to start. The package brings psycopg 3 (pinned), the driver SQLAlchemy 2.1 uses for
+# `postgresql://` stores (psycopg2 alone fails there: "No module named 'psycopg'").
 RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/dist/*.whl "mlflow[auth]" \
-        "psycopg2-binary==${PSYCOPG2_VERSION}" \
  && rm -rf /tmp/dist /tmp/requirements.lock \
  && python -c "import largebatch, ray, torch; assert ray.__version__ == '${RAY_VERSION}', ray.__version__"
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from largebatch.redact import redact_text
-from largebatch.tracking_store import check_sqlite_store, open_sqlite, sqlite_path  # noqa: F401  (re-exported)
+from largebatch.tracking_store import (  # noqa: F401  (check_sqlite_store, open_sqlite: re-exported)
+    check_database_store, check_sqlite_store, database_scheme, open_sqlite, sqlite_path)
 from largebatch.vocab import FINAL_STATUSES, PROBLEM_STATUSES  # noqa: F401  (FINAL_STATUSES: re-exported)
 
 PARAM_MAX = 500  # MLflow caps a param value at 500 characters
@@ -385,6 +386,9 @@ def preflight_tracking(uri: str, timeout_s: float = 10.0) -> None:
                            f"({redact_text(str(getattr(e, 'reason', e)))}); start it or fix --mlflow / "
                            f"MLFLOW_TRACKING_URI", field="--mlflow") from None
         return
+    if database_scheme(uri) is not None:  # postgresql://, mysql://, ... and the postgres:// alias: one connection
+        check_database_store(uri, timeout_s)
+        return
     if "://" in uri and not uri.startswith(("file:", "postgresql", "mysql", "databricks")):
-        raise BadInput(f"got {uri!r}: use http(s)://host:port, sqlite:///path or postgresql://...",
+        raise BadInput(f"got {redact_text(uri)!r}: use http(s)://host:port, sqlite:///path or postgresql://...",
                        field="--mlflow")

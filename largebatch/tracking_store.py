@@ -5,6 +5,9 @@ non-SQLite file where the database should be, a parent that is a file, no store 
 `open_sqlite` makes a new store under an exclusive lock on its folder: MLflow creates and migrates a store on first
 use, and two studies started at once in one fresh folder both died in that migration and left a half-made database
 that failed every later study; under the lock the first creates it and the others wait, then open it.
+`check_database_store` does the same for a database store MLflow reaches through SQLAlchemy (postgresql://,
+mysql://, ...): one connection, before Ray starts, and a server that is not there, a wrong password or a missing
+database is one line naming the URI (password masked) and the fix.
 No mlflow import here: `tracking.py` hands in how to make its client.
 """
 from __future__ import annotations
@@ -102,3 +105,77 @@ def _broken(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return any(w in text for w in ("not a database", "malformed", "alembic", "already exists", "no such table",
                                    "no such column", "migration", "schema", "revision", "out-of-date"))
+
+
+# MLflow's SQLAlchemy store schemes (mlflow.store.db.db_types), each with optional "+driver"
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+_DB_FIX = ("start the database server or fix {flag} (or MLFLOW_TRACKING_URI), "
+           "e.g. postgresql://USER:PASSWORD@HOST:PORT/DB")
+
+
+def database_scheme(uri: str) -> Optional[str]:
+    """'postgresql' for postgresql://... and postgresql+psycopg://...; 'postgres' for the alias SQLAlchemy refuses;
+    None for any other URI."""
+    if "://" not in uri:
+        return None
+    base = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    return base if base in DATABASE_SCHEMES or base == "postgres" else None
+
+
+def check_database_store(uri: str, timeout_s: float = 10.0, flag: str = "--mlflow") -> None:
+    """One connection to a database store (postgresql://USER:PASSWORD@HOST:PORT/DB, ...) within timeout_s: a server
+    that is not there, refused credentials, a missing database or a missing driver is one line (BadInput), the
+    password masked. Nothing is created: MLflow makes its tables when the study's Tracker first uses the store."""
+    from urllib.parse import unquote, urlsplit
+
+    from largebatch.redact import redact_text
+
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+
+    def masked(text: str) -> str:
+        text = redact_text(text)
+        for p in {password, unquote(password)} if password else ():
+            text = text.replace(p, "***")
+        return text
+
+    shown = masked(uri)
+    if database_scheme(uri) == "postgres":
+        raise BadInput(f"got {shown}: SQLAlchemy (MLflow's database layer) takes postgresql://, not postgres://; "
+                       f"write postgresql://USER:PASSWORD@HOST:PORT/DB", field=flag)
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool,
+                                          connect_args={"connect_timeout": max(1, int(round(timeout_s)))})
+    except (ImportError, NoSuchModuleError) as e:
+        raise BadInput(f"cannot use the MLflow store {shown}: its database driver is not installed "
+                       f"({masked(_first_line(e))}); install it (for postgresql://: pip install 'psycopg[binary]') or "
+                       f"choose another {flag}", field=flag) from None
+    except (ArgumentError, ValueError) as e:
+        raise BadInput(f"got {shown}: not a database URI SQLAlchemy can read ({masked(_first_line(e))}); "
+                       f"write postgresql://USER:PASSWORD@HOST:PORT/DB", field=flag) from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:
+        why = masked(_first_line(getattr(e, "orig", None) or e))
+        low = why.lower()
+        if "password authentication failed" in low or "access denied" in low:
+            fix = f"fix the user or password in {flag} (or MLFLOW_TRACKING_URI)"
+        elif "does not exist" in low or "unknown database" in low:
+            fix = f"create the database on that server (e.g. createdb) or fix {flag} (or MLFLOW_TRACKING_URI)"
+        else:
+            fix = _DB_FIX.format(flag=flag)
+        raise BadInput(f"cannot reach the MLflow store {shown} ({why}); {fix}", field=flag) from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(e).__name__

@@ -89,6 +89,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch.storage import preflight_storage, resolve_storage
     from largebatch.metrics import summary_name
     from largebatch.tracking import Tracker, preflight_tracking, resolve_tracking_uri
+    from largebatch.tracking_store import database_scheme
     from largebatch.tune.space import create_searcher
     from largebatch.tune import progress
     from largebatch.tune.finish import finish_study
@@ -152,7 +153,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
 
         tracker = Tracker(tracking_uri)
         artifact_location = None
-        if tracking_uri.startswith("sqlite:"):
+        if tracking_uri.startswith("sqlite:") or database_scheme(tracking_uri) is not None:  # not <cwd>/mlruns
             artifact_location = (Path(run_root).resolve() / "mlartifacts").as_uri()
         exp_id = tracker.experiment_id(exp_name, artifact_location)
         if target is not None:
