@@ -54,6 +54,31 @@ def kept_root() -> Path:
     return Path(os.environ.get("LARGEBATCH_CACHE", Path.home() / ".cache" / "largebatch")) / "unpersisted"
 
 
+def private_dirs(top: Path, path: Path) -> None:
+    """Every folder from `top` down to `path` made or checked private (model state goes in them): created 0700; an
+    existing one must be a real folder (a symlink is refused) owned by this user, and is made 0700. The folder that
+    holds `top` (e.g. a shared /tmp named by LARGEBATCH_CACHE) must be this user's or root's, and sticky if anyone
+    may write to it, so nobody else can swap a folder of ours for a link. OSError when a check fails."""
+    import stat
+
+    top.parent.mkdir(parents=True, exist_ok=True)
+    st = os.stat(top.parent)
+    if st.st_uid not in (os.getuid(), 0) or (st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX):
+        raise PermissionError(f"{top.parent} is not this user's (or anyone may write to it and it is not sticky); set "
+                              f"LARGEBATCH_CACHE to a folder of your own")
+    rel = path.relative_to(top)
+    for d in [top, *(top / p for p in reversed(rel.parents[:-1])), *([path] if rel.parts else [])]:
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise PermissionError(f"{d} is not a folder of this user's (a link, a file, or someone else's)")
+        if st.st_mode & 0o077:
+            os.chmod(d, 0o700)
+
+
 def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return redact_text(f"{type(e).__name__}: {text[0] if text else ''}")[:300]
@@ -119,7 +144,8 @@ class CheckpointKeeper:
         self.retry_s = retry_budget_s() if retry_s is None else retry_s
         self.clock, self.sleep = clock or time.monotonic, sleep or time.sleep
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.dir = (root or kept_root()) / backend.name
+        self.root = root or kept_root()
+        self.dir = self.root / backend.name
         self.kept: Optional[Path] = None       # the local copy of the newest checkpoint storage did not take
         self.kept_epoch: Optional[int] = None
         self.down = False                      # said once per outage
@@ -176,10 +202,11 @@ class CheckpointKeeper:
         process or of one that was killed before it, is superseded)."""
         dest = self.dir / f"epoch-{epoch + 1:05d}"
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            private_dirs(self.root, self.dir)  # 0700, ours, no links: nobody else reads or redirects model state
             for old in self.dir.iterdir():
                 shutil.rmtree(old, ignore_errors=True)
             shutil.move(ckpt_dir, dest)
+            os.chmod(dest, 0o700)
         except OSError as e:  # no local disk either: the epoch still counts, its checkpoint is lost
             shutil.rmtree(ckpt_dir, ignore_errors=True)
             self.log(f"[largebatch] could not keep the checkpoint of epoch {epoch + 1} in {self.dir} ({one_line(e)})")
