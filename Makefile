@@ -51,6 +51,10 @@ e2e-deps:
 	elif [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -q chromium chromium-driver || (apt-get update -q && apt-get install -y -q chromium chromium-driver)) >/dev/null; \
 	else echo "install Debian's chromium and chromium-driver (needs root) for the browser test" >&2; exit 1; fi
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "postgresql: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)) >/dev/null; \
+	else echo "install Debian's postgresql (needs root) for the PostgreSQL tests (tests/e2e/pgserver.py)" >&2; exit 1; fi
 
 demo: setup
 	$(VENV)/bin/largebatch tune tune_spaces/fashion-mnist.yaml
