@@ -23,6 +23,8 @@ to the driver, so it runs only with --verbose. LARGEBATCH_RAY_DASHBOARD=1 brings
 at the URL the study records, with its job and state APIs). The object store is LARGEBATCH_OBJECT_STORE_MB
 (default 512; 0 is Ray's own default, 30% of memory): every Ray process maps all of it, so an address-space limit
 (`ulimit -v`) too small for it is one line before Ray starts, not Ray's "mmap failed" stack trace.
+
+A lost head under a running driver is watched for by largebatch/raywatch.py (`init_ray` starts the watch).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from typing import Any, Optional
 from largebatch import interrupts, quiet
 from largebatch.errors import BadInput
 from largebatch.rayauth import _check_auth, _check_reachable, _connect_error, _match_auth_mode  # noqa: F401
+from largebatch.raywatch import _watch_cluster, stop_watch
 
 # Each ray.train.report waits for the controller's poll (2 s by default); short epochs need a faster poll.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
@@ -209,7 +212,9 @@ class LocalHead:
         self.num_cpus, self.resources, self.extra_env = num_cpus, resources, extra_env or {}
         self.object_store_mb, self.log_monitor = object_store_mb, log_monitor
         self.proc: Optional[subprocess.Popen] = None
-        self.log = Path(tempfile.gettempdir()) / f"largebatch-ray-head-{self.port}.log"
+        fd, log = tempfile.mkstemp(prefix=f"largebatch-ray-head-{self.port}-", suffix=".log")  # 0600, a fresh name
+        os.close(fd)
+        self.log = Path(log)
         self.secret_dir: Optional[Path] = None
         self.token_path: Optional[Path] = None
 
@@ -345,6 +350,7 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         # already carries TRAIN_ENV in its environment
         ray.init(address=address, **quiet.ray_init_kwargs())
         interrupts.reinstall()  # ray.init's SIGTERM handler would abort the driver without any clean-up
+        _watch_cluster(address)
     except (ConnectionError, RuntimeError, RayError) as e:
         if started:
             shutdown_ray()
@@ -371,6 +377,7 @@ def shutdown_ray() -> None:
     global _HEAD
     import ray
 
+    stop_watch()
     if ray.is_initialized():
         ray.shutdown()
     if _HEAD is not None:

@@ -174,8 +174,6 @@ class Tracker:
 
     def start_run(self, experiment_id: str, name: str, *, parent_id: Optional[str] = None,
                   params: Optional[dict[str, Any]] = None, tags: Optional[dict[str, str]] = None) -> str:
-        from mlflow.entities import Param
-
         all_tags = {k: redact_text(str(v)) for k, v in (tags or {}).items()}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
@@ -190,11 +188,17 @@ class Tracker:
             return self.client.create_run(experiment_id, run_name=redact_text(name), tags=all_tags).info.run_id
 
         run_id = self.call(create)
-        if params:
-            items = [Param(k, v) for k, v in safe_params(params).items()]
-            for i in range(0, len(items), 100):  # log_batch takes at most 100 params a call (same values: idempotent)
-                self.call(self.client.log_batch, run_id, params=items[i:i + 100])
+        self.log_params(run_id, params or {})
         return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """The params, masked, 100 a call (log_batch's limit); the same values again are accepted (idempotent), so a
+        resumed trial whose run was created just before its process died logs them here."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in safe_params(params).items()]
+        for i in range(0, len(items), 100):
+            self.call(self.client.log_batch, run_id, params=items[i:i + 100])
 
     def _find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
         runs = self.client.search_runs(

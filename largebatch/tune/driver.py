@@ -16,6 +16,7 @@ from typing import Any, Optional
 from largebatch.config import StudyConfig, baseline_trial, flatten
 from largebatch.errors import BadInput
 from largebatch.redact import redact_uri
+from largebatch.tune.abort import child_runs
 from largebatch.tune.study_runs import find_resumable
 
 
@@ -86,6 +87,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     from largebatch import interrupts, quiet
     from largebatch.console import StudyDisplay, wants_live
     from largebatch.raylib import init_ray, shutdown_ray
+    from largebatch.raywatch import on_cluster_lost
+    from largebatch.tune.abort import abort_study, report_hint
     from largebatch.storage import preflight_storage, resolve_storage
     from largebatch.metrics import summary_name
     from largebatch.tracking import Tracker, preflight_tracking, resolve_tracking_uri
@@ -142,6 +145,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     info = init_ray(address)
     aborted: Optional[BaseException] = None
     parent_id: Optional[str] = None
+    undo_lost = None
     try:
         if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
             need = f"{t.workers_per_trial} workers x {t.cpus_per_worker} CPUs" + (" + 1 GPU each" if t.use_gpu else "")
@@ -173,6 +177,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                 parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
                                           max_conc, storage_path, info, base_tree)
         log_placement(tracker, parent_id, critical)
+        # the head lost while the main thread is blocked in Ray: the watch's thread closes the runs (raywatch.py)
+        undo_lost = on_cluster_lost(lambda e: str(abort_study(tracker, exp_id, exp_name, parent_id, e, resume_hint)))
         print(f"[largebatch] study {exp_name!r}: {n_trials} trials, {max_conc} at a time, "
               f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
               f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
@@ -263,19 +269,21 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             raise
         aborted = e
     finally:
+        if undo_lost is not None:
+            undo_lost()
         if info["started"]:
             shutdown_ray()
             interrupts.reinstall()  # ray.shutdown() leaves SIGTERM at its default: the report is still ours to close
     if aborted is not None:
         # closed only now, with our head (and every trial process on it) stopped: a trial that was starting when
         # the signal came cannot open its run after the open runs were listed and closed
-        raise _abort(tracker, exp_id, exp_name, parent_id, aborted, resume_hint) from None
+        raise abort_study(tracker, exp_id, exp_name, parent_id, aborted, resume_hint) from None
     try:
         return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
                             slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
                             profile_s=profile_s, profile=profile)
     except KeyboardInterrupt as e:  # a signal while the report is built: the parent is closed KILLED, not left RUNNING
-        raise _abort(tracker, exp_id, exp_name, parent_id, e, _report_hint(tracker, parent_id, resume_hint,
+        raise abort_study(tracker, exp_id, exp_name, parent_id, e, report_hint(tracker, parent_id, resume_hint,
                                                                               exp_name)) from None
 
 
@@ -301,16 +309,11 @@ def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyC
     return parent_id
 
 
-def _child_runs(tracker, exp_id: str, parent_id: str) -> list:
-    return tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                      max_results=5000)
-
-
 def _open_children(tracker, exp_id: str, parent_id: str) -> list:
     """The study's child runs whose status tag still says running."""
     from largebatch.tracking import STATUS_TAG
 
-    return [r for r in _child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
+    return [r for r in child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
 
 
 def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid, at_target: Optional[dict] = None) -> Optional[str]:
@@ -349,50 +352,3 @@ def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid, at_target: Opti
         tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else
                         "FAILED" if status == "failed" else "FINISHED")
     return None
-
-
-def _report_hint(tracker, parent_id: str, resume_hint: Optional[str], exp_name: str) -> Optional[str]:
-    """What continues a study stopped while its report was built: --resume (every trial is kept, the report is
-    built again), or `largebatch report` once the parent is marked completed (--resume then has nothing to do)."""
-    from largebatch.tracking import STATUS_TAG
-
-    try:
-        status = tracker.client.get_run(parent_id).data.tags.get(STATUS_TAG)
-    except Exception:
-        return resume_hint
-    if status != "completed":
-        return resume_hint
-    uri = redact_uri(tracker.uri) if getattr(tracker, "uri", None) else None
-    return f"largebatch report --experiment {exp_name} --run {parent_id}" + (f" --mlflow {uri}" if uri else "")
-
-
-def _abort(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException,
-           resume_hint: Optional[str]):
-    """The driver cannot go on: close the open MLflow runs (never leave them RUNNING) and say how to continue."""
-    from largebatch import interrupts
-    from largebatch.failures import StudyAborted, describe, signal_name
-    from largebatch.tracking import FINAL_STATUSES, STATUS_TAG
-
-    if isinstance(e, KeyboardInterrupt):
-        import signal
-
-        what, status, code = (f"interrupted by {signal_name(interrupts.received() or signal.SIGINT)}", "KILLED",
-                              interrupts.exit_code())
-    else:
-        what, status, code = describe(e), "FAILED", 1
-    finished, note = "?", ""
-    try:
-        runs = _child_runs(tracker, exp_id, parent_id)
-        for run in runs:
-            if run.data.tags.get(STATUS_TAG) == "running":
-                tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
-        finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
-        tracker.client.set_tag(parent_id, "reason", redact_uri(what)[:5000])  # errors may quote URIs
-        tracker.end_run(parent_id, status)
-    except Exception as te:  # MLflow may be what failed
-        note = f" (MLflow could not be updated: {describe(te)})"
-    hint = resume_hint or f"largebatch tune STUDY.yaml --name {exp_name} --resume"
-    return StudyAborted(
-        f"largebatch: the study stopped: {what}. {finished} finished trial(s) are safe in MLflow (experiment "
-        f"{exp_name!r}, parent run {parent_id}, marked {status}){note}; unfinished trials continue from their last "
-        f"checkpoint. Continue the study with:\n  {hint}", code)

@@ -104,9 +104,12 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
         run_id = _child_by_index(tracker, rt, int(index), trial_id, Path(tctx.get_trial_dir()).name)
     if run_id is not None and _already_finished(tracker, run_id):
         return  # a resumed study re-ran a trial that had finished (driver killed before Tune saved it): no rerun
-    if run_id is None:
-        params = {**flatten(cfg.model_dump(mode="json")), **summary, "arm": arm, "trial_id": trial_id,
-                  "searched": ",".join(overrides)}
+    params = {**flatten(cfg.model_dump(mode="json")), **summary, "arm": arm, "trial_id": trial_id,
+              "searched": ",".join(overrides)}
+    if run_id is not None:  # resumed: its process may have died between creating its run and logging its params
+        if not tracker.call(tracker.client.get_run, run_id).data.params:
+            tracker.log_params(run_id, params)
+    else:
         run_id = tracker.start_run(rt.experiment_id, name, parent_id=rt.parent_run_id, params=params,
                                    tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: "running",
                                          **({TRIAL_INDEX_TAG: f"{rt.run_name}:{index}"} if index is not None else {}),

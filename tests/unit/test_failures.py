@@ -80,7 +80,7 @@ def test_resume_command_repeats_the_invocation_without_credentials():
 
 def test_abort_closes_runs_and_says_how_to_continue(tmp_path):
     from largebatch.tracking import Tracker
-    from largebatch.tune.driver import _abort
+    from largebatch.tune.abort import abort_study as _abort
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracker.experiment_id("st")
@@ -103,7 +103,7 @@ def test_abort_closes_runs_and_says_how_to_continue(tmp_path):
 def test_abort_on_a_signal_is_killed_with_128_plus_signal(tmp_path, monkeypatch):
     from largebatch import interrupts
     from largebatch.tracking import Tracker
-    from largebatch.tune.driver import _abort
+    from largebatch.tune.abort import abort_study as _abort
 
     monkeypatch.setattr(interrupts, "_received", signal.SIGTERM)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -42,7 +42,7 @@ def test_an_unreachable_s3_endpoint_error_never_shows_the_keys(monkeypatch):
 
 def test_an_aborted_study_s_reason_tag_is_redacted(tmp_path):
     from largebatch.tracking import Tracker
-    from largebatch.tune.driver import _abort
+    from largebatch.tune.abort import abort_study as _abort
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracker.experiment_id("st")
