@@ -22,6 +22,7 @@ import pytest
 
 from largebatch.raylib import descendants, free_port, is_running, stop_process, write_private_token
 from netwait import wait_http  # noqa: F401  (the e2e tests import it from here)
+from overlap import max_overlap  # noqa: F401  (the e2e tests import it from here)
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -286,16 +287,6 @@ def trial_runs(mlflow_url: str, experiment: str) -> tuple[Any, list]:
         return client, []
     runs = client.search_runs([exp.experiment_id], max_results=5000)
     return client, [r for r in runs if r.data.tags.get("largebatch.kind") == "trial"]
-
-
-def max_overlap(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant."""
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    most = now = 0
-    for _, d in events:
-        now += d
-        most = max(most, now)
-    return most
 
 
 @pytest.fixture(scope="session")

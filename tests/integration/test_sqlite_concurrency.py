@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from overlap import max_overlap
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +44,6 @@ def ray_8_cpus():
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     yield session
     shutdown_ray()
-
-
-def _max_overlap(intervals: list[tuple[int, int]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    now = best = 0
-    for _, d in events:
-        now += d
-        best = max(best, now)
-    return best
 
 
 def test_eight_in_process_trials_at_once_on_sqlite(ray_8_cpus, tmp_path, capfd):
@@ -97,7 +89,7 @@ def test_eight_in_process_trials_at_once_on_sqlite(ray_8_cpus, tmp_path, capfd):
         assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed", r.data.tags
 
     # 8 trials really wrote at once: their writing windows overlap 8 deep
-    overlap = _max_overlap(windows)
+    overlap = max_overlap(windows)
     t_min = min(a for a, _ in windows)
     assert overlap == N_AT_ONCE, (overlap, sorted(((a - t_min) / 1e3, (b - t_min) / 1e3) for a, b in windows))
 
