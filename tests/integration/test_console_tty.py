@@ -29,7 +29,6 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-@pytest.mark.slow  # 2-3 min: kept out of the default tier's ~20 min (CI runs it in make test-slow)
 def test_tune_on_a_terminal_shows_live_progress_and_no_ray_noise(tmp_path):
     import pexpect
 

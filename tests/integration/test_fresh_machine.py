@@ -51,7 +51,6 @@ def _ray_daemons(pids: set[int]) -> set[int]:
     return {p for p in pids if any(n in cmdline(p) for n in ("raylet", "gcs_server", "ray start"))}
 
 
-@pytest.mark.slow  # 2-3 min: kept out of the default tier's ~20 min (CI runs it in make test-slow)
 def test_train_on_a_fresh_home_uses_a_private_token_and_leaves_user_token_alone(tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(SHORT_STUDY))

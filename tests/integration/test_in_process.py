@@ -46,7 +46,6 @@ def _run(tmp_path, in_process: bool) -> dict:
     return out
 
 
-@pytest.mark.slow  # 2-3 min: kept out of the default tier's ~20 min (CI runs it in make test-slow)
 def test_in_process_trials_log_what_ray_train_trials_log(local_ray, tmp_path):
     ray_train = _run(tmp_path, in_process=False)
     in_proc = _run(tmp_path, in_process=True)
