@@ -134,12 +134,6 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
     from largebatch.tasks.api import split_len
     from largebatch.tasks.build import too_many_eval
 
-    def at(field: str, e: BadInput) -> BadInput:
-        msg = str(e)
-        if e.field and msg.startswith(f"{e.field}: "):
-            msg = msg[len(e.field) + 2:]
-        return BadInput(msg, source=source, field="base." + (e.field or field))
-
     t = study.base.task
     subsets = eval_subsets(study)
     try:
@@ -153,7 +147,7 @@ def check_task(study: StudyConfig, source: str) -> StudyConfig:
                 base = base.model_copy(update={"data": base.data.model_copy(update={"eval_subset": None})})
             n_eval = split_len(build_data(task, base).eval)
     except BadInput as e:
-        raise at("task.name", e) from None
+        raise e.placed(source, "base.", "task.name") from None
     except Exception as e:  # the user's factory or data() raised: one line here; every trial would fail the same way
         from largebatch.redact import redact_text
 

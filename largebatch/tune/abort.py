@@ -23,8 +23,7 @@ def report_hint(tracker, parent_id: str, resume_hint: Optional[str], exp_name: s
         return resume_hint
     if status != "completed":
         return resume_hint
-    uri = redact_uri(tracker.uri) if getattr(tracker, "uri", None) else None
-    return f"largebatch report --experiment {exp_name} --run {parent_id}" + (f" --mlflow {uri}" if uri else "")
+    return f"largebatch report --experiment {exp_name} --run {parent_id} --mlflow {redact_uri(tracker.uri)}"
 
 
 def abort_study(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseException,
