@@ -4,6 +4,7 @@ Ray 2.60 keeps token auth off for clusters started with `ray start` unless RAY_A
 all). A client without the cluster's token, or with another one, would make `ray.init` log a C++ warning a second for
 about 20 s and then raise `ray.exceptions.AuthenticationError` (a RayError); here it is one line before anything
 runs: a bounded TCP check, then the GCS's GetClusterId call with the header Ray would send. raylib.py calls these.
+Ray's private auth API and the GCS call are reached through raycompat.py.
 """
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ import os
 import socket
 from typing import Optional
 
+from largebatch import raycompat
 from largebatch.errors import BadInput
 
 
 def _match_auth_mode() -> None:
     """For another cluster, RAY_AUTH_MODE decides; when it is unset, a token in ~/.ray/auth_token (or
     RAY_AUTH_TOKEN/RAY_AUTH_TOKEN_PATH) turns token auth on, which is what Ray does for its own local clusters."""
-    from ray._private.authentication import authentication_token_setup as auth
-
     if os.environ.get("RAY_AUTH_MODE") is None:
-        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        raycompat.enable_token_auth_if_token_found()
 
 
 AUTH_FIX = ("export RAY_AUTH_MODE=token and give this client the cluster's token, the one the head was started with: "
@@ -34,7 +34,8 @@ def _auth_error(address: str, sent_token: bool) -> BadInput:
 
 
 def _connect_error(e: BaseException, address: str) -> BadInput:
-    chain, cur = [], e
+    chain: list[BaseException] = []
+    cur: Optional[BaseException] = e
     while cur is not None:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
@@ -48,22 +49,15 @@ def _connect_error(e: BaseException, address: str) -> BadInput:
                     f"--address to run locally", field="--address")
 
 
-def _token_header() -> Optional[dict]:
+def _token_header() -> Optional[dict[str, str]]:
     """What Ray would send: the auth header when RAY_AUTH_MODE is token and a token is found, else None."""
-    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
-    from ray.exceptions import AuthenticationError
-
-    if get_authentication_mode() != AuthenticationMode.TOKEN:
+    if not raycompat.token_auth_enabled():
         return None
-    loader = AuthenticationTokenLoader.instance()
-    try:
-        found = loader.has_token()
-    except AuthenticationError:  # Ray's own way of saying "token mode, no token"
-        found = False
-    if not found:
+    header = raycompat.token_http_header()
+    if header is None:
         raise BadInput(f"RAY_AUTH_MODE=token but no token was found for the cluster at the address given; "
                        f"{AUTH_FIX}", field="--address")
-    return dict(loader.get_token_for_http_header())
+    return header
 
 
 def _check_auth(address: str, timeout_s: float = 5.0) -> None:
@@ -72,13 +66,10 @@ def _check_auth(address: str, timeout_s: float = 5.0) -> None:
     if "://" in address or address == "auto" or ":" not in address:
         return
     import grpc
-    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     header = _token_header()
     try:
-        with grpc.insecure_channel(address) as channel:
-            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s, metadata=tuple((header or {}).items()))
+        raycompat.gcs_get_cluster_id(address, header, timeout_s)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:
             raise _auth_error(address, sent_token=header is not None) from None

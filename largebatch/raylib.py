@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from largebatch import interrupts, quiet
+from largebatch import interrupts, quiet, raycompat
 from largebatch.errors import BadInput
 from largebatch.rayauth import _check_auth, _check_reachable, _connect_error, _match_auth_mode  # noqa: F401
 from largebatch.raywatch import _watch_cluster, stop_watch
@@ -112,9 +112,8 @@ def check_address_space(store_mb: int) -> None:
 
 
 def _no_client_server(ray_params: Any, head: bool) -> None:
-    """RAY_START_HOOK of the light local head: `ray start` starts the Ray client server whenever its dependencies are
-    installed and has no flag against it (a port of 0 is refused); with no port it is not started."""
-    ray_params.ray_client_server_port = None
+    """RAY_START_HOOK of the light local head (in the `ray start` process): no Ray client server."""
+    raycompat.drop_client_server(ray_params)
 
 
 def free_port() -> int:
@@ -277,10 +276,7 @@ _SAVED_AUTH_ENV: Optional[dict[str, Optional[str]]] = None
 
 def _reload_auth_config() -> None:
     """Ray caches the auth mode and the token per process: make it read the environment again."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    raycompat.reload_auth_config()
 
 
 def _use_head_auth(head: LocalHead) -> None:
@@ -332,6 +328,9 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     os.environ.update(env)
     started = False
     if not address:
+        # the local head's start hook and auth reload use Ray's private API: on a Ray they do not fit, say so before
+        # a head is started (the hook's own refusal would only be in the head's log)
+        raycompat.require_supported_ray("the local head's RAY_START_HOOK and auth reload")
         store_mb = object_store_mb()
         check_address_space(store_mb)
         _HEAD = LocalHead(num_cpus=num_cpus, resources=resources, extra_env=quiet.local_head_env(),
@@ -358,6 +357,7 @@ def init_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     info = cluster_info(address)
     if started:
         info["address"] = "local"
+        assert _HEAD is not None  # started: the head is ours until shutdown_ray
         if _HEAD.dashboard_url:
             info["dashboard"] = _HEAD.dashboard_url
     return {**info, "started": started}

@@ -16,8 +16,8 @@ checkpoint costs the training loop at most 3 s, not pyarrow's own retries (measu
 checkpoint tries once (so the first one after storage returns is persisted); only the last one waits.
 
 How a checkpoint reaches storage without Ray's bookkeeping going wrong differs between the two trial runners (the
-Ray 2.60 facts are at each backend): `TrainBackend` for a Ray Train worker (train/ray_worker.py), `TuneBackend` for
-an in-process trial (train/inprocess.py).
+Ray 2.60 facts are at each backend, or at the largebatch/raycompat.py function it calls): `TrainBackend` for a Ray
+Train worker (train/ray_worker.py), `TuneBackend` for an in-process trial (train/inprocess.py).
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, cast
 
+from largebatch import raycompat
 from largebatch.redact import redact_text
 
 RETRY_S_ENV = "LARGEBATCH_STORAGE_RETRY_S"  # how long the last checkpoint of a trial waits for storage
@@ -137,9 +138,9 @@ class CheckpointKeeper:
     """Reports each epoch through a Backend: with its checkpoint when storage takes it, else without, keeping the
     checkpoint locally (newest only) until a later one is persisted. Never raises for storage; other errors pass."""
 
-    def __init__(self, backend: Backend, *, retry_s: Optional[float] = None, clock: Callable[[], float] = None,
-                 sleep: Callable[[float], None] = None, log: Callable[[str], None] = None,
-                 root: Optional[Path] = None):
+    def __init__(self, backend: Backend, *, retry_s: Optional[float] = None,
+                 clock: Optional[Callable[[], float]] = None, sleep: Optional[Callable[[float], None]] = None,
+                 log: Optional[Callable[[str], None]] = None, root: Optional[Path] = None):
         self.backend = backend
         self.retry_s = retry_budget_s() if retry_s is None else retry_s
         self.clock, self.sleep = clock or time.monotonic, sleep or time.sleep
@@ -161,7 +162,8 @@ class CheckpointKeeper:
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # storage holds its copy
             if self.down:
                 self.log(f"[largebatch] storage {self.backend.where} takes checkpoints again (epoch {epoch + 1})"
-                         + (f"; the local copy of epoch {self.kept_epoch + 1} is removed" if self.kept else ""))
+                         + (f"; the local copy of epoch {self.kept_epoch + 1} is removed"
+                            if self.kept_epoch is not None else ""))  # set and cleared with self.kept
             self.down = False
             self._drop_kept()
             return
@@ -228,17 +230,9 @@ class CheckpointKeeper:
 
 
 class TuneBackend:
-    """An in-process trial (train/inprocess.py), reporting through Tune's function session.
-
-    Ray 2.60 fact (ray/train/_internal/session.py `_TrainSession.report`, which `ray.tune.report` calls): the
-    checkpoint is copied to storage inside report(), in this process, before anything is queued for the driver. A
-    copy that fails raises out of report() (pyarrow's OSError; RuntimeError from `_check_validation_file`) after two
-    counters moved: `iteration` (`_auto_fill_metrics`: Tune's training_iteration, which ASHA's rungs count) and
-    `storage.current_checkpoint_index` (`_update_checkpoint_index`: the checkpoint folder's number). The driver's
-    copy of that index moves only for a checkpoint it receives (tune/experiment/trial.py `Trial.on_checkpoint`), and
-    a restarted trial continues from the driver's. So a failed report puts both counters back before the epoch is
-    reported again without its checkpoint: the same training_iteration, and the next checkpoint gets the folder the
-    failed one would have had (overwriting whatever part of it was copied), as the driver expects."""
+    """An in-process trial (train/inprocess.py), reporting through Tune's function session. A report whose
+    checkpoint copy fails leaves Tune's session counters moved; they are put back (the Ray 2.60 fact is at
+    raycompat.save_tune_report_counters) before the epoch is reported again without its checkpoint."""
 
     def __init__(self) -> None:
         from ray import tune
@@ -253,14 +247,12 @@ class TuneBackend:
 
     def report_with_checkpoint(self, metrics: dict, ckpt_dir: str) -> None:
         from ray import tune
-        from ray.train._internal.session import get_session
 
-        session = get_session()
-        before = (session.iteration, session.storage.current_checkpoint_index)
+        restore_counters = raycompat.save_tune_report_counters()
         try:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
         except Exception as e:
-            session.iteration, session.storage.current_checkpoint_index = before
+            restore_counters()
             raise StorageFailure(one_line(e)) from e
 
     def report_metrics(self, metrics: dict) -> None:
@@ -338,7 +330,8 @@ def leave_outcome(run_name: str, payload: dict) -> None:
         pass
     box = ray.remote(_OutcomeBox).options(name=name, namespace=OUTCOME_NAMESPACE, lifetime="detached",
                                           num_cpus=0).remote(payload)
-    ray.get(box.get.remote())  # alive and holding it before this worker goes
+    # Ray types an actor class's methods as plain callables, without .remote
+    ray.get(box.get.remote())  # type: ignore[attr-defined]  # alive and holding it before this worker goes
 
 
 def take_outcome(run_name: Optional[str]) -> Optional[dict]:
@@ -352,6 +345,7 @@ def take_outcome(run_name: Optional[str]) -> Optional[dict]:
     except ValueError:
         return None
     try:
-        return ray.get(box.get.remote(), timeout=60)
+        # the handle is untyped, so mypy picks ray.get's first overload (a list of refs gives a list)
+        return cast(dict, ray.get(box.get.remote(), timeout=60))
     finally:
         ray.kill(box)

@@ -10,28 +10,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from largebatch import raycompat
 from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
 from largebatch.config import flatten
 from largebatch.redact import redact_text
 from largebatch.train.spec import TrialSpec
 from largebatch.tune.runtime import StudyRuntime
-
-
-def _wait_for_tune_queue(timeout_s: float = 30.0) -> None:
-    """Workaround for a Tune-over-Train-V2 hang (docs/design.md §8): the size-1 queue between TuneReportCallback and the
-    trial session can race the end-of-run marker. Wait until it is drained, then give Tune a second."""
-    try:
-        from ray.train._internal.session import get_session
-
-        q = get_session()._inter_actor_queue
-        deadline = time.time() + timeout_s
-        while q is not None and not q.empty() and time.time() < deadline:
-            time.sleep(0.1)
-    except Exception:  # the private API moved: fall back to the sleep alone
-        pass
-    time.sleep(1.0)
-
-
+from largebatch.vocab import Status
 
 
 def _already_finished(tracker: Tracker, run_id: str) -> bool:
@@ -43,10 +28,10 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
     status = run.data.tags.get(STATUS_TAG)
     if status not in FINAL_STATUSES:
         return False
-    if status == "failed":
+    if status == Status.FAILED:
         raise RuntimeError(run.data.tags.get("reason") or "trial failed")
     tune.report({**run.data.metrics, "trial_id": tune.get_context().get_trial_id(), "status": status})
-    _wait_for_tune_queue()
+    raycompat.wait_for_tune_queue()
     return True
 
 
@@ -81,7 +66,7 @@ def _fit_with_ray_train(spec: TrialSpec, rt: StudyRuntime, trial_id: str) -> dic
     except Exception as e:  # Ray itself failed under the trial (its controller or workers killed, e.g. OOM)
         from largebatch.failures import describe, format_failure
 
-        return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": [],
+        return {"status": Status.FAILED.value, "reason": describe(e), "traceback": format_failure(e), "history": [],
                 "fit_s": time.time() - t_fit}
 
 
@@ -111,7 +96,7 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
             tracker.log_params(run_id, params)
     else:
         run_id = tracker.start_run(rt.experiment_id, name, parent_id=rt.parent_run_id, params=params,
-                                   tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: "running",
+                                   tags={TRIAL_TAG: trial_id, KIND_TAG: "trial", STATUS_TAG: Status.RUNNING.value,
                                          **({TRIAL_INDEX_TAG: f"{rt.run_name}:{index}"} if index is not None else {}),
                                          TRIAL_DIR_TAG: Path(tctx.get_trial_dir()).name,
                                          "arm": arm, "is_baseline": str(arm == "baseline")})
@@ -138,10 +123,10 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
     if out.get("traceback"):
         tracker.log_text(run_id, out["traceback"], "error.txt")  # the reason tag is one line; this is the rest
     tracker.set_note(run_id, trial_note(out["status"], {**out, **final}, out.get("reason")))
-    tracker.end_run(run_id, "FAILED" if out["status"] == "failed" else "FINISHED")
+    tracker.end_run(run_id, "FAILED" if out["status"] == Status.FAILED else "FINISHED")
     if not rt.in_process:  # the race is between TuneReportCallback and the trial session
-        _wait_for_tune_queue()
-    if out["status"] == "failed":
+        raycompat.wait_for_tune_queue()
+    if out["status"] == Status.FAILED:
         # Tune records the error (error.txt/error.pkl in the trial folder: the reason may quote a URI, masked);
         # the study goes on (failed trials are data in the report)
         raise RuntimeError(redact_text(out.get("reason") or "trial failed"))
