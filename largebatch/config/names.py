@@ -2,8 +2,18 @@
 before any trial starts. The registries are imported inside the functions: `import largebatch.config` stays light."""
 from __future__ import annotations
 
+from typing import Protocol
+
 from largebatch.config.schema import TrialConfig, TunerConfig
 from largebatch.errors import BadInput
+
+
+class _Names(Protocol):
+    """What the checks read of a registry (largebatch/registry.py Registry, whatever it holds)."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def names(self) -> list[str]: ...
 
 
 def check_names(cfg: TrialConfig, source: str, prefix: str = "base.") -> None:
@@ -15,7 +25,7 @@ def check_names(cfg: TrialConfig, source: str, prefix: str = "base.") -> None:
     from largebatch.models import MODELS
     from largebatch.data import DATASETS
 
-    checks = [
+    checks: list[tuple[str, str, _Names, str]] = [
         ("scaling.rule", cfg.scaling.rule, RULES, "scaling rule"),
         ("schedule.warmup", cfg.schedule.warmup, WARMUPS, "warmup"),
         ("schedule.decay", cfg.schedule.decay, DECAYS, "decay"),
@@ -54,10 +64,9 @@ def check_names(cfg: TrialConfig, source: str, prefix: str = "base.") -> None:
 
 
 def check_tuner_names(tuner: TunerConfig, source: str) -> None:
-    """tuner.searcher and tuner.scheduler name registered ones (tune/searchers.py, tune/schedulers.py; Ray-free)."""
+    """tuner.searcher and tuner.scheduler name registered ones (choices.py: names only, no tune/ or Ray import)."""
+    from largebatch.choices import SCHEDULERS, SEARCHERS
     from largebatch.errors import unknown_choice
-    from largebatch.tune.schedulers import SCHEDULERS
-    from largebatch.tune.searchers import SEARCHERS
 
     for field, value, registry in [("searcher", tuner.searcher, SEARCHERS), ("scheduler", tuner.scheduler, SCHEDULERS)]:
         if value not in registry:

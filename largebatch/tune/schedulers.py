@@ -6,21 +6,19 @@ Ray-free at import (a factory imports Ray when called), so `largebatch list` sho
 from __future__ import annotations
 
 from largebatch.config import StudyConfig
-from largebatch.registry import Registry
+from largebatch import choices
 
-SCHEDULERS: Registry = Registry("scheduler")
+# the names and descriptions are listed in choices.py (below config/), which imports these factories lazily
+SCHEDULERS = choices.SCHEDULERS
 
 
-@SCHEDULERS.register("fifo", "run every trial to its budget")
-def _fifo(study: StudyConfig):
+def fifo_scheduler(study: StudyConfig):
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
 
 
-@SCHEDULERS.register("asha", "stop the worse trials early at epoch milestones (tuner.grace_period_epochs, raised past any searched warmup; "
-                             "tuner.reduction_factor); stopped trials count as stopped_early")
-def _asha(study: StudyConfig):
+def asha_scheduler(study: StudyConfig):
     from largebatch.tune.asha import SearchASHA
 
     grace, max_t = _rung_range(study)
@@ -32,9 +30,7 @@ def _asha(study: StudyConfig):
                       reduction_factor=study.tuner.reduction_factor, stop_last_trials=False)
 
 
-@SCHEDULERS.register("sha", "successive halving decided on every searched trial at each rung (epochs as for asha): trials "
-                            "pause at a rung until all have reached it, then the best 1/eta go on; order-free")
-def _sha(study: StudyConfig):
+def sha_scheduler(study: StudyConfig):
     from largebatch.tune.sha import SearchSHA, rung_epochs
 
     grace, max_t = _rung_range(study)

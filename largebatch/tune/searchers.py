@@ -13,7 +13,7 @@ from typing import Any
 from largebatch.config import SearchDomain, StudyConfig
 from largebatch.config.fullbatch import grid_admits
 from largebatch.errors import BadInput
-from largebatch.registry import Registry
+from largebatch import choices
 
 
 def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
@@ -44,6 +44,7 @@ def _per_batch_draws(study: StudyConfig, point: dict[str, Any], per_batch: dict[
     lists = []
     for key, d in per_batch.items():
         rng = random.Random(f"{study.base.seed}:{key}:{batch}")
+        assert d.per_batch is not None  # per_batch holds only the entries that set it
         draws = d.stratified(rng, d.per_batch)
         lists.append([float(f"{v:.3g}") if isinstance(v, float) else v for v in draws])
     return [{**point, **dict(zip(per_batch, combo))} for combo in itertools.product(*lists)]
@@ -55,27 +56,25 @@ def random_points(study: StudyConfig, n: int, seed: int = 0) -> list[dict[str, A
     return [{key: d.sample(rng) for key, d in domains.items()} for _ in range(n)]
 
 
-SEARCHERS: Registry = Registry("searcher")
+# the names and descriptions are listed in choices.py (below config/), which imports these factories lazily
+SEARCHERS = choices.SEARCHERS
 
 
-@SEARCHERS.register("grid", "every combination of the grid/choice entries, tuner.num_samples times")
-def _grid(study: StudyConfig):
+def grid_searcher(study: StudyConfig):
     from largebatch.tune.space import ListSearcher
 
     points = grid_points(study) * study.tuner.num_samples
     return ListSearcher(points, study.tuner.metric, study.tuner.mode), len(points)
 
 
-@SEARCHERS.register("random", "tuner.num_samples independent draws from the domains (seeded, reproducible)")
-def _random(study: StudyConfig):
+def random_searcher(study: StudyConfig):
     from largebatch.tune.space import ListSearcher
 
     points = random_points(study, study.tuner.num_samples, seed=study.base.seed)
     return ListSearcher(points, study.tuner.metric, study.tuner.mode), len(points)
 
 
-@SEARCHERS.register("optuna", "Ray Tune's OptunaSearch (TPE) over the domains, tuner.num_samples suggestions")
-def _optuna(study: StudyConfig):
+def optuna_searcher(study: StudyConfig):
     from ray.tune.search.optuna import OptunaSearch
 
     space = {k: SearchDomain.of(d).to_tune() for k, d in study.search.items()}

@@ -3,28 +3,24 @@
 Every searcher suggests {"arm", "overrides", "seed"}. `WithBaseline` puts the baseline (one trial per seed) first,
 whatever the searcher, so the reference is always run and never sampled away. Grid and random searchers are plain
 lists (deterministic, resumable); optuna is Ray Tune's OptunaSearch over the same domains. The searchers are
-registered in tune/searchers.py (Ray-free, so `largebatch list` and the study loader read the names without Ray);
+named in choices.py and built in tune/searchers.py (`largebatch list` and the study loader read the names without Ray);
 this module holds the Ray Tune Searcher classes (it imports Ray).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from ray.tune.search import Searcher
+
 from largebatch.config import StudyConfig
 from largebatch.errors import BadInput
-from largebatch.tune.searchers import SEARCHERS
+from largebatch.choices import SEARCHERS
 
 
-def _searcher_base():
-    from ray.tune.search import Searcher
-
-    return Searcher
-
-
-class ListSearcher(_searcher_base()):
+class ListSearcher(Searcher):
     """Suggests a fixed list of points in order; FINISHED when they are used up."""
 
-    def __init__(self, points: list[dict[str, Any]], metric: str, mode: str):
+    def __init__(self, points: list[dict[str, Any]], metric: str, mode: Optional[str]):
         super().__init__(metric=metric, mode=mode)
         self.points = points
         self.next = 0
@@ -57,7 +53,7 @@ class ListSearcher(_searcher_base()):
             self.set_state(json.load(f))
 
 
-class WithBaseline(_searcher_base()):
+class WithBaseline(Searcher):
     """The baseline arm first (one trial per seed), then the inner searcher's points, each repeated per seed.
 
     `gate` (set by the study's budget, tune/stopper.py TargetStopper.admit): asked about each point before it is
@@ -71,7 +67,7 @@ class WithBaseline(_searcher_base()):
     gate: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
     confirm: Optional[Callable[..., Any]] = None
 
-    def __init__(self, inner, baseline: Optional[dict[str, Any]], seeds: list[int], metric: str, mode: str,
+    def __init__(self, inner, baseline: Optional[dict[str, Any]], seeds: list[int], metric: str, mode: Optional[str],
                  total: Optional[int] = None):
         super().__init__(metric=metric, mode=mode)
         self.inner = inner

@@ -82,8 +82,37 @@ def test_registries_list_the_searchers_and_schedulers(capsys):
     assert "searchers:\n  grid" in out and "schedulers:\n  fifo" in out and "  asha" in out
 
 
+def test_lazy_searcher_and_scheduler_entries_import_their_factories():
+    """choices.py names them below config/; each name's factory is imported from tune/ on first use."""
+    import subprocess
+    import sys
+
+    from largebatch import choices
+    from largebatch.registry import Registry
+
+    for registry in (SEARCHERS, SCHEDULERS):
+        for name in registry.names():
+            factory = registry.get(name)
+            assert callable(factory) and factory.__module__.startswith("largebatch.tune."), (name, factory)
+    assert choices.SEARCHERS is SEARCHERS and choices.SCHEDULERS is SCHEDULERS
+    # checking the names loads neither tune/ nor Ray
+    code = ("import sys; from largebatch.config import load_study; load_study('tune_spaces/digits-smoke.yaml'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('largebatch.tune', 'ray'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=SMOKE.parents[1]).stdout
+    assert out.strip() == "[]", out
+    r = Registry("thing")
+    r.add_lazy("x", "json:dumps", "a lazy entry")
+    assert r.names() == ["x"] and r.get("x")([1]) == "[1]"
+    with pytest.raises(ValueError, match="not 'module:attribute'"):
+        r.add_lazy("y", "json.dumps", "no colon")
+    with pytest.raises(ValueError, match="registered twice"):
+        r.add_lazy("x", "json:loads", "again")
+
+
 @pytest.mark.parametrize("key, value, msg", [
-    ("tuner.searcher", "gird", "tuner.searcher: unknown searcher 'gird' (did you mean 'grid'?); valid: grid, random, optuna"),
+    ("tuner.searcher", "gird",
+     "tuner.searcher: unknown searcher 'gird' (did you mean 'grid'?); valid: grid, random, optuna"),
     ("tuner.scheduler", "ahsa", "tuner.scheduler: unknown scheduler 'ahsa'"),
 ])
 def test_unknown_searcher_or_scheduler_is_one_line_exit_2(key, value, msg, capsys):
