@@ -12,7 +12,7 @@ FORTUNES_SYS := /usr/share/games/fortunes
 FORTUNES_LOCAL := data/fortunes
 PYTEST_ARGS ?=
 
-.PHONY: setup venv data e2e-deps demo test test-slow bench clean-runs
+.PHONY: setup venv data e2e-deps demo lint test test-slow bench clean-runs
 
 setup: venv data
 
@@ -61,11 +61,16 @@ demo: setup
 	@echo
 	@echo "Browse the trials:  $(VENV)/bin/largebatch ui   (starts the MLflow UI and prints the study's link)"
 
-test: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+# ruff and mypy, configured in pyproject.toml; a finding fails `make test` (and CI)
+lint: setup
+	$(VENV)/bin/ruff check largebatch tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-slow: setup e2e-deps
-	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "slow" --durations=15 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run_all

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from largebatch.vocab import Status
 
 SIZES = (10, 50, 100)
 QUICK_SIZES = (5, 10)
@@ -114,7 +115,7 @@ def _study(e2e, root: Path, env: dict, address: str, mlflow, n: int) -> dict[str
     [report_file] = list(root.glob(f"runs/{name}-*/report/report.json"))
     report = json.loads(report_file.read_text())
     s = report["study"]
-    assert report["counts"]["completed"] == n, report["counts"]
+    assert report["counts"][Status.COMPLETED] == n, report["counts"]
     slots = int(s.get("slots") or CONCURRENT)
     return {"trials": n, "epochs": EPOCHS, "slots": slots, "study_s": s["study_s"], "trial_s": s["trial_s"],
             "training_s": s.get("training_s"), "startup_s": s.get("startup_s"), "command_s": command_s,

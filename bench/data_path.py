@@ -72,11 +72,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         cfg = common.trial_config({"data.global_batch_size": B, "data.train_subset": subset, "budget.epochs": epochs})
         examples = (n // B) * B
         perm = epoch_permutation(n, cfg.seed, 1)[:examples]
-        per = common.alternate({
-            "train_epoch_s": lambda: examples / common.steady_throughput(common.run_in_process(cfg, data)),
-            "produce_epoch_s": lambda: produce_epoch(x, y, perm, B),
-            "index_select_epoch_s": lambda: produce_epoch_index_select(x, y, perm, B),
-            "collate_epoch_s": lambda: collate_epoch(x, y, perm, B),
+        per = common.alternate({  # the defaults bind this batch's values (alternate calls them at once)
+            "train_epoch_s": lambda examples=examples, cfg=cfg: examples / common.steady_throughput(
+                common.run_in_process(cfg, data)),
+            "produce_epoch_s": lambda perm=perm, B=B: produce_epoch(x, y, perm, B),
+            "index_select_epoch_s": lambda perm=perm, B=B: produce_epoch_index_select(x, y, perm, B),
+            "collate_epoch_s": lambda perm=perm, B=B: collate_epoch(x, y, perm, B),
         }, rounds)
         # paired by round: a burst of load in round r lands on both sides of that round's share
         shares = [common.ratio(p, t) for p, t in zip(per["produce_epoch_s"], per["train_epoch_s"])]

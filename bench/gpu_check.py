@@ -13,10 +13,10 @@ trial does (train/inprocess.py). What it runs, each on Fashion-MNIST unless name
 
 Each case reports the median examples/s of the epochs after the first (the loop's own `throughput`: its epoch time
 ends at a host sync, so it counts the GPU's work), the final validation metrics and the status; every case must
-complete, and a classification case must reach val_acc >= 0.7 (not in a `--subset` dry run, too short to learn). The Ray paths (NCCL process group through Ray
-Train, a study with `tuner.use_gpu`) are run with the CLI (`largebatch train` / `largebatch tune` with
-`--set tuner.use_gpu=true`), see bench/README.md. On a machine without a CUDA GPU it says so and exits 0, claiming
-nothing.
+complete, and a classification case must reach val_acc >= 0.7 (not in a `--subset` dry run, too short to learn).
+The Ray paths (NCCL process group through Ray Train, a study with `tuner.use_gpu`) are run with the CLI
+(`largebatch train` / `largebatch tune` with `--set tuner.use_gpu=true`), see bench/README.md. On a machine without a
+CUDA GPU it says so and exits 0, claiming nothing.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ import time
 from typing import Any, Optional
 
 import torch
+
+from largebatch.vocab import Status
 
 MLP = {"data": {"dataset": "fashion-mnist", "global_batch_size": 1024},
        "model": {"name": "mlp", "hidden_sizes": [256, 128]},
@@ -174,7 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             r = {"status": "error", "error": f"{type(ex).__name__}: {ex}"}
         out["cases"][name] = r
         print(f"gpu-check: {name}: {r}", flush=True)
-        ok = r["status"] == "completed" and (bool(args.subset) or "val_acc" not in r or r["val_acc"] >= 0.7)
+        ok = r["status"] == Status.COMPLETED and (bool(args.subset) or "val_acc" not in r or r["val_acc"] >= 0.7)
         if not ok:
             failed.append(name)
     c = out["cases"]

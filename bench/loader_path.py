@@ -75,11 +75,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     for B in batches:
         over = {"data.global_batch_size": B, "data.train_subset": subset, "budget.epochs": epochs}
         cfgs = {w: common.trial_config({**over, "data.loader_workers": w}) for w in (0, 1)}
-        per = common.alternate({
-            "tensor_epoch_s": lambda: _epoch_s(cfgs[0], tensors),
-            "dataset_w0_epoch_s": lambda: _epoch_s(cfgs[0], as_dataset),
-            "dataset_w1_epoch_s": lambda: _epoch_s(cfgs[1], as_dataset),
-            "batched_w0_epoch_s": lambda: _epoch_s(cfgs[0], batched),
+        per = common.alternate({  # the defaults bind this batch's configs (alternate calls them at once)
+            "tensor_epoch_s": lambda cfgs=cfgs: _epoch_s(cfgs[0], tensors),
+            "dataset_w0_epoch_s": lambda cfgs=cfgs: _epoch_s(cfgs[0], as_dataset),
+            "dataset_w1_epoch_s": lambda cfgs=cfgs: _epoch_s(cfgs[1], as_dataset),
+            "batched_w0_epoch_s": lambda cfgs=cfgs: _epoch_s(cfgs[0], batched),
         }, rounds)
         variants = {"w0": "dataset_w0", "w1": "dataset_w1", "batched_w0": "batched_w0"}
         shares = {k: [(d - t) / d for d, t in zip(per[f"{v}_epoch_s"], per["tensor_epoch_s"])]

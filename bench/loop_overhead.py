@@ -127,10 +127,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     rows = []
     for B in batches:
         cfg = common.trial_config({"data.global_batch_size": B, "data.train_subset": subset, "budget.epochs": epochs})
-        per = common.alternate({
-            "ours": lambda: common.steady_throughput(common.run_in_process(cfg, data)),
-            "hand": lambda: common.median(hand_loop(cfg, data, epochs=epochs)[1:]),
-            "hand_metrics": lambda: common.median(hand_loop(cfg, data, epochs=epochs, with_metrics=True)[1:]),
+        per = common.alternate({  # the defaults bind this batch's config (alternate calls them at once)
+            "ours": lambda cfg=cfg: common.steady_throughput(common.run_in_process(cfg, data)),
+            "hand": lambda cfg=cfg: common.median(hand_loop(cfg, data, epochs=epochs)[1:]),
+            "hand_metrics": lambda cfg=cfg: common.median(hand_loop(cfg, data, epochs=epochs, with_metrics=True)[1:]),
         }, rounds)
         ratios = [common.ratio(o, h) for o, h in zip(per["ours"], per["hand"])]
         rows.append({

@@ -365,7 +365,8 @@ def analyse(children: dict[str, dict], variants: dict[str, tuple], reference: st
         "smoke_overhead_share": smoke_overhead,
         "smoke_startup_over_limit": smoke_share > STARTUP_SHARE_LIMIT,
         "steady_ratio_1w": common.ratio(ray1["throughput"], ref["throughput"]) if ray1 and ref else None,
-        "steady_ratio_2w_vs_in_process_1w": common.ratio(ray2["throughput"], ref["throughput"]) if ray2 and ref else None,
+        "steady_ratio_2w_vs_in_process_1w": (common.ratio(ray2["throughput"], ref["throughput"])
+                                             if ray2 and ref else None),
         "children": children,
     }
     summary = [
@@ -429,7 +430,8 @@ def analyse(children: dict[str, dict], variants: dict[str, tuple], reference: st
         summary += [
             common.figure("smoke trials' teardown, largebatch's local head / bare ray.init(address='local')",
                           common.ratio(smoke_teardown["largebatch_0.25s"], smoke_teardown["bare_ray_init"]), unit="x",
-                          shown=f"{smoke_teardown['largebatch_0.25s']:.1f} s / {smoke_teardown['bare_ray_init']:.1f} s"),
+                          shown=f"{smoke_teardown['largebatch_0.25s']:.1f} s / "
+                                f"{smoke_teardown['bare_ray_init']:.1f} s"),
             common.figure("start-up / whole 2-worker digits smoke trial, bare ray.init (contrast)",
                           common.median(t["startup_share"] for t in bare_digits)),
         ]

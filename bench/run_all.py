@@ -45,9 +45,9 @@ GOALS = [
      ">= 0.85"),
     ("demo_over_ideal", "`make demo` study wall-clock / (sum of training seconds / concurrent slots)", "3.2", "<= 1.3"),
     ("startup_share", "start-up / whole trial, 2-worker digits smoke trial", "0.53", "<= 0.30"),
-    ("asha_vs_grid", "early-stopping search trial-seconds / grid trial-seconds, same space (searched trials; the baseline "
-                     "alike in both): successive halving, tuner.scheduler sha (ASHA's figure is a contrast row)", "1.41 (ASHA)",
-     "<= 0.40"),
+    ("asha_vs_grid", "early-stopping search trial-seconds / grid trial-seconds, same space (searched trials; the "
+                     "baseline alike in both): successive halving, tuner.scheduler sha (ASHA's figure is a contrast "
+                     "row)", "1.41 (ASHA)", "<= 0.40"),
     ("asha_gap", "grid best - successive halving's best (points)", "0.93 (ASHA)", "<= 0.3"),
     ("loop", "loop / hand-written loop, B=32 / 256 / 2048", "0.88 / 0.96 / 0.94", ">= 0.97 each"),
     ("epoch_fixed", "per-epoch fixed cost (eval + checkpoint + report) / epoch training time, 4,000-example dataset "
@@ -108,7 +108,8 @@ def summary_markdown(results_dir: Path) -> str:
     loads = [v for pl in payloads for k, v in pl["machine"].items() if k.startswith("load_avg")]
     if dates:
         lines.append(f"Benchmarks started between {dates[0]} and {dates[-1]}; the 1-minute load average of the shared "
-                     f"machine ranged {min(loads):.1f}-{max(loads):.1f} during them. Details: bench/results/<benchmark>.json.")
+                     f"machine ranged {min(loads):.1f}-{max(loads):.1f} during them. Details: "
+                     f"bench/results/<benchmark>.json.")
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +141,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-ray", action="store_true",
                     help="in-process benchmarks only (loop_overhead, data_path, loader_path, scaling at 1 worker)")
     ap.add_argument("--results-dir", type=Path, default=None,
-                    help="where the JSON and summary.md go (default bench/results, or bench/results/quick with --quick)")
+                    help="where the JSON and summary.md go (default bench/results, or bench/results/quick with "
+                         "--quick)")
     args = ap.parse_args(argv)
     names = [n for item in args.only for n in item.split(",") if n] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]

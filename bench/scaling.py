@@ -12,9 +12,12 @@ at the same B, and the batch at which examples/s first reaches 90% of its best (
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from bench import common
+
+if TYPE_CHECKING:
+    from largebatch.config import TrialConfig
 
 NAME = "scaling"
 BATCHES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -50,21 +53,21 @@ def child_two_workers(spec: dict) -> dict[str, Any]:
     common.set_threads()
     storage = common.short_tmpdir()
     out = []
+
+    def two(cfg: TrialConfig, B: int, pair: dict[str, Any]) -> None:
+        r = run_trial(resolve(cfg, 2), run_name=f"bench-scaling-{B}-{time.time_ns()}", storage_path=storage)
+        pair.update(status=r["status"], startup_s=r.get("startup_s"), fit_s=r.get("fit_s"),
+                    epoch_throughputs=[h["throughput"] for h in r["history"]],
+                    throughput=common.steady_throughput(r["history"]) if r["history"] else None)
+
+    def one(cfg: TrialConfig, B: int, pair: dict[str, Any]) -> None:
+        pair["throughput_1w"] = common.steady_throughput(common.run_in_process(cfg))
+
     for i, B in enumerate(spec["batches"]):
         cfg = common.trial_config(trial_overrides(B, spec["quick"]))
         pair: dict[str, Any] = {}
-
-        def two() -> None:
-            r = run_trial(resolve(cfg, 2), run_name=f"bench-scaling-{B}-{time.time_ns()}", storage_path=storage)
-            pair.update(status=r["status"], startup_s=r.get("startup_s"), fit_s=r.get("fit_s"),
-                        epoch_throughputs=[h["throughput"] for h in r["history"]],
-                        throughput=common.steady_throughput(r["history"]) if r["history"] else None)
-
-        def one() -> None:
-            pair["throughput_1w"] = common.steady_throughput(common.run_in_process(cfg))
-
         for step in ((one, two) if i % 2 == 0 else (two, one)):
-            step()
+            step(cfg, B, pair)
         out.append({"global_batch_size": B, **pair})
     return {"ray": ray_info, "trials": out}
 

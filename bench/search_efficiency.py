@@ -20,6 +20,7 @@ import time
 from typing import Any, Optional
 
 from bench import common
+from largebatch.vocab import Status
 
 NAME = "search_efficiency"
 GOAL_SHARE = 0.40
@@ -147,7 +148,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 def cut_short(grid: list[dict], asha: list[dict]) -> int:
     """ASHA trials that trained fewer steps than the same config did in the grid (not counting divergence)."""
     full = {(t["global_batch_size"], t["rule"], t["warmup_epochs"], t["is_baseline"]): t["steps"] for t in grid}
-    return sum(1 for t in asha if t["status"] != "diverged" and t["steps"] is not None
+    return sum(1 for t in asha if t["status"] != Status.DIVERGED and t["steps"] is not None
                and t["steps"] < (full.get((t["global_batch_size"], t["rule"], t["warmup_epochs"], t["is_baseline"]))
                                  or 0))
 
@@ -177,7 +178,7 @@ def _stats(grid: dict, other: dict) -> dict[str, Any]:
             "wall_share": common.ratio(other["study_s"], grid["study_s"]),
             "gap": (best(grid["trials"]) - best(other["trials"])) * 100,
             "best": best(other["trials"]), "best_incl_baseline": best(other["trials"], False),
-            "stopped_early": sum(t["status"] == "stopped_early" for t in other["trials"]),
+            "stopped_early": sum(t["status"] == Status.STOPPED_EARLY for t in other["trials"]),
             "cut_short": cut_short(grid["trials"], other["trials"]), "n": len(other["trials"]),
             "new_process": new_process_allowance(grid["trials"], other["trials"])}
 
@@ -201,7 +202,8 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
             common.figure(f"{label} trial-seconds / grid trial-seconds (start-up + training), searched trials",
                           x["share"], unit="", goal=f"<= {GOAL_SHARE:.2f}" if goal else "",
                           met=x["share"] <= GOAL_SHARE if goal else None, key="asha_vs_grid" if goal else None),
-            common.figure(f"  {label}: same, the baseline counted too (trained alike by both)", x["share_all"], unit=""),
+            common.figure(f"  {label}: same, the baseline counted too (trained alike by both)", x["share_all"],
+                          unit=""),
             common.figure(f"  {label}: grid best val_acc - its best val_acc", x["gap"], unit=" points",
                           goal=f"<= {TOLERANCE_POINTS}" if goal else "",
                           met=x["gap"] <= TOLERANCE_POINTS if goal else None, key="asha_gap" if goal else None),
@@ -222,9 +224,9 @@ def analyse(got: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "settings": {"study": str(common.STUDY_FILE.relative_to(common.REPO_ROOT)), "sets": sets,
-                     "early_stopping": f"grace period {grid.get('asha_grace_epochs')} epochs (tuner.grace_period_epochs 1 "
-                                       f"raised past the searched warmups), reduction_factor 3 (the study's tuner "
-                                       f"default), for both sha and asha",
+                     "early_stopping": f"grace period {grid.get('asha_grace_epochs')} epochs "
+                                       f"(tuner.grace_period_epochs 1 raised past the searched warmups), "
+                                       f"reduction_factor 3 (the study's tuner default), for both sha and asha",
                      "compute": "sum over trials of startup_s + wall_s, from MLflow"},
         "compute": {"grid": cg, **{k: v["compute"] for k, v in st.items()}},
         "compute_searched": {"grid": compute([t for t in grid["trials"] if not t["is_baseline"]]),

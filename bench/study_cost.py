@@ -28,6 +28,7 @@ import os
 from typing import Any, Optional
 
 from bench import common
+from largebatch.vocab import Status
 
 NAME = "study_cost"
 GOAL_COST = 3.0
@@ -78,7 +79,7 @@ def _one(file: str, sets: dict, smoke: bool, name: str, root: str) -> dict[str, 
                                                       "time_to_target_s", "target_speedup", "chosen_by")},
             "statuses": {st: sum(r["status"] == st for r in records) for st in {r["status"] for r in records}},
             "confirmation": _confirmation(rec.get("confirmation"), (s.get("budget") or {}).get("confirmations")),
-            "reasons": [r.get("reason") for r in records if r.get("status") == "stopped_early"]}
+            "reasons": [r.get("reason") for r in records if r.get("status") == Status.STOPPED_EARLY]}
 
 
 def _confirmation(conf: Optional[dict], runs: Optional[list]) -> Optional[dict[str, Any]]:

@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from largebatch.errors import EXIT_BAD_INPUT, BadInput
 from largebatch.redact import redact_text
@@ -298,7 +298,7 @@ def cmd_report(args) -> int:
                        "n_trials": len(records), **report["study"]}  # the HTML title; cost: report/verdict.py
     written = []
     if args.out:
-        from largebatch.report_html import write_html
+        from largebatch.report.html import write_html
 
         written = write_report(report, records, Path(args.out))
         written.append(write_html(report, Path(args.out)))
@@ -336,15 +336,17 @@ def cmd_list(args) -> int:
     from largebatch.data import DATASETS
     from largebatch.models import MODELS
     from largebatch.optim import OPTIMIZERS
+    from largebatch.registry import Registry
     from largebatch.scaling import RULES
     from largebatch.schedules import DECAYS, WARMUPS
     from largebatch.tasks import TASKS
-    from largebatch.tune.schedulers import SCHEDULERS
-    from largebatch.tune.searchers import SEARCHERS
+    from largebatch.choices import SCHEDULERS, SEARCHERS
 
-    for title, reg in [("tasks", TASKS), ("scaling rules", RULES), ("warmups", WARMUPS), ("decays", DECAYS),
-                       ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS),
-                       ("searchers", SEARCHERS), ("schedulers", SCHEDULERS)]:
+    registries: list[tuple[str, Registry[Any]]] = [
+        ("tasks", TASKS), ("scaling rules", RULES), ("warmups", WARMUPS), ("decays", DECAYS),
+        ("optimizers", OPTIMIZERS), ("models", MODELS), ("datasets", DATASETS), ("searchers", SEARCHERS),
+        ("schedulers", SCHEDULERS)]
+    for title, reg in registries:
         print(f"{title}:\n{reg.describe()}")
     return 0
 

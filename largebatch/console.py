@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
-from largebatch.vocab import PROBLEM_STATUSES
+from largebatch.vocab import PROBLEM_STATUSES, Status
 
 STATUS_EVERY_S = 30.0  # plain mode: a status line at most this often
 
@@ -51,6 +51,11 @@ def _num(x: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+def _score(v: TrialView) -> float:
+    assert v.score is not None  # called only on views filtered to scored ones
+    return v.score
 
 
 @dataclass
@@ -145,13 +150,13 @@ class StudyDisplay:
         if result:
             self.trial_result(key, result)
         if failed_reason is not None:
-            view.outcome, view.reason = "failed", failed_reason
-        elif result.get("status") == "diverged":
-            view.outcome, view.reason = "diverged", str(result.get("reason") or "non-finite loss")
-        elif result.get("is_final") is False or result.get("status") == "stopped_early":
+            view.outcome, view.reason = Status.FAILED.value, failed_reason
+        elif result.get("status") == Status.DIVERGED:
+            view.outcome, view.reason = Status.DIVERGED.value, str(result.get("reason") or "non-finite loss")
+        elif result.get("is_final") is False or result.get("status") == Status.STOPPED_EARLY:
             view.outcome = "stopped"  # the scheduler (ASHA) ended it before its budget
         else:
-            view.outcome = "completed"
+            view.outcome = Status.COMPLETED.value
         self.finished += 1
         self._estimate()
         if not quiet:
@@ -175,7 +180,7 @@ class StudyDisplay:
         if v.wall_s is not None:
             took += f" (training {v.wall_s:.1f} s)"
         stopped = f" at epoch {v.epoch}/{v.epochs}" if v.outcome == "stopped" and v.epochs else ""
-        word = "done" if v.outcome == "completed" else v.outcome
+        word = "done" if v.outcome == Status.COMPLETED else v.outcome
         return f"{word:<9} {count:>7}  {v.name}  {self.score} {fmt_metric(self.score, v.score)}{stopped}  {took}"
 
     def _scale(self, ref: Optional[float]):
@@ -194,7 +199,12 @@ class StudyDisplay:
         times: dict[int, float] = {}
         for v in views:
             hit = first_reach(v.curve, target, self.mode) if target is not None else None
-            t = None if hit is None else projected(v.batch, hit[0], self.step_s) if basis == "projected" else hit[1]
+            if hit is None:
+                t = None
+            elif basis == "projected":  # every view's batch was profiled
+                t = projected(v.batch, hit[0], self.step_s) if v.batch is not None else None
+            else:
+                t = hit[1]
             if t is not None:
                 times[id(v)] = t
         return basis, times
@@ -206,16 +216,16 @@ class StudyDisplay:
         tolerance's units, positive = worse), speedup (baseline's time to target / best's, None when unknown)."""
         from largebatch.report.target import target_value
 
-        scored = [v for v in self._views() if v.outcome in ("completed", "stopped") and v.score is not None]
+        scored = [v for v in self._views() if v.outcome in (Status.COMPLETED, "stopped") and v.score is not None]
         bases = [v for v in scored if v.is_baseline]
         rest = [v for v in scored if not v.is_baseline]
         pick = max if self.mode == "max" else min
-        out: dict[str, Any] = {"best": pick(rest, key=lambda v: v.score) if rest else None,
+        out: dict[str, Any] = {"best": pick(rest, key=_score) if rest else None,
                                "base": bases[0] if bases else None, "base_score": None, "target": self.target,
                                "basis": None, "times": {}, "gap": None, "speedup": None}
         if not bases:
             return out
-        ref = sum(v.score for v in bases) / len(bases)
+        ref = sum(_score(v) for v in bases) / len(bases)
         scale = self._scale(ref)
         target = self.target if self.target is not None else target_value(ref, self.tolerance, self.mode,
                                                                           scale.units)
@@ -280,7 +290,7 @@ class StudyDisplay:
 
         def total(v: TrialView) -> Optional[float]:
             if self.step_s:
-                return projected(v.batch, v.curve[-1][0], self.step_s) if v.curve else None
+                return projected(v.batch, v.curve[-1][0], self.step_s) if v.curve and v.batch is not None else None
             return v.wall_s
 
         a, b = total(base), total(best)
@@ -295,11 +305,11 @@ class StudyDisplay:
         """Seconds one trial takes per epoch, its start-up included: measured over the finished trials (what each
         took for the epochs it ran), else over the running trials' epochs so far; None before any epoch ended."""
         views = self._views()
-        pool = [v for v in views if v.outcome is not None and v.total_s and v.epoch]
-        pool = pool or [v for v in views if v.outcome is None and v.total_s and v.epoch]
+        pool = [(v.total_s, v.epoch) for v in views if v.outcome is not None and v.total_s and v.epoch]
+        pool = pool or [(v.total_s, v.epoch) for v in views if v.outcome is None and v.total_s and v.epoch]
         if not pool:
             return None
-        return sum(v.total_s for v in pool) / sum(v.epoch for v in pool)
+        return sum(s for s, _ in pool) / sum(e for _, e in pool)
 
     def work_left(self) -> float:
         """Trial-epochs left: the running trials' remaining epochs and every trial not started yet at the mean

@@ -21,6 +21,8 @@ import signal
 from pathlib import Path
 from typing import Optional
 
+from largebatch.vocab import Status
+
 # Ray's memory monitor says e.g. "... was running was 22.38GB / 23.48GB (0.953), which exceeds the memory usage
 # threshold of 0.95"
 _MEMORY_FIGURES = re.compile(r"([\d.]+)\s*GB\s*/\s*([\d.]+)\s*GB")
@@ -121,13 +123,13 @@ def no_verdict(records: list[dict]) -> Optional[str]:
         return f"; {what}, {r.get('name') or 'a trial'}: {with_hint(str(why))}"
 
     if base and not any(r.get("status") in SCORED_STATUSES for r in base):
-        bad = next((r for r in base if r.get("status") == "failed"), base[0])
+        bad = next((r for r in base if r.get("status") == Status.FAILED), base[0])
         ended = bad.get("status") if bad.get("status") in PROBLEM_STATUSES else "did not complete"
         ran = sum(r.get("status") in OUTCOME_STATUSES for r in records)
         return (f"no verdict: the baseline {ended}, so there is no reference to compare against ({ran} of "
                 f"{len(records)} trials ran to an outcome){cause(bad, 'the baseline')}")
     if searched and not any(r.get("status") in OUTCOME_STATUSES for r in searched):
-        first = next((r for r in searched if r.get("status") == "failed"), searched[0])
+        first = next((r for r in searched if r.get("status") == Status.FAILED), searched[0])
         return f"no verdict: all {len(searched)} searched trials failed{cause(first, 'the first')}"
     return None
 

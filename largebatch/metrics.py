@@ -7,14 +7,12 @@ value over epochs (in the metric's direction) and `final_<metric>` the last epoc
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal
+from typing import Iterable
 
 # the names themselves live in vocab.py (one vocabulary); re-exported here for the modules that import them from here
 from largebatch.vocab import (  # noqa: F401
     INSTRUMENT_METRICS, LOOP_METRICS, LOSS_METRICS, MODES, SUMMARIES, TRIAL_FIGURES,
 )
-
-Mode = Literal["max", "min"]
 
 
 def reported_metrics(metrics: Iterable[tuple[str, str, bool]]) -> dict[str, str]:

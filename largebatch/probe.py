@@ -10,10 +10,11 @@ property of the gradient, not of the worker count). It trains the baseline (else
 `--epochs` epochs on the first `--train-subset` examples, with two micro-batches per step (accumulation 2: the
 instrument needs two batch sizes per step with one worker), at `--batch` (default: the baseline's batch, at least
 MIN_PROBE_BATCH; the LR follows from the baseline's by the square-root rule): each step's estimate of |G|² is noisy
-by about B_noise/B, so a small baseline batch leaves |G|² unresolved where a larger one resolves it in a few steps. The EMA of each epoch's end is one value; the estimate
-is the mean ± the standard deviation over the last half of the epochs (the first ones are the fast early descent,
-where B_noise is still growing). B_noise grows during training, so an early probe is on the small side of the
-critical batch of a whole run: the around_critical factors are there to bracket it.
+by about B_noise/B, so a small baseline batch leaves |G|² unresolved where a larger one resolves it in a few steps.
+The EMA of each epoch's end is one value; the estimate is the mean ± the standard deviation over the last half of
+the epochs (the first ones are the fast early descent, where B_noise is still growing). B_noise grows during
+training, so an early probe is on the small side of the critical batch of a whole run: the around_critical factors
+are there to bracket it.
 
 The cache is `<runs>/noise_scale/<study>-<hash>.json`, keyed by the task, model, data and optimizer of the trial the
 probe starts from (the probe's own settings are stored inside): `probe` always measures and writes it, `tune` reads
@@ -31,7 +32,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeGuard
 
 from largebatch.config import StudyConfig, TrialConfig, apply_overrides, baseline_trial, parse_trial, resolve
 from largebatch.errors import BadInput
@@ -90,11 +91,11 @@ def read_cache_json(path: Path, max_bytes: int = CACHE_MAX_BYTES) -> Any:
         return None
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _count(v: Any) -> bool:
+def _count(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
@@ -121,6 +122,10 @@ def probe_trial(study: StudyConfig, source: str, settings: ProbeSettings, train_
     cfg = _start(study, source)
     n = min(train_size, settings.train_subset or train_size)
     b0 = cfg.data.global_batch_size
+    if not isinstance(b0, int):  # "full" kept (the search varies the data): no batch size to carry the LR from
+        where = "base" if study.baseline is None else "baseline"
+        raise BadInput("the probe needs the batch it starts from as a number of examples, not 'full'",
+                       source=source, field=f"{where}.data.global_batch_size")
     batch = settings.batch or min(max(b0, MIN_PROBE_BATCH), n - n % 2)
     if batch % 2 or batch > n:
         raise BadInput(f"got {batch}; the probe splits each step into 2 micro-batches: use an even batch of at most "

@@ -35,7 +35,8 @@ class ClusterLost(BaseException):
 
 
 def gcs_reconnect_s() -> float:
-    """How long Ray's client waits for a lost GCS before it ends the process (RAY_gcs_rpc_server_reconnect_timeout_s)."""
+    """How long Ray's client waits for a lost GCS before it ends the process
+    (RAY_gcs_rpc_server_reconnect_timeout_s)."""
     try:
         return max(1.0, float(os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s", "60")))
     except ValueError:
@@ -79,7 +80,7 @@ class ClusterWatch:
             return False
 
     def _in_ray(self) -> bool:
-        frame = sys._current_frames().get(self.main_ident)
+        frame = sys._current_frames().get(self.main_ident) if self.main_ident is not None else None
         while frame is not None:
             if f"{os.sep}ray{os.sep}" in frame.f_code.co_filename:
                 return True

@@ -6,6 +6,7 @@ import math
 from typing import Any, Optional
 
 from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_TAG, _client, preflight_tracking
+from largebatch.vocab import Status
 
 
 def _f(v: Optional[str]) -> Optional[float]:
@@ -59,7 +60,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
             "base_lr": _f(p.get("optim.base_lr")),
             "peak_lr": _f(p.get("peak_lr")),
             "seed": int(float(p.get("seed", 0))),
-            "status": tags.get(STATUS_TAG, "running"),
+            "status": tags.get(STATUS_TAG, Status.RUNNING.value),
             "reason": tags.get("reason"),
             "best_val_acc": m.get("best_val_acc"),
             "final_val_acc": m.get("final_val_acc"),

@@ -24,7 +24,8 @@ def linear(base_lr: float, batch: int, base_batch: int, alpha: float) -> float:
     return base_lr * batch / base_batch
 
 
-@RULES.register("sqrt", "lr = base_lr * sqrt(B/B0) (Hoffer et al. 2017, arXiv 1705.08741): keeps gradient-noise variance")
+@RULES.register("sqrt", "lr = base_lr * sqrt(B/B0) (Hoffer et al. 2017, arXiv 1705.08741): "
+                        "keeps gradient-noise variance")
 def sqrt(base_lr: float, batch: int, base_batch: int, alpha: float) -> float:
     return base_lr * math.sqrt(batch / base_batch)
 

@@ -28,7 +28,8 @@ def warmup_none(step: int, warmup_steps: int, start_factor: float) -> float:
     return 1.0
 
 
-@WARMUPS.register("linear", "gradual linear ramp per step from start_factor*lr to lr (Goyal et al. 2017, arXiv 1706.02677)")
+@WARMUPS.register("linear", "gradual linear ramp per step from start_factor*lr to lr "
+                            "(Goyal et al. 2017, arXiv 1706.02677)")
 def warmup_linear(step: int, warmup_steps: int, start_factor: float) -> float:
     if warmup_steps <= 1 or step >= warmup_steps - 1:
         return 1.0
@@ -47,7 +48,8 @@ def decay_constant(step: int, decay_steps: int, min_factor: float, milestones: S
     return 1.0
 
 
-@DECAYS.register("cosine", "half-cosine from 1 to min_factor over the steps after warmup (Loshchilov & Hutter, arXiv 1608.03983)")
+@DECAYS.register("cosine", "half-cosine from 1 to min_factor over the steps after warmup "
+                           "(Loshchilov & Hutter, arXiv 1608.03983)")
 def decay_cosine(step: int, decay_steps: int, min_factor: float, milestones: Sequence[int], gamma: float) -> float:
     if decay_steps <= 0:
         return 1.0

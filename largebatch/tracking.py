@@ -1,9 +1,10 @@
 """MLflow: one experiment per study, one parent run per invocation, one child run per trial (docs/design.md §2.4).
 
-Only this module imports mlflow. We use `MlflowClient` with explicit run ids (no fluent global state), so concurrent
-trials and restarted workers log to the right run. Per-epoch metrics are logged by rank 0 only (`EpochLogger`), after
-the epoch's checkpoint is persisted; on resume it backfills epochs missing from MLflow, so each epoch lands exactly
-once.
+Besides this module only mlflow_app.py (MLflow's server app) and tune/throughput.py (Metric and Param entities) import
+mlflow. We use `MlflowClient` with explicit run ids (no fluent global state), so concurrent trials and restarted workers
+log to the right run. Per-epoch metrics are logged by rank 0 only (`EpochLogger`), before the epoch's checkpoint is
+reported (train/ray_worker.py, inprocess.py); on resume it backfills the checkpoint's epochs missing from MLflow, so
+each epoch lands exactly once.
 
 A tracking server that goes away mid-study stops nothing (docs/design.md §10): each MLflow call gives up quickly
 (`HTTP_DEFAULTS`) and ours are retried with backoff for a bounded time (`with_retry`, LARGEBATCH_TRACKING_RETRY_S);
@@ -177,7 +178,7 @@ class Tracker:
         all_tags = {k: redact_text(str(v)) for k, v in (tags or {}).items()}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        trial_id, tried = all_tags.get(TRIAL_TAG), []
+        trial_id, tried = all_tags.get(TRIAL_TAG), list[bool]()
 
         def create() -> str:
             if tried and parent_id and trial_id:  # a lost answer may hide a run that was made: never make two
@@ -201,8 +202,8 @@ class Tracker:
             self.call(self.client.log_batch, run_id, params=items[i:i + 100])
 
     def _find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
-        runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                                                      f"tags.`{TRIAL_TAG}` = '{trial_id}'")
         return runs[0].info.run_id if runs else None
 
     def find_child(self, experiment_id: str, parent_id: str, trial_id: str) -> Optional[str]:
@@ -357,7 +358,7 @@ class EpochLogger:
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             try:
-                with_retry(lambda: self.client.set_tag(self.run_id, k, str(v)[:5000]), 0.0)
+                with_retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, str(v)[:5000]), 0.0)
             except Exception as e:
                 print(f"[largebatch] MLflow: tag {k} of run {self.run_id} not logged ({tracking_error(e)})",
                       file=sys.stderr, flush=True)

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, TypeVar
 
 from largebatch.errors import BadInput
 from largebatch.storage import nearest_existing
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _sqlite_ready: set[str] = set()  # stores this process opened: MLflow keeps one engine per URI, made once
+
+
+class _Client(Protocol):  # what open_sqlite uses of the MlflowClient that make() returns
+    def search_experiments(self, *, max_results: int) -> object: ...
+
+
+C = TypeVar("C", bound=_Client)
 
 
 def sqlite_path(uri: str) -> Optional[Path]:
@@ -61,8 +68,8 @@ def check_sqlite_store(path: Path, *, must_exist: bool = False, flag: str = "--m
                        f"{fix}", field=flag)
 
 
-def open_sqlite(uri: str, path: Path, create: bool, make: Callable[[], object],
-                describe: Callable[[BaseException], str]):
+def open_sqlite(uri: str, path: Path, create: bool, make: Callable[[], C],
+                describe: Callable[[BaseException], str]) -> C:
     """make() (the client of the SQLite store at `path`), checked first. Without `create` the store must exist
     (`report`, `ui`, a trial's logger). With it (a study's Tracker) the store is made and first used under an
     exclusive lock on its folder, so concurrent studies create it once; a store MLflow cannot open (half made,

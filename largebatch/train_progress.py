@@ -9,9 +9,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from largebatch.console import fmt_duration, fmt_metric, wants_live
+from largebatch.vocab import Status
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class EpochBar:
@@ -22,8 +26,8 @@ class EpochBar:
         self.name, self.epochs, self.metric, self.out = name, epochs, metric, out
         self.live = wants_live(out) if live is None else live
         self.t0 = time.time()
-        self._progress = None
-        self._task = None
+        self._progress: Optional[Progress] = None
+        self._task: Optional[TaskID] = None
 
     def start(self) -> "EpochBar":
         if self.live:
@@ -45,9 +49,10 @@ class EpochBar:
         words += f"{self.metric} {fmt_metric(self.metric, m.get(self.metric))}"
         if isinstance(m.get("throughput"), (int, float)):
             words += f"  {m['throughput']:,.0f} ex/s"
-        if m.get("status") == "diverged":
+        if m.get("status") == Status.DIVERGED:
             words += f"  diverged: {m.get('reason', '')}"
         if self._progress is not None:
+            assert self._task is not None  # start() sets both
             self._progress.update(self._task, completed=epoch, metrics=words)
         else:
             print(f"epoch {epoch}/{self.epochs}  {words}  [{fmt_duration(time.time() - self.t0)}]", file=self.out,

@@ -101,13 +101,11 @@ def _check_port_free(port: int) -> None:
 def run_ui(uri: str, port: Optional[int] = None, timeout_s: float = 120.0) -> int:
     from largebatch.raylib import free_port, stop_process
     from largebatch.redact import redact_uri
-    from largebatch.tracking import preflight_tracking
-
-    from largebatch.tracking import check_sqlite_store, sqlite_path
+    from largebatch.tracking import check_sqlite_store, preflight_tracking, sqlite_path
 
     preflight_tracking(uri)  # checks only: nothing is created
-    if sqlite_path(uri) is not None:
-        check_sqlite_store(sqlite_path(uri).absolute(), must_exist=True)
+    if (path := sqlite_path(uri)) is not None:
+        check_sqlite_store(path.absolute(), must_exist=True)
     if port is not None and not uri.startswith(("http://", "https://")):
         _check_port_free(port)
     exp_id, exp_name = latest_study_experiment(uri)

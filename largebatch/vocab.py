@@ -23,7 +23,7 @@ from enum import StrEnum
 class Status(StrEnum):
     """A trial's status: the `status` in its results and its MLflow status tag (tracking.STATUS_TAG)."""
 
-    COMPLETED = "completed"  # ran its budget (or stopped at target_val_acc)
+    COMPLETED = "completed"  # ran its budget (stopping at target_val_acc is STOPPED_EARLY, train/loop.py)
     DIVERGED = "diverged"  # non-finite loss or above budget.divergence_loss; a result, not an error
     STOPPED_EARLY = "stopped_early"  # ended by the scheduler (ASHA) or at its target: what it reached counts
     FAILED = "failed"  # an exception or a worker lost past tuner.max_failures

@@ -38,5 +38,6 @@ __all__ = [
     "SmokeConfig", "StudyConfig", "TaskConfig", "TrialConfig", "TunerConfig", "check_study_name", "check_names",
     "apply_overrides", "flatten", "get_dotted", "parse_trial", "set_dotted", "Phase", "Resolved", "resolve",
     "LISTED_KINDS", "SEARCH_KINDS", "SearchDomain", "check_search_key", "check_search_resolves", "search_values",
-    "full_batch_study", "grid_admits", "baseline_trial", "check_task", "load_study", "load_yaml_text", "parse_sets", "parse_value", "read_yaml",
+    "full_batch_study", "grid_admits", "baseline_trial", "check_task", "load_study", "load_yaml_text", "parse_sets",
+    "parse_value", "read_yaml",
 ]

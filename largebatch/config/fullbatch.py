@@ -55,6 +55,7 @@ def full_batch_study(study: StudyConfig, source: str = "<study>") -> StudyConfig
             data = study.base.data.model_copy(update={"global_batch_size": n})
             update["base"] = study.base.model_copy(update={"data": data})
         if FULL_BATCH in listed:
+            assert entry is not None  # `listed` is empty without a search entry
             kind = next(k for k in entry if k != "per_batch")
             update["search"] = {**study.search, BATCH_KEY: {**entry, kind: [n if v == FULL_BATCH else v
                                                                             for v in entry[kind]]}}

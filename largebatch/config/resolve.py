@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any
+from typing import Any, Final
 
 from largebatch.config.schema import TrialConfig, _Strict
 from largebatch.errors import BadInput
 
-FULL_BATCH = "full"  # data.global_batch_size: the whole training set (after data.train_subset) in one step
+FULL_BATCH: Final = "full"  # data.global_batch_size: the whole training set (after data.train_subset) in one step
 
 
 class Phase(_Strict):
@@ -109,10 +109,11 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
 
     if train_size is None:
         train_size = trial_train_size(cfg, source, prefix)
-    if d.global_batch_size == FULL_BATCH:  # the whole training set per step; Resolved.cfg carries the number
-        d = d.model_copy(update={"global_batch_size": train_size})
-        cfg = cfg.model_copy(update={"data": d})
     B = d.global_batch_size
+    if B == FULL_BATCH:  # the whole training set per step; Resolved.cfg carries the number
+        B = train_size
+        d = d.model_copy(update={"global_batch_size": B})
+        cfg = cfg.model_copy(update={"data": d})
 
     # ---- the phases: (start epoch, global batch); a factor of 1 starts no phase. Batches must be whole numbers.
     starts, batches = [0], [B]

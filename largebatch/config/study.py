@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from pydantic import BaseModel
+
 from largebatch.config.names import check_names, check_tuner_names
 from largebatch.config.schema import ReportConfig, StudyConfig, TrialConfig, TunerConfig
 from largebatch.config.critical import AROUND_CRITICAL
@@ -251,7 +253,7 @@ def _apply_blocks(raw: dict, blocks: dict[str, dict[str, Any]]) -> dict:
     return raw
 
 
-_BLOCK_MODELS = {"base": TrialConfig, "tuner": TunerConfig, "report": ReportConfig}
+_BLOCK_MODELS: dict[str, type[BaseModel]] = {"base": TrialConfig, "tuner": TunerConfig, "report": ReportConfig}
 
 
 def baseline_trial(study: StudyConfig, source: str = "<study>") -> TrialConfig:

@@ -52,9 +52,9 @@ class _StudyLoader(yaml.SafeLoader):
                             node.start_mark)
         return node
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
+            seen: dict[object, yaml.Node] = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue

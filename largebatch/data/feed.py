@@ -7,7 +7,7 @@ examples it holds or their order: any worker count and accumulation see the same
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypedDict
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
@@ -15,6 +15,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 from largebatch.data.loader import rank_batches
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class _LoaderKw(TypedDict, total=False):
+    """The DataLoader settings LoaderFeed passes to its training loader and (less persistent_workers) eval loaders."""
+
+    num_workers: int
+    pin_memory: bool
+    collate_fn: Callable[[Any], Batch]
+    persistent_workers: bool
+    prefetch_factor: int
 
 
 class RankBatchSampler(Sampler[list[int]]):
@@ -79,9 +89,9 @@ class LoaderFeed:
     def __init__(self, dataset: Dataset, device: torch.device, workers: int = 0, prefetch: Optional[int] = None):
         self.dataset, self.device, self.workers = dataset, device, workers
         self.sampler = RankBatchSampler()
-        self._kw = dict(num_workers=workers, pin_memory=device.type == "cuda", collate_fn=collate)
+        self._kw: _LoaderKw = {"num_workers": workers, "pin_memory": device.type == "cuda", "collate_fn": collate}
         if workers > 0:
-            self._kw.update(persistent_workers=True, prefetch_factor=prefetch or 2)
+            self._kw.update({"persistent_workers": True, "prefetch_factor": prefetch or 2})
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, **self._kw)
 
     def __len__(self) -> int:
@@ -100,7 +110,8 @@ class LoaderFeed:
         return _to(collate(items), self.device)
 
     def eval_batches(self, lo: int, hi: int, batch: int) -> Iterator[Batch]:
-        kw = {k: v for k, v in self._kw.items() if k != "persistent_workers"}
+        kw = self._kw.copy()
+        kw.pop("persistent_workers", None)
         loader = DataLoader(Subset(self.dataset, range(lo, hi)), batch_size=batch, shuffle=False, **kw)
         for b in loader:
             yield _to(b, self.device)

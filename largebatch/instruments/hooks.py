@@ -58,7 +58,8 @@ class SharpnessHook(Hook):
 
     def __init__(self, model: torch.nn.Module, probe, loss_fn: Callable, iters: int, every: Optional[int],
                  seed: int):
-        self.model, self.probe, self.loss_fn, self.iters, self.every, self.seed = model, probe, loss_fn, iters, every, seed
+        self.model, self.probe, self.loss_fn = model, probe, loss_fn
+        self.iters, self.every, self.seed = iters, every, seed
 
     def epoch_end(self, end: EpochEnd) -> dict[str, Any]:
         due = end.done or (self.every and (end.epoch + 1) % self.every == 0)
@@ -85,7 +86,8 @@ class TrustRatioHook(Hook):
 def build_hooks(cfg, res, *, model, net, opt, world: int, device, probe_feed, loss_fn, is_rank0: bool) -> list[Hook]:
     """The study's instruments, in the order their metrics are added: those with collectives first, then the
     rank-0-only ones (sharpness), so that no rank waits in a collective while rank 0 works alone."""
-    ins, hooks = cfg.instruments, []
+    ins = cfg.instruments
+    hooks: list[Hook] = []
     if ins.grad_noise_scale:
         from largebatch.instruments.noise_scale import GradNoiseScale
 

@@ -18,7 +18,7 @@ and syncs once per power iteration.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +60,14 @@ def top_hessian_eigenvalue(model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
             if lam is not None and abs(new - lam) <= tol * abs(new):
                 return new
             lam = new
+        assert lam is not None  # iters > 0 (instruments.sharpness_iters)
         return float(lam)
     finally:
         model.train(was_training)
 
 
 def _normalised(v: list[torch.Tensor]) -> list[torch.Tensor]:
-    norm = torch.sqrt(sum(t.square().sum() for t in v))
+    norm = torch.sqrt(cast(torch.Tensor, sum(t.square().sum() for t in v)))  # v is never empty: a tensor
     return [t / norm for t in v]
 
 

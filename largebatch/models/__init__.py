@@ -111,7 +111,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             f"{', '.join(public) or 'none'}", field="model.factory") from None
     if not callable(fn):
         raise BadInput(f"model factory {spec!r} is not callable", field="model.factory")
-    return fn  # type: ignore[return-value]
+    return fn
 
 
 @MODELS.register(

@@ -57,7 +57,9 @@ class Lars(Optimizer):
         self.last_trust_ratios: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    # torch's Optimizer.step overloads type a closure as returning float; ours returns the loss tensor, as
+    # torch's own optimizers accept
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -1,8 +1,8 @@
 """The study report: generalization gap per batch size, max safe batch, Pareto front, recommendation.
 
 Input is the list of trial records the tune driver collects (plain dicts, one per trial; docs/design.md §5). Output is a
-JSON-able dict, a Markdown table for the terminal, and PNG plots. Everything here is pure except
-`write_report`, so the same report can be rebuilt from MLflow later.
+JSON-able dict (report/render.py makes the Markdown table and files of it, report/plots.py the PNG plots). Everything
+here is pure, so the same report can be rebuilt from MLflow later.
 
 The metric is the study's (tuner.metric, summarised per trial as best_<metric> or final_<metric>) and has a
 direction (mode max or min); "better", "best", the Pareto front and "within tolerance" all follow it. The fields keep
@@ -43,7 +43,7 @@ from largebatch.report.target import (
 )
 from largebatch.report.verdict import confirmation, payback, study_cost
 from largebatch.vocab import (
-    MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE,
+    MODES, PROBLEM_STATUSES, SCORED_STATUSES, STATUSES, SUMMARIES, TRIAL_FIGURES, UNSCORED_PRECEDENCE, Status,
 )
 
 UNITS = ("points", "absolute", "relative")
@@ -78,8 +78,6 @@ class _Trial:
     extra: tuple[tuple[str, float], ...] = ()  # the finite INSTRUMENT_FIELDS of the record
     curve: tuple = ()  # (steps, wall_s, metric) per evaluation (report/target.py), from the record's history
     seed: int | None = None  # the trial's seed (a recipe's seeds: tuner.seeds, or a budgeted study's confirmation)
-
-
 
 
 def _finite(x: Any) -> float | None:
@@ -166,7 +164,7 @@ def _aggregate(trials: list[_Trial], step_s: dict[int, float] | None = None, bas
     walls = [t.wall_s for t in timed if t.wall_s is not None]
     steps = [t.steps for t in timed if t.steps is not None]
     peaks = [t.peak_lr for t in trials if t.peak_lr is not None]
-    accs = [t.acc for t in scored]
+    accs = [t.acc for t in trials if t.acc is not None]  # the scored trials'
     statuses = {s: n for s in STATUSES if (n := sum(t.status == s for t in trials))}
     # instruments and targets: over the scored trials when there are any (as wall-clock)
     extras = {k: _mean([v for t in timed for key, v in t.extra if key == k]) for k in INSTRUMENT_FIELDS}
@@ -175,7 +173,7 @@ def _aggregate(trials: list[_Trial], step_s: dict[int, float] | None = None, bas
         "acc_std": _std(accs),
         "n_seeds": len(accs),
         "n_trials": len(trials),
-        "n_diverged": statuses.get("diverged", 0),
+        "n_diverged": statuses.get(Status.DIVERGED, 0),
         "status": _recipe_status(trials),
         "statuses": statuses,
         "wall_s_mean": _mean(walls),
@@ -193,15 +191,15 @@ def _target(trials: list[_Trial], base: dict | None, explicit: float | None, tol
     """The target ({metric, mode, value, source}): `explicit` when given, else the baseline's value `tol` worse
     (report/target.py); None without either. The baseline row gains its own steps and time to it."""
     if explicit is not None:
-        goal = {"value": float(explicit), "source": "budget.target_val_acc"}
+        value, source = float(explicit), "budget.target_val_acc"
     elif base is not None:
-        goal = {"value": target_value(base["acc_mean"], tol, scale.mode, scale.units),
-                "source": f"baseline - tolerance {tol:g} {scale.units}"}
+        value = target_value(base["acc_mean"], tol, scale.mode, scale.units)
+        source = f"baseline - tolerance {tol:g} {scale.units}"
     else:
         return None
     if base is not None:
-        base.update(recipe_to_target([t for t in trials if t.is_baseline], goal["value"], scale.mode, step_s, basis))
-    return {"metric": metric.split("_", 1)[1], "mode": scale.mode, **goal}
+        base.update(recipe_to_target([t for t in trials if t.is_baseline], value, scale.mode, step_s, basis))
+    return {"metric": metric.split("_", 1)[1], "mode": scale.mode, "value": value, "source": source}
 
 
 def _baseline(trials: list[_Trial], warnings: list[str], step_s: dict[int, float] | None = None,
@@ -263,7 +261,8 @@ def _configs(trials: list[_Trial], baseline: dict | None, tol: float, scale: Sca
             **_aggregate(members, step_s, basis),
         }
         row.update(_versus_baseline(row["acc_mean"], row["time_s"], baseline, tol, scale))
-        row.update(recipe_to_target(members, target and target["value"], scale.mode, step_s or {}, basis))
+        row.update(recipe_to_target(members, None if target is None else target["value"], scale.mode, step_s or {},
+                                    basis))
         if "target_reached" in row:  # the baseline's own time to target over this recipe's
             b_t = (baseline or {}).get("time_to_target_s")
             row["target_speedup"] = b_t / row["time_to_target_s"] if b_t and row["time_to_target_s"] else None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from largebatch.vocab import Status
+
 
 def lr_section(configs: list[dict], mode: str = "max") -> Optional[dict[str, Any]]:
     base = next((c for c in configs if c.get("is_baseline") and c.get("peak_lr")), None)
@@ -37,7 +39,7 @@ def lr_section(configs: list[dict], mode: str = "max") -> Optional[dict[str, Any
         linear, sqrt = lr0 * batch / b0, lr0 * math.sqrt(batch / b0)
         tried = sorted({c["peak_lr"] for c in at})
         diverged = sorted({c["peak_lr"] for c in configs if c["global_batch_size"] == batch and c.get("peak_lr")
-                           and not c.get("is_baseline") and c.get("status") == "diverged"})
+                           and not c.get("is_baseline") and c.get("status") == Status.DIVERGED})
         lrs = sorted(c["peak_lr"] for c in reached)
         tuned = None if best is None else best["peak_lr"]
         rows.append({
@@ -75,6 +77,10 @@ def coarseness(r: dict) -> str:
     return "the nearest LRs tried: " + " and ".join(parts) + edge
 
 
+def _cell(r: dict, key: str, fmt: str) -> str:
+    return "-" if r.get(key) is None else format(r[key], fmt)
+
+
 def format_lr_section(report: dict) -> list[str]:
     sec = report.get("lr_per_batch")
     if not sec:
@@ -82,14 +88,15 @@ def format_lr_section(report: dict) -> list[str]:
     out = ["## LR per batch size (re-tuned) vs the scaling rules", "",
            f"Predictions from the baseline's peak LR {sec['baseline_lr']:.4g} at B={sec['baseline_batch']}: linear "
            f"lr_0 B/B_0, sqrt lr_0 (B/B_0)^0.5.", "",
-           "| batch | LRs tried | tuned peak LR | linear | sqrt | tuned/linear | tuned/sqrt | LRs reaching the target | "
-           "diverged at |", "|---|---|---|---|---|---|---|---|---|"]
+           "| batch | LRs tried | tuned peak LR | linear | sqrt | tuned/linear | tuned/sqrt | "
+           "LRs reaching the target | diverged at |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sec["rows"]:
-        span = "-" if r["reaching_lr_range"] is None else f"{r['reaching_lr_range'][0]:.3g} to {r['reaching_lr_range'][1]:.3g}"
-        g = (lambda k, f: "-" if r.get(k) is None else format(r[k], f))  # noqa: E731
-        tuned = "none reached the target" if r["tuned_lr"] is None else g("tuned_lr", ".4g")
+        span = ("-" if r["reaching_lr_range"] is None else
+                f"{r['reaching_lr_range'][0]:.3g} to {r['reaching_lr_range'][1]:.3g}")
+        tuned = "none reached the target" if r["tuned_lr"] is None else _cell(r, "tuned_lr", ".4g")
         out.append(f"| {r['global_batch_size']} | {r['n_lrs']} | {tuned} | {r['predicted_linear']:.4g} | "
-                   f"{r['predicted_sqrt']:.4g} | {g('tuned_over_linear', '.3g')} | {g('tuned_over_sqrt', '.3g')} | "
+                   f"{r['predicted_sqrt']:.4g} | {_cell(r, 'tuned_over_linear', '.3g')} | "
+                   f"{_cell(r, 'tuned_over_sqrt', '.3g')} | "
                    f"{span} | {', '.join(f'{x:.3g}' for x in r.get('diverged_lrs') or []) or '-'} |")
     out += ["", "- tuned: the recipe " + ("soonest to the target" if any(r["chosen_by"] == "time_to_target"
                                                                          for r in sec["rows"]) else

@@ -9,6 +9,8 @@ from largebatch.report.lr import coarseness, format_lr_section
 from largebatch.report.sections import format_sections
 from largebatch.report.speed import basis_note, input_note
 from largebatch.report.verdict import answer_lines, is_keep_baseline, seconds
+
+
 def _pct(acc: float | None, std: float | None = None) -> str:
     if acc is None:
         return "-"
@@ -201,7 +203,7 @@ def format_markdown(report: dict) -> str:
 
 def write_report(report: dict, records: list[dict], out_dir: str | Path) -> list[Path]:
     """Write report.json, report.md and the PNG plots that have data. Returns the paths written."""
-    from largebatch.report_plots import write_plots  # matplotlib is imported only when plots are drawn
+    from largebatch.report.plots import write_plots  # matplotlib is imported only when plots are drawn
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

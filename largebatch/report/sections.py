@@ -36,10 +36,11 @@ def critical_batch_section(configs: list[dict], warnings: list[str]) -> Optional
     gns_mean = _mean(gns)
     out = {"points": points, "fit": fit, "grad_noise_scale_mean": gns_mean,
            "B_crit_over_noise_scale": (fit["B_crit"] / gns_mean) if fit and gns_mean else None}
-    for p in points if fit else []:
-        b = p["global_batch_size"]
-        p["region"] = ("perfect scaling" if b <= fit["perfect_scaling_below"] else
-                       "maximal parallelism" if b >= fit["max_parallelism_above"] else "diminishing returns")
+    if fit:
+        for p in points:
+            b = p["global_batch_size"]
+            p["region"] = ("perfect scaling" if b <= fit["perfect_scaling_below"] else
+                           "maximal parallelism" if b >= fit["max_parallelism_above"] else "diminishing returns")
     return out
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional
 
-BASES = ("projected", "measured")
-
 
 def step_times(profile: Optional[dict]) -> dict[int, float]:
     """{global batch: profiled seconds per optimizer step} of a profile (tune/throughput.py); {} for none."""
@@ -71,8 +69,8 @@ def speed_fields(batch: int, steps: list[int], walls: list[float], step_s: dict[
 
 def profile_workers(profile: Optional[dict]) -> int:
     """The workers per trial a profile was measured with (its entries' `workers`, tune/group.py; 1 without)."""
-    counts = {e.get("workers") for e in (profile or {}).get("entries") or [] if isinstance(e, dict)}
-    counts = {c for c in counts if isinstance(c, int) and c > 0}
+    workers = {e.get("workers") for e in (profile or {}).get("entries") or [] if isinstance(e, dict)}
+    counts = {c for c in workers if isinstance(c, int) and c > 0}
     return max(counts) if counts else 1
 
 

@@ -96,7 +96,7 @@ def recipe_to_target(trials: list, target: Optional[float], mode: str, step_s: d
                            "per_seed": per_seed}
     if any(h is None for h in hits) or ramp:
         return out
-    steps = [h[0] for h in hits]
+    steps = [h[0] for h in hits if h is not None]  # every one (above)
     times = [p["time_to_target_s"] for p in per_seed]
     out["steps_to_target"] = statistics.fmean(steps)
     # evaluations happen at epoch ends: the crossing lies after the last evaluation below the target
@@ -141,4 +141,7 @@ def _soonest(c: dict) -> tuple:
 def recommend_by_target(configs: list[dict]) -> Optional[dict]:
     """The recipe that reaches the target soonest among those within tolerance; None if none does."""
     ok = [c for c in configs if c.get("time_to_target_s") is not None and c.get("within_tolerance")]
-    return dict(min(ok, key=_soonest)) if ok else None
+    if not ok:
+        return None
+    soonest: dict = min(ok, key=_soonest)
+    return dict(soonest)

@@ -74,7 +74,7 @@ def is_keep_baseline(recommended: Optional[dict]) -> bool:
 
 def _saving(recommended: Optional[dict], baseline: Optional[dict]) -> Optional[float]:
     """Seconds one training at the recommended recipe saves against the baseline, on the basis it was chosen by."""
-    if is_keep_baseline(recommended) or baseline is None:
+    if recommended is None or is_keep_baseline(recommended) or baseline is None:
         return None
     if recommended.get("chosen_by") == "time_to_target":
         b, r = baseline.get("time_to_target_s"), recommended.get("time_to_target_s")
@@ -112,7 +112,9 @@ def missed_confirmation(configs: Iterable[dict], before: Optional[float] = None)
 
 def confirmation(recommended: Optional[dict], configs: Iterable[dict]) -> Optional[dict[str, Any]]:
     """The recommended recipe's seeds: reached n/n, the time to target per seed and the spread (module docstring)."""
-    seeds = (recommended or {}).get("per_seed") or []
+    if recommended is None:
+        return None
+    seeds = recommended.get("per_seed") or []
     if not seeds or recommended.get("is_baseline"):  # no curves (chosen on the Pareto front), or keep the baseline
         return None
     times = [p["time_to_target_s"] for p in seeds if p["reached"] and p.get("time_to_target_s") is not None]
@@ -177,7 +179,7 @@ def answer_lines(report: dict, value_text: str) -> list[str]:
         first = ("Answer: none. The baseline has no result, so no recipe can be judged against it "
                  f"({report.get('counts', {}).get('total', 0)} trial(s): "
                  + ", ".join(f"{k} {v}" for k, v in report.get("counts", {}).items() if k != "total" and v) + ").")
-    elif is_keep_baseline(rec):
+    elif rec is None or is_keep_baseline(rec):
         first = (f"Answer: keep the baseline (B={base['global_batch_size']}, {base['rule']} rule, {base['optimizer']}, "
                  f"base LR {base['base_lr']:g}): no larger batch reached its quality sooner within the tolerance.")
         first += confirmation_words(report)

@@ -4,5 +4,5 @@ from largebatch.tasks.build import build_data, cached_data, check_split, train_s
 from largebatch.tasks import classification as _classification  # noqa: F401  (registers `classification`)
 from largebatch.tasks import charlm as _charlm  # noqa: F401  (registers `charlm`)
 
-__all__ = ["TASKS", "Metric", "Split", "Task", "TaskData", "load_task", "task_of", "build_data", "cached_data", "check_split",
-           "train_size"]
+__all__ = ["TASKS", "Metric", "Split", "Task", "TaskData", "load_task", "task_of", "build_data", "cached_data",
+           "check_split", "train_size"]

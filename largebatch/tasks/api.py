@@ -24,9 +24,10 @@ from largebatch.registry import Registry
 
 if TYPE_CHECKING:
     from largebatch.config import TrialConfig
+    from largebatch.tasks.raydata import RayShard
 
 # a split: in-memory (inputs, targets) tensors, batched by index_select; or a map-style Dataset of (input, target)
-Split = Union[tuple[torch.Tensor, torch.Tensor], Dataset]
+Split = Union[tuple[torch.Tensor, torch.Tensor], Dataset, "RayShard"]
 
 
 @dataclass(frozen=True)

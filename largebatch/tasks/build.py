@@ -5,6 +5,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from typing import cast
 
 import numpy as np
 import torch
@@ -48,7 +49,9 @@ def subset(split: Split, k: int, seed: int) -> Split:
     if isinstance(split, tuple):
         idx = torch.from_numpy(keep)
         return split[0].index_select(0, idx), split[1].index_select(0, idx)
-    return Subset(split, keep.tolist())
+    # a map-style dataset (duck-typed: __len__ and __getitem__); a Ray Data shard only replaces a split later, on the
+    # worker (train/ray_worker.py), so none reaches here
+    return Subset(cast(Dataset, split), keep.tolist())
 
 
 # data.eval_subset draws from this permutation of the eval split, whatever cfg.seed is: every trial, seed and epoch

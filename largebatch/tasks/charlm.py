@@ -91,6 +91,8 @@ class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention, then a 4x MLP. Attention is written out (no fused
     kernel) so the sharpness instrument can take its double backward on any device."""
 
+    mask: torch.Tensor  # the causal mask, a buffer
+
     def __init__(self, d: int, heads: int, block: int, dropout: float):
         super().__init__()
         self.heads = heads

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from largebatch.train.spec import TrialSpec
+from largebatch.vocab import Status
 
 
 _runs_here = 0  # trial runs (a resume is a run) this process has started: 1 = a new process (imports, data)
@@ -53,6 +54,7 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
             logger.log_epoch(metrics)  # first: the epoch's metrics do not wait for (or depend on) storage
         if ckpt_dir:
             history[:] = json.loads(Path(ckpt_dir, HISTORY_FILE).read_text())["history"]
+        assert keeper is not None  # set before train_worker (the only caller) starts
         keeper.report(metrics, ckpt_dir)  # to Tune, with the checkpoint if storage takes it (else kept locally)
 
     try:
@@ -73,7 +75,7 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
 
                 # process / process_run: which trial process ran it (the last run, for a resumed trial), and
                 # the how-manieth run there; 1 is a new process, whose start-up paid imports and data decoding
-                logger.set_tags({"node_ids": ray.get_runtime_context().get_node_id(), "num_nodes": 1,
+                logger.set_tags({"node_ids": ray.get_runtime_context().get_node_id(), "num_nodes": "1",
                                  "trial_runner": "in_process", "device": str(device),
                                  "process": str(os.getpid()), "process_run": str(_runs_here)})
             print(f"[largebatch] in-process trial: 1 worker on {device}, batch {res.per_worker_batch} x "
@@ -86,9 +88,9 @@ def run_in_process(spec: TrialSpec) -> dict[str, Any]:
         if logger is not None:
             logger.close()  # epochs MLflow missed while it was down go out now (a bounded wait)
     except Exception as e:
-        return {"status": "failed", "reason": describe(e), "traceback": format_failure(e), "history": history,
-                "fit_s": time.time() - t_fit}
-    final.setdefault("status", "completed" if history else "failed")
+        return {"status": Status.FAILED.value, "reason": describe(e), "traceback": format_failure(e),
+                "history": history, "fit_s": time.time() - t_fit}
+    final.setdefault("status", Status.COMPLETED.value if history else Status.FAILED.value)
     final["fit_s"] = time.time() - t_fit + float(final.get("fit_before_s") or 0.0)
     final["history"] = history
     return final

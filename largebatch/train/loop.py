@@ -1,12 +1,22 @@
-"""The per-worker training loop. Reads top to bottom (nanoGPT style); Ray is not imported here.
+"""The per-worker training loop: one trial on one rank. Ray is not imported here.
 
-`train_worker(res, ctx)` runs one trial on one rank of the study's task (largebatch/tasks: model, data, loss,
-metrics). `ctx` (a WorkerContext) supplies the rank, the device, the
-restore checkpoint and the `report` callback: under Ray Train it wraps `ray.train.report` (train/ray_worker.py);
-in-process (bench/, unit tests) it records locally. Semantics are docs/design.md §4; metric names are docs/design.md §5.
-The global batch is per epoch (`res.phase_at_epoch`): constant, or grown at `schedule.batch_ramp` milestones.
-Instruments (largebatch/instruments/hooks.py, `cfg.instruments`) are hooks called at three marked places; off, they
-cost one empty-list test per micro-step.
+`train_worker(res, ctx, data, task)` builds the task's data (largebatch/tasks; or takes it: tensors, a Dataset, this
+rank's Ray Data shard) into feeds (data/feed.py), the model (the same seed on every rank) and the optimizer, wraps the
+model in DDP when `ctx.world` > 1, finds the micro-batch for `data.per_worker_batch_cap: auto` (train/microbatch.py)
+and resumes from `ctx.restore_dir`. Then, per epoch: the epoch's global batch (`res.phase_at_epoch`: constant, or
+grown at `schedule.batch_ramp` milestones), cut from a permutation seeded by (seed, epoch) so the global batches are
+the same for any worker count and accumulation; gradient accumulation (DDP all-reduces on the last micro-step only);
+a divergence check every DIVERGENCE_CHECK_STEPS steps and at the epoch end (one scalar all-reduce); the evaluation;
+the epoch's record (`epoch_metrics`, with the status, best_* and the target figures); a checkpoint on rank 0 at the
+checkpoint cadence and when the trial ends: at its budget, on divergence, or at budget.target_val_acc with
+budget.stop_at_target. It returns the last epoch's record.
+
+`ctx` (a WorkerContext) supplies the rank, world size, device, restore checkpoint and the `report(metrics,
+ckpt_dir)` callback every rank calls once per epoch: a Ray Train worker's (train/ray_worker.py) and an in-process
+trial's (train/inprocess.py) log the epoch to MLflow (rank 0) and report it with the checkpoint, which storage may
+refuse (train/persist.py); bench/ and unit tests pass their own. Semantics are docs/design.md §4; what a trial
+records is §5 (the names: largebatch/vocab.py). Instruments (largebatch/instruments/hooks.py, `cfg.instruments`)
+are hooks called at three marked places; off, they cost one empty-list test per micro-step.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ from largebatch.data import TensorData, epoch_permutation
 from largebatch.data.feed import make_feed
 from largebatch.instruments.hooks import EpochEnd, Hook, build_hooks
 from largebatch.metrics import best_of
-from largebatch.vocab import INSTRUMENT_METRICS
+from largebatch.vocab import INSTRUMENT_METRICS, Status
 from largebatch.optim import create_optimizer, optim_settings
 from largebatch.tasks import Task, TaskData, build_data, task_of
 from largebatch.train.stepsums import StepSums
@@ -142,10 +152,10 @@ def epoch_line(m: dict[str, Any], epochs: int, task: Task) -> str:
     """The epoch's log line (rank 0): loss, the task's metrics, LR, throughput, wall-clock, instruments."""
     shown = "".join(f" {k} {m[k]:.4f}" for k in m if k.startswith(("train_", "val_")) and k not in
                     ("train_loss", "val_loss"))
-    status = m.get("status", "completed")
+    status = m.get("status", Status.COMPLETED.value)
     return (f"[largebatch] epoch {m['epoch'] + 1}/{epochs} step {m['steps']} loss {m['train_loss']:.4f}{shown} "
             f"lr {m['lr']:.4g} {m['throughput']:.0f} ex/s wall {m['wall_s']:.1f}s"
-            + (f" {status}" if status != "completed" else "")
+            + (f" {status}" if status != Status.COMPLETED else "")
             + "".join(f" {k} {m[k]:.4g}" for k in INSTRUMENT_METRICS if k in m))
 
 
@@ -210,11 +220,11 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
     o = cfg.optim
     opt = create_optimizer(model, o.name, res.peak_lr, **optim_settings(o))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None  # the DDP wrapper when world > 1
     if world > 1:
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        net = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
-    else:
-        net = model
+        device_ids = [device.index] if device.type == "cuda" else None  # None: DDP's own default (CPU, gloo)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    net: torch.nn.Module = model if ddp is None else ddp
 
     # ---- instruments (largebatch/instruments/hooks.py): off by default; when on, they add device work but no sync
     # inside the micro-step loop
@@ -240,7 +250,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         history, target = ck.get("history", []), ck.get("target", {})
         startup_before, fit_before = float(ck.get("startup_s", 0.0)), float(ck.get("fit_s", 0.0))
 
-    status, reason, metrics = "completed", None, {}
+    status, reason, metrics = Status.COMPLETED.value, None, {}
     lr = float("nan")  # the LR last written to the optimizer
     no_context = contextlib.nullcontext()  # reusable: no context object made per step
     amp = _autocast(device, cfg.precision)
@@ -272,7 +282,7 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                     g["lr"] = lr
             for i, (xb, yb) in enumerate(micro):
                 # gradients are all-reduced only on the last micro-step (DDP no_sync on the others)
-                with (no_context if world == 1 or i == accum - 1 else net.no_sync()):
+                with (no_context if ddp is None or i == accum - 1 else ddp.no_sync()):
                     with amp:
                         out = net(xb)
                         loss = task.loss(out, yb)
@@ -294,18 +304,18 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
                 chk = _all_reduce_sum(torch.stack([sums[0], loss.detach().double()]), world)
                 running, last = chk.tolist()
                 if not math.isfinite(running) or not math.isfinite(last):
-                    status, reason = "diverged", f"non-finite loss at step {step}"
+                    status, reason = Status.DIVERGED.value, f"non-finite loss at step {step}"
                 elif last / world > cfg.budget.divergence_loss:
-                    status, reason = "diverged", (f"loss {last / world:.3g} above budget.divergence_loss="
+                    status, reason = Status.DIVERGED.value, (f"loss {last / world:.3g} above budget.divergence_loss="
                                                   f"{cfg.budget.divergence_loss:g} at step {step}")
-                if status == "diverged":
+                if status == Status.DIVERGED:
                     break
         train_s = time.time() - t_epoch
 
         # sums and the metric counts of every rank in one all-reduce
         sums = step_sums.flush()  # empty after the last step's check unless the epoch had no step
         tot = _all_reduce_sum(torch.cat([sums, sums.new_tensor(step_sums.counts)]), world).tolist()  # once per epoch
-        if status == "diverged":
+        if status == Status.DIVERGED:
             val = {"val_loss": float("nan"), **{f"val_{m.name}": float("nan") for m in task.metrics}}
         else:
             val = evaluate(model, eval_feed, task, cfg.data.eval_batch_size, ctx, cfg.precision)
@@ -323,12 +333,13 @@ def train_worker(res: Resolved, ctx: WorkerContext, data: TaskData | TensorData 
         best = {f"best_{k}": best_of((h[k] for h in history), mode) for k, mode in task.reported().items()
                 if k.startswith("val_")}
         last_epoch = epoch + 1 >= res.epochs or step >= res.total_steps
-        if target and cfg.budget.stop_at_target and status == "completed":
-            status, reason = "stopped_early", f"reached target val_acc {cfg.budget.target_val_acc} at step {step}"
-        done = last_epoch or status != "completed"
+        if target and cfg.budget.stop_at_target and status == Status.COMPLETED:
+            status, reason = (Status.STOPPED_EARLY.value,
+                              f"reached target val_acc {cfg.budget.target_val_acc} at step {step}")
+        done = last_epoch or status != Status.COMPLETED
         if done:
             metrics["replica_divergence"] = replica_divergence(model, world)
-        end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == "diverged", is_rank0=ctx.is_rank0)
+        end = EpochEnd(epoch=epoch, lr=lr, done=done, diverged=status == Status.DIVERGED, is_rank0=ctx.is_rank0)
         for h in hooks:  # every rank calls every hook; rank-0-only work (sharpness) comes last, after all collectives
             metrics.update(h.epoch_end(end))
         metrics = {**metrics, **best, **auto, "status": status, "startup_s": startup_s, "fit_before_s": fit_before,

@@ -29,7 +29,11 @@ def train_func(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     ctx_ray = ray.train.get_context()
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
-    device = ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu")
+    device = torch.device("cpu")
+    if spec.use_gpu:
+        from ray.train.torch import get_device
+
+        device = get_device()
 
     cfg = spec.cfg
     task = task_of(cfg)
@@ -38,6 +42,7 @@ def train_func(config: dict[str, Any]) -> None:
         from largebatch.tasks import TaskData
         from largebatch.tasks.raydata import RayShard
 
+        assert task.train_size is not None  # a task with ray_data has train_size (tasks/api.py checks it)
         shard = RayShard(ray.train.get_dataset_shard("train"), int(task.train_size(cfg)))
         data = TaskData(train=shard, eval=data.eval, info=data.info)
     res = spec.check(world, data.train_size)
@@ -70,7 +75,7 @@ def train_func(config: dict[str, Any]) -> None:
         if rank == 0:
             backend = dist.get_backend() if dist.is_initialized() else "none"  # nccl on GPUs, gloo on CPUs
             if logger is not None:
-                logger.set_tags({"node_ids": ",".join(node_ids), "num_nodes": len(set(node_ids)),
+                logger.set_tags({"node_ids": ",".join(node_ids), "num_nodes": str(len(set(node_ids))),
                                  "process_group": backend, "device": str(device)})
             print(f"[largebatch] ranks on {len(set(node_ids))} node(s); {world} workers on {device} "
                   f"({backend} process group), per-worker batch {res.per_worker_batch} x {res.grad_accum_steps} "

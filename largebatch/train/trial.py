@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 from largebatch import quiet
 from largebatch.config import Resolved
 from largebatch.train.spec import TrialSpec
+from largebatch.vocab import Status
 
 
 
@@ -43,7 +44,9 @@ def make_trainer(trial: "Resolved | TrialSpec", *, run_name: str, storage_path: 
                                      resources_per_worker={"CPU": cpus, **({"GPU": 1} if gpu else {})},
                                      placement_strategy=placement_strategy),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        run_config=RunConfig(
+        # ray.train binds RunConfig to Train V2's (which has logging_config) only at run time, when V2 is on (Ray's
+        # default); its stubs see the V1 class
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=run_name,
             storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=res.cfg.checkpoint.num_to_keep),
@@ -98,10 +101,10 @@ def outcome(result, t_fit: float, left: Optional[dict] = None) -> dict[str, Any]
             history = [dict(final)] if "epoch" in final else []
     final.pop("checkpoint_path", None)
     if getattr(result, "error", None) is not None:
-        final["status"] = "failed"
+        final["status"] = Status.FAILED.value
         final["reason"] = describe(result.error)
         final["traceback"] = format_failure(result.error)
-    final.setdefault("status", "failed" if not history else "completed")
+    final.setdefault("status", Status.FAILED.value if not history else Status.COMPLETED.value)
     final["fit_s"] = time.time() - t_fit + float(final.get("fit_before_s") or 0.0)  # start-up + training + teardown
     # (+ the earlier runs' up to their checkpoint, when it resumed), as the user waits for it
     final["history"] = history

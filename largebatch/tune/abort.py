@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from largebatch.redact import redact_uri
+from largebatch.vocab import Status
 
 
 def child_runs(tracker, exp_id: str, parent_id: str) -> list:
@@ -21,7 +22,7 @@ def report_hint(tracker, parent_id: str, resume_hint: Optional[str], exp_name: s
         status = tracker.client.get_run(parent_id).data.tags.get(STATUS_TAG)
     except Exception:
         return resume_hint
-    if status != "completed":
+    if status != Status.COMPLETED:
         return resume_hint
     return f"largebatch report --experiment {exp_name} --run {parent_id} --mlflow {redact_uri(tracker.uri)}"
 
@@ -44,7 +45,7 @@ def abort_study(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseExce
     try:
         runs = child_runs(tracker, exp_id, parent_id)
         for run in runs:
-            if run.data.tags.get(STATUS_TAG) == "running":
+            if run.data.tags.get(STATUS_TAG) == Status.RUNNING:
                 tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
         finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
         tracker.client.set_tag(parent_id, "reason", redact_uri(what)[:5000])  # errors may quote URIs

@@ -38,7 +38,8 @@ def costs_line(c: dict[str, float], study_s: float, command_s: float | None = No
     (command_s - study_s) are shown too."""
     profile = f" (throughput profile {c['profile_s']:.0f} s)" if c.get("profile_s") else ""
     if command_s is not None and command_s >= study_s:
-        profile += f", {command_s:.0f} s since the command started (Ray start-up and checks {command_s - study_s:.0f} s)"
+        profile += (f", {command_s:.0f} s since the command started (Ray start-up and checks "
+                    f"{command_s - study_s:.0f} s)")
     return (f"[largebatch] study {study_s:.0f} s wall-clock{profile}; trials {c['trial_s']:.0f} s, of which training "
             f"{c['training_s']:.0f} s ({100 * c['training_share']:.0f}%) and start-up {c['startup_s']:.0f} s; "
             f"search wall-clock / (training / concurrent trials) = {c['study_over_ideal']:.2f}")

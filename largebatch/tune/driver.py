@@ -18,6 +18,7 @@ from largebatch.errors import BadInput
 from largebatch.redact import redact_uri
 from largebatch.tune.abort import child_runs
 from largebatch.tune.study_runs import find_resumable
+from largebatch.vocab import Status
 
 
 def _git_commit() -> str:
@@ -82,7 +83,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
 
     Progress shows live on a terminal (live=False: plain lines, as anywhere else); see largebatch/console.py."""
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
 
     from largebatch import interrupts, quiet
     from largebatch.console import StudyDisplay, wants_live
@@ -183,8 +184,8 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
               f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
               f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
         if target is not None:
-            print(f"[largebatch] resuming {redact_uri(target['path'])} (finished trials are kept, unfinished ones resume "
-                  f"from their last checkpoint)", flush=True)
+            print(f"[largebatch] resuming {redact_uri(target['path'])} (finished trials are kept, unfinished ones "
+                  f"resume from their last checkpoint)", flush=True)
         runtime = StudyRuntime(
             base_tree=base_tree, baseline_tree=baseline_tree, source=source, seeds=tuple(t.seeds),
             workers_per_trial=t.workers_per_trial, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
@@ -192,6 +193,7 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             parent_run_id=parent_id, run_name=run_name, storage_path=storage_path,
             placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process, cwd=cwd,
             credentials=study.credentials())
+        resources: dict[str, float]
         if in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
             resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         else:
@@ -204,11 +206,12 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             tuner = tune.Tuner.restore(target["path"], trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
-            search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_conc)
+            limited = ConcurrencyLimiter(searcher, max_concurrent=max_conc)
+            search_alg: Searcher | SearchAlgorithm = limited
             if hasattr(scheduler, "holding"):  # sha: trial processes kept between rungs (tune/sha.py HeldSearch)
                 from largebatch.tune.sha import HeldSearch
 
-                search_alg = HeldSearch(search_alg)
+                search_alg = HeldSearch(limited)
             # the ConcurrencyLimiter alone caps concurrency (Tune warns when max_concurrent_trials repeats it);
             # verbose=0 with the old output engine keeps Tune's tables off (largebatch/quiet.py)
             tuner = tune.Tuner(
@@ -244,14 +247,16 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
             if stopper is not None and target is None:  # tuner.budget_runs: step times, unit, gate (tune/stopper.py)
                 stopper.plan(profile, runtime, searcher)
             display.start()
+            grid: tune.ResultGrid | list  # Tune's results, or the trials it ended with (tune/progress.py)
             try:
                 grid = tuner.fit()
             except Exception as e:
                 # once every trial has ended, Ray reads the study's results back from storage (tune/tune.py `run` ->
                 # ExperimentAnalysis): with S3 down that raises, though nothing is lost (docs/design.md §10)
-                grid = progress.ended_results()
-                if grid is None:
+                ended = progress.ended_results()
+                if ended is None:
                     raise
+                grid = ended
                 first = (str(e).strip().splitlines() or [""])[0][:300]
                 print(redact_uri(f"[largebatch] Tune could not read the results back from {storage_path} "
                                  f"({type(e).__name__}: {first}); using the trials it ended with"), flush=True)
@@ -313,14 +318,15 @@ def _open_children(tracker, exp_id: str, parent_id: str) -> list:
     """The study's child runs whose status tag still says running."""
     from largebatch.tracking import STATUS_TAG
 
-    return [r for r in child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == "running"]
+    return [r for r in child_runs(tracker, exp_id, parent_id) if r.data.tags.get(STATUS_TAG) == Status.RUNNING]
 
 
 def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid, at_target: Optional[dict] = None) -> Optional[str]:
     """Close every child run that did not log its own end: a trial whose last report was its final one (it could
     not log its end: MLflow was down) -> the status it reported; stopped by the scheduler (ASHA) -> stopped_early;
-    at_target: {Tune trial id: reason} of the trials the target stopper ended (tune/stopper.py). Its Tune trial errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the
-    reason. Tune finished, so a run still open after that ended without a word: failed.
+    at_target: {Tune trial id: reason} of the trials the target stopper ended (tune/stopper.py). Its Tune trial
+    errored (its process was killed, e.g. by Ray's memory monitor or a SIGKILL) -> failed, with the reason. Tune
+    finished, so a run still open after that ended without a word: failed.
     Returns what could not be done when MLflow cannot be reached (None when all went through); never raises."""
     from largebatch.failures import describe
 
@@ -341,14 +347,14 @@ def _mark_unfinished(tracker, exp_id: str, parent_id: str, grid, at_target: Opti
         if r is not None and err is None and m.get("is_final") and m.get("status") in FINAL_STATUSES:
             status, reason = m["status"], m.get("reason")
         elif r is not None and err is None:
-            status = "stopped_early"
+            status = Status.STOPPED_EARLY.value
             reason = (at_target or {}).get(m.get("trial_id")) or "stopped by the scheduler (ASHA)"
         else:
-            status = "failed"
+            status = Status.FAILED.value
             reason = describe(err) if err is not None else "the trial's process ended without a final report"
         tracker.log_final(run.info.run_id,
                           {k: m[k] for k in ("best_val_acc", "wall_s", "steps", "startup_s") if k in m},
                           status, reason)
-        tracker.end_run(run.info.run_id, "KILLED" if status == "stopped_early" else
-                        "FAILED" if status == "failed" else "FINISHED")
+        tracker.end_run(run.info.run_id, "KILLED" if status == Status.STOPPED_EARLY else
+                        "FAILED" if status == Status.FAILED else "FINISHED")
     return None

@@ -18,6 +18,7 @@ from typing import Any
 from largebatch.config import StudyConfig, apply_overrides, flatten, parse_trial
 from largebatch.errors import BadInput
 from largebatch.redact import reveal_credentials
+from largebatch.vocab import Status
 
 EXTENDABLE_SEARCHERS = ("grid", "random")
 
@@ -39,9 +40,9 @@ def find_extendable(storage_path: str, exp_name: str, tracking_uri: str) -> dict
         raise BadInput(f"nothing to extend: no MLflow study run tagged run_name={run_name!r} in {tracking_uri}; "
                        f"{hint}", field="--extend")
     status = runs[0].data.tags.get(STATUS_TAG)
-    if status != "completed":
+    if status != Status.COMPLETED:
         raise BadInput(f"nothing to extend yet: study run {run_name!r} (parent run {runs[0].info.run_id}) did not "
-                       f"complete (status {status or 'running'}); finish it with --resume, then --extend",
+                       f"complete (status {status or Status.RUNNING.value}); finish it with --resume, then --extend",
                        field="--extend")
     return {"run_name": run_name, "parent_id": runs[0].info.run_id, "experiment_id": exp.experiment_id}
 
@@ -120,6 +121,6 @@ def extension_searcher(study: StudyConfig, base_tree: dict, baseline_tree: dict,
 def reopen_parent(tracker, target: dict[str, str], run_name: str, study_text: str, stamp: str) -> None:
     """The parent runs again, under the extension's run folder; the study file of each extension is kept."""
     tracker.client.update_run(target["parent_id"], status="RUNNING")
-    tracker.client.set_tag(target["parent_id"], "status", "running")
+    tracker.client.set_tag(target["parent_id"], "status", Status.RUNNING.value)
     tracker.client.set_tag(target["parent_id"], "run_name", run_name)
     tracker.log_text(target["parent_id"], study_text, f"extensions/study-{stamp}.yaml")

@@ -75,7 +75,8 @@ def split_pipeline(split) -> tuple[dict[str, Any], list[str]]:
 
     if isinstance(split, tuple):
         return {"kind": "tensors", "rows": [f"{tuple(t.shape[1:])} {t.dtype}" for t in split]}, []
-    classes, cur = [], split
+    classes: list[Any] = []  # the split and the datasets it wraps
+    cur = split
     while cur is not None and len(classes) < 8:
         classes.append(cur)
         cur = getattr(cur, "dataset", None)

@@ -10,6 +10,7 @@ from largebatch.config import StudyConfig
 from largebatch.console import command_start
 from largebatch.redact import redact_uri
 from largebatch.tune.runtime import StudyRuntime
+from largebatch.vocab import Status
 
 
 def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked: Optional[str], study_s: float,
@@ -21,7 +22,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     from largebatch.report import build_report, format_table, write_report
     from largebatch.report.target import explicit_target
     from largebatch.tune.costs import costs_line, study_costs
-    from largebatch.report_html import write_html
+    from largebatch.report.html import write_html
     from largebatch.storage import report_dir_for, upload_dir
     from largebatch.records import records_from_mlflow
     from largebatch.tracking import tracking_error, with_retry
@@ -70,7 +71,7 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
     tracker.log_artifacts(parent_id, local_dir, "report")
     _describe_runs(tracker, parent_id, records, report)
     tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0,
-                                  **_headline(report)}, "completed", verdict)
+                                  **_headline(report)}, Status.COMPLETED.value, verdict)
     # no verdict: the run shows FAILED with the line as its reason; its status tag stays completed (every trial
     # ended, so --resume has nothing to continue and --extend may add trials)
     tracker.end_run(parent_id, "FINISHED" if verdict is None else "FAILED")
@@ -120,11 +121,11 @@ def _records_from_tune(grid, rt: StudyRuntime) -> list[dict]:
         except Exception:
             history = []
         if getattr(r, "error", None) is not None or not m:
-            status = "failed"
+            status = Status.FAILED.value
         elif m.get("is_final") and m.get("status") in FINAL_STATUSES:
             status = m["status"]
         else:  # its last report was not its last epoch's: the scheduler stopped it
-            status = "stopped_early"
+            status = Status.STOPPED_EARLY.value
         searched = [k for k in overrides if k not in ("data.global_batch_size", "scaling.rule",
                                                       "schedule.warmup_epochs", "optim.name", "optim.base_lr")]
         records.append({
@@ -133,7 +134,7 @@ def _records_from_tune(grid, rt: StudyRuntime) -> list[dict]:
             "is_baseline": arm == "baseline", "global_batch_size": summary["global_batch_size"],
             "rule": summary["rule"], "warmup_epochs": summary["warmup_epochs"], "optimizer": cfg.optim.name,
             "base_lr": summary["base_lr"], "peak_lr": summary["peak_lr"], "seed": seed, "status": status,
-            "reason": (m.get("reason") or _error_line(getattr(r, "error", None))) if status == "failed" else None,
+            "reason": (m.get("reason") or _error_line(getattr(r, "error", None))) if status == Status.FAILED else None,
             **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
             "wall_s": m.get("wall_s"), "startup_s": m.get("startup_s"),
             "steps": int(m["steps"]) if "steps" in m else None, **{k: m.get(k) for k in TRIAL_FIGURES},

@@ -71,10 +71,12 @@ def measure_group(trees: dict[int, dict], *, workers: int, cpus: int, use_gpu: b
         cls = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_restarts=0)(_Rank)
         actors = [cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
                               ).remote() for i in range(workers)]
-        master, port, node0 = ray.get(actors[0].address.remote())
-        nodes = {node0, *ray.get([a.node.remote() for a in actors[1:]])}
-        refs = [a.collect.remote(trees, rank=i, workers=workers, master=master, port=port, cpus=cpus,
-                                 use_gpu=use_gpu, **limits) for i, a in enumerate(actors)]
+        # Ray types an actor's methods (`.remote`) only when they are decorated with @ray.method, and types the new
+        # actor as ActorHandle | the class, which ray.kill does not take: hence the ignores below
+        master, port, node0 = ray.get(actors[0].address.remote())  # type: ignore[attr-defined]
+        nodes = {node0, *ray.get([a.node.remote() for a in actors[1:]])}  # type: ignore[attr-defined]
+        refs = [a.collect.remote(trees, rank=i, workers=workers, master=master,  # type: ignore[attr-defined]
+                                 port=port, cpus=cpus, use_gpu=use_gpu, **limits) for i, a in enumerate(actors)]
         pending = list(refs)
         while pending:  # a rank that fails raises here at once (the others would wait in a collective)
             done, pending = ray.wait(pending, num_returns=1)
@@ -82,6 +84,6 @@ def measure_group(trees: dict[int, dict], *, workers: int, cpus: int, use_gpu: b
         ranks = ray.get(refs)
     finally:
         for a in actors:
-            ray.kill(a)
+            ray.kill(a)  # type: ignore[arg-type]
         remove_placement_group(pg)
     return summarize_group(ranks, cpus=cpus, use_gpu=use_gpu, one_node=len(nodes) == 1)

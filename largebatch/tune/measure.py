@@ -113,7 +113,7 @@ class _Runner:
         self.model.train()
         # as train/loop.py: DDP over the process group when the trial has several workers
         self.net = self.model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-            self.model, **({"device_ids": [device.index]} if device.type == "cuda" else {}))
+            self.model, device_ids=[device.index] if device.type == "cuda" else None)  # None: DDP's default (CPU)
         o = cfg.optim
         self.opt = create_optimizer(self.model, o.name, res.peak_lr, **optim_settings(o))
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
@@ -130,7 +130,8 @@ class _Runner:
 
         res, epoch = self.res, 0
         while True:  # epoch after epoch: a short epoch (small data, large batch) goes on with the next permutation
-            perm = epoch_permutation(res.train_size, self.cfg.seed, epoch)[: res.steps_per_epoch * res.global_batch_size]
+            n = res.steps_per_epoch * res.global_batch_size
+            perm = epoch_permutation(res.train_size, self.cfg.seed, epoch)[:n]
             yield from self.feed.steps(perm, res.global_batch_size, self.rank, self.world, res.grad_accum_steps)
             epoch += 1
 

@@ -35,7 +35,8 @@ from largebatch.tune.asha import is_baseline
 
 def rung_epochs(grace: int, eta: float, max_t: int) -> list[int]:
     """The rung milestones in epochs: grace, grace*eta, ... strictly below the budget (the last epoch is the end)."""
-    out, r = [], float(grace)
+    out: list[int] = []
+    r = float(grace)
     while math.ceil(r) < max_t:
         if not out or math.ceil(r) > out[-1]:
             out.append(math.ceil(r))
@@ -180,6 +181,8 @@ class SearchSHA(FIFOScheduler):
     # ---- the decision
     def _score(self, result: dict) -> float:
         v = result.get(self._metric) if self._metric else None
+        if v is None:
+            return -math.inf
         try:
             v = float(v)
         except (TypeError, ValueError):

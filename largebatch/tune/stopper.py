@@ -44,10 +44,13 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
+from ray.tune import Stopper
+
 from largebatch.metrics import SUMMARIES, summary_name
 from largebatch.report.speed import projected
 from largebatch.report.target import meets, target_value
-from largebatch.tune.runtime import is_baseline_sample
+from largebatch.tune.runtime import StudyRuntime, is_baseline_sample
+from largebatch.vocab import Status
 
 _EPS = 1e-9
 MAX_CONFIRMATIONS = 2  # second-seed trials a budgeted study may run: the leader, then the next recipe if it misses
@@ -60,13 +63,7 @@ def per_epoch_metric(metric: str) -> str:
     return rest if head in SUMMARIES and rest else metric
 
 
-def _stopper_base():
-    from ray.tune import Stopper
-
-    return Stopper
-
-
-class TargetStopper(_stopper_base()):
+class TargetStopper(Stopper):
     def __init__(self, metric: str, mode: str, tolerance: float, units: str, n_baseline: int,
                  explicit: Optional[float] = None, budget_runs: Optional[float] = None,
                  seeds: Optional[list[int]] = None):
@@ -87,9 +84,8 @@ class TargetStopper(_stopper_base()):
         self.budget_reached = False
         self.not_started: list[str] = []  # "label: why" of the points the searcher did not hand out
         self._labels: dict[str, str] = {}
-        self._runtime = None
-        # a recipe's time to target is the mean over its seeds, which one trial's T* does not bound: with several
-        # seeds only the budget applies
+        self._runtime: Optional[StudyRuntime] = None
+        # several seeds: a recipe's time to target is their mean, which one trial's T* does not bound (budget only)
         self.prunes = n_baseline == 1
         # ---- confirmation on a second seed (one-seed budgeted studies)
         first = (seeds or [0])[0]
@@ -142,7 +138,7 @@ class TargetStopper(_stopper_base()):
                     print(f"[largebatch] target set by the baseline: {self.key} "
                           f"{'>=' if self.mode == 'max' else '<='} {self.target:.4g}; searched trials stop when "
                           f"they reach it", flush=True)
-                    self._soonest_so_far()
+                    self._soonest_so_far(self.target)
                 if self.target is not None and self.baseline_time is None:
                     self.baseline_time = next((t for t, v in self.baseline_curve
                                                if meets(v, self.target, self.mode)), None)
@@ -174,7 +170,7 @@ class TargetStopper(_stopper_base()):
             self.stopped[trial_id] = (f"cannot beat {self.best[1]}'s {self.best[0]:.3g} s to the target (its next "
                                       f"evaluation would come at {now + self.epoch[trial_id]:.3g} s projected)")
             return self._stop(trial_id)
-        if self.committed() + sum(self.epoch.values()) + self.reserve() > self.budget_runs * self.unit + _EPS:
+        if self.committed() + sum(self.epoch.values()) + self.reserve() > self._budget_s() + _EPS:
             self.budget_reached = True
             self.stopped[trial_id] = (f"the study's budget of {self.budget_runs:g} baseline runs was reached "
                                       f"({self.runs_spent():.2f} spent)")
@@ -202,13 +198,17 @@ class TargetStopper(_stopper_base()):
             self.not_started.append(f"{label}: its first epoch alone ({first:.3g} s) cannot beat {self.best[1]}'s "
                                     f"{self.best[0]:.3g} s")
             return "cannot beat"
-        if self.committed() + sum(self.epoch.values()) + first + self.reserve() > self.budget_runs * self.unit + _EPS:
+        if self.committed() + sum(self.epoch.values()) + first + self.reserve() > self._budget_s() + _EPS:
             self.budget_reached = True
             self.not_started.append(f"{label}: the budget of {self.budget_runs:g} baseline runs was reached")
             return "budget"
         return None
 
     # ---- the accounts
+    def _budget_s(self) -> float:  # the budget in projected seconds
+        assert self.budget_runs is not None and self.unit is not None  # plan() set both: results are projected
+        return self.budget_runs * self.unit
+
     def committed(self) -> float:
         """Projected seconds spent or bound to be: every searched trial so far, the baseline seeds whole."""
         return sum(self.spent.values()) + self.n_baseline * (self.unit or 0.0)
@@ -252,10 +252,10 @@ class TargetStopper(_stopper_base()):
         self.spent[trial_id] = now
         return now
 
-    def _soonest_so_far(self) -> None:
+    def _soonest_so_far(self, target: float) -> None:
         """Once the target is known, T* from the curves of the trials that reported before it was."""
         for tid, points in self.curves.items():
-            at = next((t for t, v in points if meets(v, self.target, self.mode)), None)
+            at = next((t for t, v in points if meets(v, target, self.mode)), None)
             if at is not None:
                 self.reach.setdefault(tid, at)
             if at is not None and (self.best is None or at < self.best[0]):
@@ -279,21 +279,21 @@ class TargetStopper(_stopper_base()):
                                                            for c in self.confirmations):
             return None
         if waiting:  # a running confirmation may miss: the next recipe would follow it
-            room = self.budget_runs * self.unit - self.committed() - sum(self.epoch.values())
+            room = self._budget_s() - self.committed() - sum(self.epoch.values())
             more = len(self.confirmations) < MAX_CONFIRMATIONS
             return "wait" if more and (running or room > _EPS) else None
         if running or len(self.confirmations) >= MAX_CONFIRMATIONS or self.target is None:
             return None  # running with nothing live: its trial ended without a final result
         tried = {c["of"] for c in self.confirmations}
-        t, tid = min(((t, tid) for tid, t in self.reach.items() if tid not in tried and tid in self.samples),
-                     default=(None, None))
-        if tid is None:
+        due = [(t, tid) for tid, t in self.reach.items() if tid not in tried and tid in self.samples]
+        if not due:
             return None
+        t, tid = min(due)
         label = self._labels.get(tid, f"trial {tid}")
         entry = {"recipe": label, "of": tid, "seed": self.confirm_seed, "first_seed": self.samples[tid].get("seed"),
                  "first_seed_time_s": t}
         self.confirmations.append(entry)
-        if self.committed() + t > self.budget_runs * self.unit + _EPS:
+        if self.committed() + t > self._budget_s() + _EPS:
             entry.update(status="not started", why=f"its expected cost ({t:.3g} s, the first seed's time to the "
                          f"target) does not fit the budget of {self.budget_runs:g} baseline runs "
                          f"({self.runs_spent():.2f} spent)")
@@ -338,7 +338,7 @@ class TargetStopper(_stopper_base()):
                                       f"baseline's {self.baseline_time:.3g} s to the target (its next evaluation "
                                       f"would come at {nxt:.3g} s projected)")
             return self._stop(trial_id)
-        if self.committed() + sum(self.epoch.values()) > self.budget_runs * self.unit + _EPS:
+        if self.committed() + sum(self.epoch.values()) > self._budget_s() + _EPS:
             self.budget_reached = True
             entry.update(status="missed", why=f"the budget of {self.budget_runs:g} baseline runs was reached")
             self.stopped[trial_id] = (f"the study's budget of {self.budget_runs:g} baseline runs was reached "
@@ -363,8 +363,9 @@ class TargetStopper(_stopper_base()):
 
     def _label(self, trial_id: str, result: dict[str, Any]) -> str:
         if trial_id not in self._labels:
+            runtime, sample = self._runtime, result.get("config") or {}  # no runtime before plan()
             try:
-                self._labels[trial_id] = self._runtime.label(*self._runtime.trial_spec(result.get("config") or {}))
+                self._labels[trial_id] = runtime.label(*runtime.trial_spec(sample)) if runtime else f"trial {trial_id}"
             except Exception:
                 self._labels[trial_id] = f"trial {trial_id}"
         return self._labels[trial_id]
@@ -374,7 +375,7 @@ class TargetStopper(_stopper_base()):
         already finished (records.py records), when every seed of them has a result."""
         if self.target is not None:
             return
-        best = [float(r[self.summary]) for r in records if r.get("is_baseline") and r.get("status") == "completed"
+        best = [float(r[self.summary]) for r in records if r.get("is_baseline") and r.get("status") == Status.COMPLETED
                 and isinstance(r.get(self.summary), (int, float)) and r[self.summary] == r[self.summary]]
         if best and len(best) >= self.n_baseline:
             self.target = target_value(statistics.fmean(best), self.tolerance, self.mode, self.units)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from largebatch.errors import BadInput
+from largebatch.vocab import Status
 
 
 def _run_folders(storage_path: str, exp_name: str) -> list[tuple[str, str]]:
@@ -44,7 +45,7 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
     if not runs:
         raise BadInput(f"nothing to resume: no MLflow study run tagged run_name={run_name!r} in {tracking_uri}; "
                        f"pass the --mlflow the study was started with", field="--resume")
-    if runs[0].data.tags.get(STATUS_TAG) == "completed":
+    if runs[0].data.tags.get(STATUS_TAG) == Status.COMPLETED:
         raise BadInput(f"nothing to resume: study run {run_name!r} already completed (parent run "
                        f"{runs[0].info.run_id}); {hint}", field="--resume")
     return {"run_name": run_name, "path": path, "parent_id": runs[0].info.run_id}

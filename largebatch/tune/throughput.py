@@ -201,13 +201,13 @@ def profile_study(study, base_tree: dict, baseline_tree: dict, run_root: str | P
         else:  # max_calls=1: the worker process exits afterwards, so the data it decoded is not held in the search
             measured = run(measure, {"max_calls": 1, **opts}, missing, workers=t.workers_per_trial,
                            cpus=t.cpus_per_worker, use_gpu=t.use_gpu)
-        for e in measured:
-            key = cache_key(keyed, e["global_batch_size"], machine)
-            e = {**e, "key": key}
+        for m in measured:  # not `e`: an exception's name in this function
+            key = cache_key(keyed, m["global_batch_size"], machine)
+            entry = {**m, "key": key}
             if fingerprint["digest"]:
                 cache.mkdir(parents=True, exist_ok=True)
-                _write_cache(cache / f"{key}.json", e)
-            entries[e["global_batch_size"]] = {**e, "cached": False}
+                _write_cache(cache / f"{key}.json", entry)
+            entries[entry["global_batch_size"]] = {**entry, "cached": False}
         where = f"cached under {cache}" if fingerprint["digest"] else \
             f"not cached: the step's fingerprint failed ({fingerprint['error']})"
         group_of = f"{t.workers_per_trial} workers x " if t.workers_per_trial > 1 else ""

@@ -51,7 +51,8 @@ def manifest_mlflow(short_tmp):
     # here would be one the real pod gets and this run would miss
     from_secrets = {e["name"] for e in container["env"] if "secretKeyRef" in (e.get("valueFrom") or {})}
     assert from_secrets == {"POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                            "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+                            "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                            "MLFLOW_FLASK_SERVER_SECRET_KEY"}
     log = short_tmp / "k8s-mlflow.log"
     proc = subprocess.Popen([str(VENV_BIN / "mlflow"), *container["command"][1:], *args], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)

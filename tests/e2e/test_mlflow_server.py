@@ -24,8 +24,7 @@ STORAGE = f"s3://{DUMMY_AWS['AWS_ACCESS_KEY_ID']}:{DUMMY_AWS['AWS_SECRET_ACCESS_
 
 
 @pytest.fixture(scope="module")
-def study(s3_server, mlflow_server, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("study")
+def study(s3_server, mlflow_server):
     env = {**s3_server.env, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
     r = run_cli(["tune", "tune_spaces/digits-smoke.yaml", "--name", EXPERIMENT, "--mlflow",
                  _with_password(mlflow_server.url), "--storage", STORAGE, "--set", "budget.epochs=2"], env)

@@ -42,7 +42,6 @@ def test_fetch_to_cache_reuses_unchanged_objects(s3_server, tmp_path, monkeypatc
     monkeypatch.setattr(s3, "CACHE_ROOT", tmp_path / "cache")
     s3_server.client.put_object(Bucket="lb-data", Key="blob/x.npz", Body=b"v1")
     p1 = s3.fetch_to_cache("s3://lb-data/blob/x.npz")
-    mtime = (tmp_path / "cache").stat().st_mtime_ns
     assert open(p1, "rb").read() == b"v1"
     before = sorted(f.stat().st_mtime_ns for f in (tmp_path / "cache").rglob("x.npz"))
     s3.fetch_to_cache("s3://lb-data/blob/x.npz")
@@ -68,7 +67,7 @@ def test_bad_s3_target_fails_before_any_trial(s3_server, tmp_path, case, needle)
         env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # discard port: nothing listens
     r = run_cli(["tune", "tune_spaces/digits-smoke.yaml", "--storage", uri, "--mlflow", f"sqlite:///{tmp_path}/m.db"],
                 env, timeout=180)
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(lines) == 1 and needle in lines[0] and "--storage" in lines[0], lines
     assert "Traceback" not in r.stderr

@@ -14,7 +14,8 @@ EPOCHS = 6
 def _raw() -> dict:
     return {
         "name": "it-asha",
-        "base": {"data": {"dataset": "digits", "global_batch_size": 256}, "model": {"name": "mlp", "hidden_sizes": [32]},
+        "base": {"data": {"dataset": "digits", "global_batch_size": 256},
+                 "model": {"name": "mlp", "hidden_sizes": [32]},
                  "optim": {"name": "sgd", "base_lr": 0.05, "base_batch_size": 256, "momentum": 0.9},
                  "budget": {"epochs": EPOCHS}},
         "search": {"optim.base_lr": {"grid": [0.2, 0.0002]}},

@@ -23,7 +23,7 @@ def test_unreachable_or_too_small_is_one_line_exit_2(tmp_path, args, field, need
     t0 = time.time()
     r = subprocess.run([CLI, *[study if a == "STUDY" else a for a in args]], cwd=tmp_path, capture_output=True,
                        text=True, timeout=180)
-    lines = [l for l in r.stderr.splitlines() if l.startswith("largebatch: error:")]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("largebatch: error:")]
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(lines) == 1 and field in lines[0] and needle in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr

@@ -163,8 +163,8 @@ def s3_server(tmp_path, monkeypatch):
 
 
 def test_s3_down_at_the_report_upload_keeps_the_report_local(s3_server, tmp_path, capsys):
-    """The upload step of a study's end (tune/finish.py finish_study) against a real S3 server: once up (the report lands
-    next to the trials), once stopped (the report stays on local disk, one line says so and where)."""
+    """The upload step of a study's end (tune/finish.py finish_study) against a real S3 server: once up (the report
+    lands next to the trials), once stopped (the report stays on local disk, one line says so and where)."""
     from types import SimpleNamespace
 
     from largebatch.config import baseline_trial
@@ -204,7 +204,7 @@ def test_s3_down_at_the_report_upload_keeps_the_report_local(s3_server, tmp_path
     printed = finish("down-20260101-000000")
     local = tmp_path / "runs" / "down-20260101-000000" / "report"
     assert (local / "report.md").is_file() and (local / "report.html").is_file()
-    line = next(l for l in printed.splitlines() if l.startswith("[largebatch] not logged:"))
+    line = next(ln for ln in printed.splitlines() if ln.startswith("[largebatch] not logged:"))
     assert "report upload to s3://lb-runs/studies/down-20260101-000000/report" in line and str(local) in line, line
     assert "cannot reach the S3 endpoint" in line and f"report: {local}/report.md" in printed
     assert time.time() - t0 < 60  # bounded: boto3's timeouts and retries, not minutes

@@ -1,5 +1,6 @@
 """Reliability on a real local Ray (docs/design.md §10): a worker killed mid-trial resumes from its checkpoint; a study
-whose driver died resumes with `largebatch tune --resume`. The kill/resume tests take minutes: they are marked slow (`pytest -m slow`)."""
+whose driver died resumes with `largebatch tune --resume`. The kill/resume tests take minutes: they are marked slow
+(`pytest -m slow`)."""
 from __future__ import annotations
 
 import json
@@ -114,7 +115,8 @@ def test_killed_worker_resumes_from_its_checkpoint(local_ray, tmp_path, in_proce
     # the trial resumed from its checkpoint, not from scratch: the Train run has several checkpoints and the last
     # one's history holds every epoch exactly once, in order
     train_dir = ckpts[0].parent
-    final_ckpt = ray.train.Checkpoint.from_directory(str(sorted(c for c in train_dir.glob("checkpoint_*") if c.is_dir())[-1]))
+    last_ckpt_dir = sorted(c for c in train_dir.glob("checkpoint_*") if c.is_dir())[-1]
+    final_ckpt = ray.train.Checkpoint.from_directory(str(last_ckpt_dir))
     history, _ = read_history(final_ckpt)
     assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
 

@@ -19,7 +19,8 @@ GOOD, BAD, MID = 0.2, 0.0002, 0.01
 def _raw(scheduler: str, lrs: list[float]) -> dict:
     return {
         "name": f"it-{scheduler}",
-        "base": {"data": {"dataset": "digits", "global_batch_size": 256}, "model": {"name": "mlp", "hidden_sizes": [32]},
+        "base": {"data": {"dataset": "digits", "global_batch_size": 256},
+                 "model": {"name": "mlp", "hidden_sizes": [32]},
                  "optim": {"name": "sgd", "base_lr": 0.05, "base_batch_size": 256, "momentum": 0.9},
                  "budget": {"epochs": EPOCHS}},
         "search": {"optim.base_lr": {"grid": lrs}},

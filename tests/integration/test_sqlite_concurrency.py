@@ -82,7 +82,8 @@ def test_eight_in_process_trials_at_once_on_sqlite(ray_8_cpus, tmp_path, capfd):
         for key in per_epoch_keys:
             history = client.get_metric_history(r.info.run_id, key)
             steps = [m.step for m in history]
-            assert sorted(steps) == sorted(set(tune_epochs)), (r.info.run_name, key, sorted(steps))  # none lost or twice
+            # none lost or twice
+            assert sorted(steps) == sorted(set(tune_epochs)), (r.info.run_name, key, sorted(steps))
             total_points += len(steps)
             if key == "val_loss":
                 windows.append((min(m.timestamp for m in history), max(m.timestamp for m in history)))

@@ -24,7 +24,8 @@ class FakeStorage:
 
     def __init__(self):
         self.up, self.copy_fails, self.error = True, False, None
-        self.reports: list[tuple[int, object, dict]] = []  # (epoch, what the persisted checkpoint held or None, metrics)
+        # (epoch, what the persisted checkpoint held or None, metrics)
+        self.reports: list[tuple[int, object, dict]] = []
         self.probes = 0
 
     def probe(self):
@@ -156,7 +157,8 @@ def test_probe_storage_answers_within_its_timeout(tmp_path):
         def get_file_info(self, path):
             raise OSError("When getting information for key 'x': AWS Error NETWORK_CONNECTION\nmore")
 
-    assert probe_storage(Refused(), "x") == "OSError: When getting information for key 'x': AWS Error NETWORK_CONNECTION"
+    assert probe_storage(Refused(), "x") == (
+        "OSError: When getting information for key 'x': AWS Error NETWORK_CONNECTION")
     release = threading.Event()
 
     class Silent:  # accepts the connection, never answers

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from largebatch.config import (
     StudyConfig, TrialConfig, apply_overrides, baseline_trial, check_search_resolves, load_study, parse_sets,
@@ -491,7 +492,7 @@ def test_bad_sets(tmp_path, sets, field, shown):
 
 def test_config_is_frozen():
     cfg = T()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.data.global_batch_size = 3  # type: ignore[misc]
 
 

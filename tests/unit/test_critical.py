@@ -156,7 +156,7 @@ def test_probe_prints_b_noise_with_its_uncertainty_and_caches_it(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["probe", str(SMOKE), "--epochs", "4", "--batch", "64"]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if "B_noise ≈" in l)
+    line = next(ln for ln in out.splitlines() if "B_noise ≈" in ln)
     assert line.startswith("digits-smoke: B_noise ≈ ") and "±" in line and "last 2 of 4 epochs" in line, line
     assert "around_critical [0.25, 0.5, 1.0, 2.0, 4.0] -> data.global_batch_size grid [" in out
     cached = list((tmp_path / "runs" / "noise_scale").glob("digits-smoke-*.json"))

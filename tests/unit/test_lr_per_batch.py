@@ -72,7 +72,8 @@ def _rec(batch, lr, accs, *, baseline=False):
     return {"trial_id": f"t{batch}-{lr}", "is_baseline": baseline, "global_batch_size": batch, "rule": "none",
             "warmup_epochs": 0.0, "optimizer": "sgd", "base_lr": lr, "peak_lr": lr, "seed": 0, "status": "completed",
             "reason": None, "best_val_acc": max(accs), "wall_s": float(len(accs)), "steps": per_epoch * len(accs),
-            "history": [{"val_acc": a, "steps": per_epoch * (e + 1), "wall_s": float(e + 1)} for e, a in enumerate(accs)]}
+            "history": [{"val_acc": a, "steps": per_epoch * (e + 1), "wall_s": float(e + 1)}
+                        for e, a in enumerate(accs)]}
 
 
 def lr_study():

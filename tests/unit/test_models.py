@@ -53,8 +53,8 @@ def test_every_entry_has_description(name):
 
 def test_dropout_and_hidden_sizes_reach_the_mlp():
     m = create_model("mlp", (1, 8, 8), 3, hidden_sizes=(7,), dropout=0.5)
-    assert [l.out_features for l in m if isinstance(l, nn.Linear)] == [7, 3]
-    assert any(isinstance(l, nn.Dropout) and l.p == 0.5 for l in m)
+    assert [layer.out_features for layer in m if isinstance(layer, nn.Linear)] == [7, 3]
+    assert any(isinstance(layer, nn.Dropout) and layer.p == 0.5 for layer in m)
 
 
 def test_resnet_depth_must_be_6n_plus_2():

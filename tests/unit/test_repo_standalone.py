@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-OUTSIDE = re.compile(r"DESIGN(\.md)?( ?§| section)|STYLE\.md|\.\./shared|parent / \"shared\"|parents\[\d\] / \"shared\"")
+OUTSIDE = re.compile(r"DESIGN(\.md)?( ?§| section)|STYLE\.md|\.\./shared|parent / \"shared\""
+                     r"|parents\[\d\] / \"shared\"")
 
 
 def _tracked() -> list[Path]:

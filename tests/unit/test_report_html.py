@@ -6,7 +6,7 @@ import re
 from html.parser import HTMLParser
 
 from largebatch.report import build_report, write_report
-from largebatch.report_html import markdown_to_html, write_html
+from largebatch.report.html import markdown_to_html, write_html
 
 
 def _rec(tid, batch, rule, acc, wall, status="completed", baseline=False):

@@ -68,7 +68,7 @@ def test_mlflow_down_at_the_end_still_writes_the_report_from_tune_results(setup,
     local = Path(setup.ctx.storage_path) / setup.ctx.run_name / "report"
     assert (local / "report.md").is_file() and (local / "report.json").is_file() and (local / "report.html").is_file()
     assert report["max_safe_batch"] == 128  # from Tune's results: B=128 linear is within 1 point of 95%
-    line = next(l for l in out.splitlines() if l.startswith("[largebatch] not logged:"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("[largebatch] not logged:"))
     assert "trial records" in line and "artifacts report" in line and str(local) in line, line
     assert "artifacts report" in (local / "not_logged.txt").read_text()
     assert "| 128 " in (local / "report.md").read_text() and "B=512 none warmup=0ep [c]: diverged" in \
@@ -82,7 +82,7 @@ def test_s3_down_at_the_report_upload_keeps_it_on_local_disk(setup, capsys):
     out = capsys.readouterr().out
     local = setup.tmp / "runs" / setup.ctx.run_name / "report"
     assert (local / "report.md").is_file()
-    line = next(l for l in out.splitlines() if l.startswith("[largebatch] not logged:"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("[largebatch] not logged:"))
     assert "report upload to s3://lb-runs/studies" in line and str(local) in line, line
     assert f"report: {local}/report.md" in out
     assert "pa55w0rd" not in out + (local / "report.json").read_text() + (local / "report.md").read_text()

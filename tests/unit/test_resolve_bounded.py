@@ -12,10 +12,10 @@ import tracemalloc
 
 import pytest
 
-from largebatch.config import MAX_EPOCHS, parse_trial, resolve
+from largebatch.config import MAX_EPOCHS, TrialConfig, parse_trial, resolve
 
 
-def T(epochs: float, B: int = 32, ramp=None, **over) -> "TrialConfig":
+def T(epochs: float, B: int = 32, ramp=None, **over) -> TrialConfig:
     tree: dict = {"data": {"dataset": "digits", "global_batch_size": B}, "budget": {"epochs": epochs},
                   "optim": {"base_batch_size": 32, "base_lr": 0.1}}
     for k, v in over.items():
@@ -65,7 +65,8 @@ def _reference(cfg, train_size: int) -> tuple:
 
     def steps_at(x):
         whole = int(x)
-        return sum(spe[:whole]) + max(0, whole - n_epochs) * spe[-1] + round((x - whole) * spe[min(whole, n_epochs - 1)])
+        return (sum(spe[:whole]) + max(0, whole - n_epochs) * spe[-1]
+                + round((x - whole) * spe[min(whole, n_epochs - 1)]))
 
     total, epochs = steps_at(b.epochs), n_epochs
     if b.max_steps is not None:

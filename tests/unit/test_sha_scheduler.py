@@ -70,7 +70,6 @@ def _drive(curves: dict[str, list[float]], order: list[str], rungs=(1, 3), eta=2
     ctl = Controller(total=len(names))
     trained = {n: 0 for n in names}
     queue = list(names)
-    pending: dict[str, Trial] = {}
     for _ in range(1000):
         trial = None
         chosen = sched.choose_trial_to_run(ctl)

@@ -23,7 +23,7 @@ def _steps(sizes, classes=5, seed=0):
 
 
 def _direct(steps, metrics):
-    loss = sum(float(l) * len(y) for l, _, y in steps)
+    loss = sum(float(lv) * len(y) for lv, _, y in steps)
     return [loss, *(sum(float(m.fn(o, y).double().sum()) for _, o, y in steps) for m in metrics)], \
         [sum(m.fn(o, y).numel() for _, o, y in steps) for m in metrics]
 
@@ -32,8 +32,8 @@ def _direct(steps, metrics):
 def test_flush_matches_a_per_step_reduction(sizes):
     steps = _steps(sizes)
     s = StepSums([ACC, ERR], torch.device("cpu"))
-    for i, (l, o, y) in enumerate(steps):
-        s.add(l, len(y), o, y)
+    for i, (lv, o, y) in enumerate(steps):
+        s.add(lv, len(y), o, y)
         if i == 2:
             s.flush()  # a divergence check mid-window
     got = s.flush().tolist()
@@ -46,8 +46,8 @@ def test_outputs_beyond_the_byte_cap_are_computed_at_once(monkeypatch):
     steps = _steps([16] * 5)
     monkeypatch.setattr(stepsums, "KEEP_OUTPUT_BYTES", 2 * 16 * 5 * 4)  # room for two steps' logits
     s = StepSums([ACC], torch.device("cpu"))
-    for l, o, y in steps:
-        s.add(l, len(y), o, y)
+    for lv, o, y in steps:
+        s.add(lv, len(y), o, y)
     assert len(s._kept) == 2 and len(s._values[0]) == 3  # the rest went straight to values
     got = s.flush().tolist()
     want, counts = _direct(steps, [ACC])
@@ -58,8 +58,8 @@ def test_outputs_beyond_the_byte_cap_are_computed_at_once(monkeypatch):
 def test_outputs_that_do_not_stack_fall_back_to_one_call_each():
     steps = _steps([4, 4], classes=3) + _steps([4], classes=7, seed=1)  # trailing dims differ: torch.cat fails
     s = StepSums([ACC], torch.device("cpu"))
-    for l, o, y in steps:
-        s.add(l, len(y), o, y)
+    for lv, o, y in steps:
+        s.add(lv, len(y), o, y)
     want, counts = _direct(steps, [ACC])
     assert s.flush().tolist() == pytest.approx(want, rel=1e-12) and s.counts == counts
 
@@ -67,7 +67,7 @@ def test_outputs_that_do_not_stack_fall_back_to_one_call_each():
 def test_no_metrics_sums_the_loss_only():
     steps = _steps([8, 8])
     s = StepSums([], torch.device("cpu"))
-    for l, o, y in steps:
-        s.add(l, len(y), o, y)
+    for lv, o, y in steps:
+        s.add(lv, len(y), o, y)
     assert s.flush().tolist() == pytest.approx([_direct(steps, [])[0][0]], rel=1e-12)
     assert not s._kept

@@ -266,7 +266,7 @@ def test_a_study_that_cannot_be_profiled_logs_why_and_goes_on(tmp_path, capsys):
     assert metrics == [] and [(p.key, p.value) for p in params] == [("throughput_profile", "off")]
 
 
-# ----------------------------------------------------------------------------- issue #26: a profile that cannot go stale
+# ------------------------------------------------------------------------- issue #26: a profile that cannot go stale
 USER_TASK = '''
 import torch
 from torch import nn
@@ -287,7 +287,8 @@ def make_task(n=256):
     def loss(out, y):
         return {loss}
 
-    return Task(data=data, model=model, loss=loss, metrics=(Metric("mse", "min", lambda o, y: (o - y).square().flatten()),))
+    return Task(data=data, model=model, loss=loss,
+                metrics=(Metric("mse", "min", lambda o, y: (o - y).square().flatten()),))
 '''
 
 

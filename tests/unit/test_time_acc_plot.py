@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from largebatch.report import build_report, write_report
-from largebatch.report_plots import plot_time_and_acc_vs_batch, time_and_acc_points
+from largebatch.report.plots import plot_time_and_acc_vs_batch, time_and_acc_points
 
 
 def rec(batch, optimizer, accs, epoch_s, *, baseline=False, final=None, train=4096):

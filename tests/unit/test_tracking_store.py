@@ -31,7 +31,7 @@ def test_studies_started_at_once_in_a_fresh_folder_create_the_store_once(tmp_pat
     procs = [subprocess.Popen([sys.executable, "-c", _OPEN, uri, str(go), f"study{i}"], cwd=REPO_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
     results = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
-    for out, err, rc in results:
+    for _out, err, rc in results:
         assert rc == 0, err[-2000:]
     assert len({out.strip() for out, _, _ in results}) == 3  # three experiments in one store
     from mlflow.tracking import MlflowClient

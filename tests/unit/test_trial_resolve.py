@@ -39,7 +39,7 @@ def resolve_trial(sample, rt):
 
 
 def test_a_trial_that_searches_the_data_path_is_resolved_for_its_own_data(tmp_path):
-    ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]}})
+    ctx, small, large = _ctx(tmp_path, lambda sm, lg: {"data.path": {"grid": [sm, lg]}})
     assert ctx.train_sizes == {0: 100}  # the driver counts the base data only
     for path, n in ((small, 100), (large, 300)):
         _, res, *_ = resolve_trial({"arm": "search", "seed": 0, "overrides": {"data.path": path}}, ctx)
@@ -49,8 +49,8 @@ def test_a_trial_that_searches_the_data_path_is_resolved_for_its_own_data(tmp_pa
 
 
 def test_a_searched_subset_of_other_data_is_capped_by_that_data(tmp_path):
-    ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]},
-                                                     "data.train_subset": {"grid": [50, 200]}})
+    ctx, small, large = _ctx(tmp_path, lambda sm, lg: {"data.path": {"grid": [sm, lg]},
+                                                       "data.train_subset": {"grid": [50, 200]}})
     _, res, *_ = resolve_trial({"arm": "search", "seed": 0,
                                 "overrides": {"data.path": large, "data.train_subset": 200}}, ctx)
     assert res.train_size == 200
@@ -61,8 +61,8 @@ def test_a_subset_beyond_the_trials_own_data_is_a_clear_error(tmp_path):
 
     from largebatch.errors import BadInput
 
-    ctx, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]},
-                                                     "data.train_subset": {"grid": [50, 200]}})
+    ctx, small, large = _ctx(tmp_path, lambda sm, lg: {"data.path": {"grid": [sm, lg]},
+                                                       "data.train_subset": {"grid": [50, 200]}})
     with pytest.raises(BadInput, match="more than the 100 training examples"):
         resolve_trial({"arm": "search", "seed": 0, "overrides": {"data.path": small, "data.train_subset": 200}}, ctx)
 
@@ -86,7 +86,7 @@ def test_asha_first_rung_never_falls_inside_a_warmup(tmp_path):
 def test_a_trial_spec_refuses_other_workers_or_other_data(tmp_path):
     import pytest
 
-    rt, small, large = _ctx(tmp_path, lambda s, l: {"data.path": {"grid": [s, l]}})
+    rt, small, large = _ctx(tmp_path, lambda sm, lg: {"data.path": {"grid": [sm, lg]}})
     spec, _ = rt.trial_spec({"arm": "search", "seed": 0, "overrides": {"data.path": large}})
     assert spec.check(1, 300) is spec.res  # resolved once, used as is
     with pytest.raises(RuntimeError, match="resolved for 1 worker"):

@@ -142,7 +142,7 @@ def test_the_wallclock_plots_star_sits_on_the_front_it_draws(tmp_path, monkeypat
     matplotlib.use("Agg")
     import matplotlib.axes
 
-    from largebatch import report_plots
+    from largebatch.report import plots as report_plots
 
     stars, lines = [], []
     real_scatter, real_plot = matplotlib.axes.Axes.scatter, matplotlib.axes.Axes.plot
@@ -168,7 +168,7 @@ def test_the_wallclock_plots_star_sits_on_the_front_it_draws(tmp_path, monkeypat
 
 
 def test_the_drawn_front_drops_the_runs_the_target_point_dominates():
-    from largebatch.report_plots import front_with
+    from largebatch.report.plots import front_with
 
     runs = [(1.0, 0.80), (3.0, 0.85), (5.0, 0.90)]
     assert front_with(runs, (2.0, 0.86), maxing=True) == [(1.0, 0.80), (2.0, 0.86), (5.0, 0.90)]

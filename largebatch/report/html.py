@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from largebatch.report.render import format_markdown
+
 HTML_NAME = "report.html"
 _MAX_PLOT_BYTES = 5 * 2**20  # a plot larger than this is linked, not embedded
 _STYLE = """
@@ -150,8 +152,6 @@ def render_html(report: dict, markdown: str, out_dir: Path) -> str:
 
 def write_html(report: dict, out_dir: str | Path) -> Path:
     """report.html next to report.md and the plots (write_report first: the plots are read from out_dir)."""
-    from largebatch.report import format_markdown
-
     out = Path(out_dir)
     path = out / HTML_NAME
     path.write_text(render_html(report, format_markdown(report), out), encoding="utf-8")

@@ -343,10 +343,10 @@ def time_and_acc_points(report: dict, records: list[dict]) -> dict[str, list[tup
         vals = [v for t in c.get("trial_ids") or [] if isinstance(v := by_id.get(t, {}).get(f"final_{key}"), float)]
         return sum(vals) / len(vals) if vals else c.get("acc_mean")
 
-    rows = [(c, final(c)) for c in report["configs"] if not c["is_baseline"] and final(c) is not None]
+    rows = [(c, f) for c in report["configs"] if not c["is_baseline"] and (f := final(c)) is not None]
     rank = lambda cf: (cf[0].get("time_to_target_s") is None, cf[0].get("time_to_target_s") or 0.0,  # noqa: E731
                        -sign * cf[1])
-    out = {}
+    out: dict[str, list[tuple[int, float | None, float]]] = {}
     for o in sorted({c["optimizer"] for c, _ in rows}):  # sorted worst first: the best is the one a batch keeps
         best = {c["global_batch_size"]: (c, f) for c, f in sorted(rows, key=rank, reverse=True) if c["optimizer"] == o}
         out[o] = [(x, c["time_to_target_s"] / b_t if b_t and c.get("time_to_target_s") is not None else None, f)
