@@ -1,6 +1,6 @@
 """The plots' shared look: a bare Agg `Figure` (no pyplot, no global backend), the rule colours, the metric's scale
 and label, and the baseline's tolerance band. matplotlib is imported inside `_figure`, so importing this module
-loads nothing heavy. Used by report_plots.py.
+loads nothing heavy. Used by report/plots.py.
 """
 from __future__ import annotations
 

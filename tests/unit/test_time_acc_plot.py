@@ -1,4 +1,4 @@
-"""The report's time-and-accuracy plot (report_plots.py time_and_acc_points / plot_time_and_acc_vs_batch): time to
+"""The report's time-and-accuracy plot (report/plots.py time_and_acc_points / plot_time_and_acc_vs_batch): time to
 the baseline's quality normalised by the baseline's, and the final accuracy, per optimizer over the batch size."""
 from __future__ import annotations
 
