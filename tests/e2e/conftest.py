@@ -69,21 +69,9 @@ def s3_server(short_tmp):
 
 @pytest.fixture(scope="session")
 def mlflow_server(s3_server, short_tmp):
-    port = free_port()
-    log = short_tmp / "mlflow.log"
-    env = {**os.environ, **DUMMY_AWS, "MLFLOW_S3_ENDPOINT_URL": s3_server.url,
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("AWS_ENDPOINT_URL", None)
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{short_tmp / 'mlflow.db'}", "--artifacts-destination", "s3://lb-mlflow/mlflow"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", 90, proc, log)
-    srv = Servers()
-    srv.url, srv.proc = url, proc
+    srv = start_mlflow_server(short_tmp, s3_server.url, f"sqlite:///{short_tmp / 'mlflow.db'}", timeout_s=90)
     yield srv
-    stop(proc)
+    stop(srv.proc)
 
 
 class RayNodes:
@@ -231,25 +219,35 @@ def start_sim_cluster(root: Path, base_env: dict[str, str], n_nodes: int = 4, cp
     return nodes
 
 
-def start_mlflow_server(root: Path, s3_url: str, backend_uri: str, tag: str = "mlflow") -> Servers:
-    """`mlflow server` on a free port with this backend store and S3 artifacts; its log (one line per request:
-    uvicorn's access log) is `srv.log`. Stop it with stop(srv.proc)."""
+def start_mlflow_server(root: Path, s3_url: str, backend_uri: str, tag: str = "mlflow", *, workers: int = 1,
+                        artifacts: str = "s3://lb-mlflow/mlflow", backend_in_env: bool = False,
+                        timeout_s: float = 120) -> Servers:
+    """`mlflow server` on a free port with this backend store and its artifacts proxied to the S3 server; its log (one
+    line per request: uvicorn's access log) is `srv.log`, `srv.backend` the store's URI. backend_in_env: the URI goes
+    in MLFLOW_BACKEND_STORE_URI, as k8s/base/mlflow.yaml passes it, so a password stays out of the process's
+    arguments. Stop it with stop(srv.proc)."""
     port = free_port()
     log = root / f"{tag}.log"
     env = {**os.environ, **DUMMY_AWS, "MLFLOW_S3_ENDPOINT_URL": s3_url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("AWS_ENDPOINT_URL", None)
+    store = ["--backend-store-uri", backend_uri]
+    if backend_in_env:
+        env["MLFLOW_BACKEND_STORE_URI"], store = backend_uri, []
     proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", backend_uri, "--artifacts-destination", "s3://lb-mlflow/mlflow"],
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+         *store, "--artifacts-destination", artifacts],
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health", 120, proc, log)
+        wait_http(url + "/health", timeout_s, proc, log)
+    except RuntimeError as e:
+        stop(proc)
+        raise RuntimeError(f"{e}; its log ends: {log.read_text(errors='replace')[-2000:]}") from None
     except BaseException:
         stop(proc)
         raise
     srv = Servers()
-    srv.url, srv.proc, srv.log = url, proc, log
+    srv.url, srv.proc, srv.backend, srv.log = url, proc, backend_uri, log
     return srv
 
 
@@ -292,25 +290,10 @@ def trial_runs(mlflow_url: str, experiment: str) -> tuple[Any, list]:
 @pytest.fixture(scope="session")
 def mlflow_pg_server(s3_server, postgres_uri, short_tmp):
     """`mlflow server` as k8s/base/mlflow.yaml runs it: a postgresql:// backend store (the `postgres_uri` server),
-    artifacts proxied to s3://lb-mlflow/pg on the S3 server. `.backend` is the store's URI (it holds the password)."""
-    port = free_port()
-    log = short_tmp / "mlflow-pg.log"
-    # the store's URI in MLFLOW_BACKEND_STORE_URI, as the manifest passes it: the password stays out of the args
-    env = {**os.environ, **DUMMY_AWS, "MLFLOW_S3_ENDPOINT_URL": s3_server.url,
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": postgres_uri}
-    env.pop("AWS_ENDPOINT_URL", None)
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--artifacts-destination", "s3://lb-mlflow/pg"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:  # ~25 s on a busy 2-core box (its first start creates MLflow's tables); minutes under heavy load
-            wait_http(url + "/health", 300, proc, log)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}; its log ends: {log.read_text(errors='replace')[-2000:]}") from None
-        srv = Servers()
-        srv.url, srv.proc, srv.backend, srv.log = url, proc, postgres_uri, log
-        yield srv
-    finally:
-        stop(proc)
+    passed in the environment, artifacts proxied to s3://lb-mlflow/pg on the S3 server. `.backend` is the store's URI
+    (it holds the password)."""
+    # ~25 s on a busy 2-core box (its first start creates MLflow's tables); minutes under heavy load
+    srv = start_mlflow_server(short_tmp, s3_server.url, postgres_uri, "mlflow-pg", workers=2,
+                              artifacts="s3://lb-mlflow/pg", backend_in_env=True, timeout_s=300)
+    yield srv
+    stop(srv.proc)
