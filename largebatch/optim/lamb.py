@@ -8,15 +8,13 @@ m_hat, v_hat are Adam's bias-corrected moments. Groups with `trust_ratio=False` 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Optional
 
 import torch
-from torch.optim import Optimizer
-
-from largebatch.optim.param_groups import is_trust_group
+from largebatch.optim.trust import TrustRatioOptimizer
 
 
-class Lamb(Optimizer):
+class Lamb(TrustRatioOptimizer):
     """LAMB with bias correction, decoupled weight decay inside the trust ratio, and per-group opt-out.
 
     Args:
@@ -45,50 +43,31 @@ class Lamb(Optimizer):
             raise ValueError(f"Lamb: weight_decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, trust_ratio=True)
         super().__init__(params, defaults)
-        # Telemetry: 0-d tensors from the last step, one per trust-group param with a grad (no sync to keep them).
-        self.last_trust_ratios: list[torch.Tensor] = []
 
-    @torch.no_grad()
-    # torch's Optimizer.step overloads type a closure as returning float; ours returns the loss tensor, as
-    # torch's own optimizers accept
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, group: dict, use_trust: bool) -> Optional[torch.Tensor]:
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            # step is a host-side int: bias correction stays a Python float, no device round trip.
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = state["step"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1.0 - beta1)  # m = b1 * m + (1 - b1) * g
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias1, bias2 = 1.0 - beta1**step, 1.0 - beta2**step
 
-        ratios: list[torch.Tensor] = []
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            use_trust = is_trust_group(group)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    # step is a host-side int: bias correction stays a Python float, no device round trip.
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(grad, 1.0 - beta1)  # m = b1 * m + (1 - b1) * g
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                bias1, bias2 = 1.0 - beta1**step, 1.0 - beta2**step
-
-                update = (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt_().add_(eps))
-                if wd != 0.0:
-                    update.add_(p, alpha=wd)
-                if use_trust:
-                    w_norm = torch.linalg.vector_norm(p)
-                    r_norm = torch.linalg.vector_norm(update)
-                    ratio = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, torch.ones_like(w_norm))
-                    ratios.append(ratio)
-                    update.mul_(ratio * lr)
-                    p.sub_(update)
-                else:
-                    p.sub_(update, alpha=lr)
-        self.last_trust_ratios = ratios
-        return loss
+        update = (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt_().add_(eps))
+        if wd != 0.0:
+            update.add_(p, alpha=wd)
+        if not use_trust:
+            p.sub_(update, alpha=lr)
+            return None
+        w_norm = torch.linalg.vector_norm(p)
+        r_norm = torch.linalg.vector_norm(update)
+        ratio = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, torch.ones_like(w_norm))
+        update.mul_(ratio * lr)
+        p.sub_(update)
+        return ratio

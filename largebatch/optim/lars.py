@@ -7,15 +7,13 @@ momentum SGD. `step()` is pure tensor math: no `.item()`, so it never forces a C
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Optional
 
 import torch
-from torch.optim import Optimizer
-
-from largebatch.optim.param_groups import is_trust_group
+from largebatch.optim.trust import TrustRatioOptimizer
 
 
-class Lars(Optimizer):
+class Lars(TrustRatioOptimizer):
     """LARS with momentum (optionally Nesterov), weight decay inside the trust ratio, and per-group opt-out.
 
     Args:
@@ -53,46 +51,28 @@ class Lars(Optimizer):
             trust_ratio=True,
         )
         super().__init__(params, defaults)
-        # Telemetry: 0-d tensors from the last step, one per trust-group param with a grad (no sync to keep them).
-        self.last_trust_ratios: list[torch.Tensor] = []
 
-    @torch.no_grad()
-    # torch's Optimizer.step overloads type a closure as returning float; ours returns the loss tensor, as
-    # torch's own optimizers accept
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        ratios: list[torch.Tensor] = []
-        for group in self.param_groups:
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            eta, nesterov = group["trust_coefficient"], group["nesterov"]
-            use_trust = is_trust_group(group)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if use_trust:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(grad)
-                    raw = eta * w_norm / (g_norm + wd * w_norm)
-                    # Zero weights (fresh init) or zero grads: fall back to ratio 1 without a host branch.
-                    local_lr = torch.where((w_norm > 0) & (g_norm > 0), raw, torch.ones_like(raw))
-                    ratios.append(local_lr)
-                if wd != 0.0:
-                    grad = grad.add(p, alpha=wd)
-                scaled = grad * (local_lr * lr) if use_trust else grad * lr
-                if momentum == 0.0:
-                    p.sub_(scaled)
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    buf = state["momentum_buffer"] = scaled.clone()
-                else:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(momentum).add_(scaled)
-                p.sub_(scaled.add(buf, alpha=momentum) if nesterov else buf)
-        self.last_trust_ratios = ratios
-        return loss
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, group: dict, use_trust: bool) -> Optional[torch.Tensor]:
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        eta, nesterov = group["trust_coefficient"], group["nesterov"]
+        local_lr = None
+        if use_trust:
+            w_norm = torch.linalg.vector_norm(p)
+            g_norm = torch.linalg.vector_norm(grad)
+            raw = eta * w_norm / (g_norm + wd * w_norm)
+            # Zero weights (fresh init) or zero grads: fall back to ratio 1 without a host branch.
+            local_lr = torch.where((w_norm > 0) & (g_norm > 0), raw, torch.ones_like(raw))
+        if wd != 0.0:
+            grad = grad.add(p, alpha=wd)
+        scaled = grad * (local_lr * lr) if local_lr is not None else grad * lr
+        if momentum == 0.0:
+            p.sub_(scaled)
+            return local_lr
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            buf = state["momentum_buffer"] = scaled.clone()
+        else:
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).add_(scaled)
+        p.sub_(scaled.add(buf, alpha=momentum) if nesterov else buf)
+        return local_lr
