@@ -155,8 +155,8 @@ class TargetStopper(Stopper):
         reached = self._meets(value)
         if reached and now is not None:
             self.reach.setdefault(trial_id, now)
-        if reached and now is not None and (self.best is None or now < self.best[0]):
-            self.best = (now, self._label(trial_id, result))
+        if reached and now is not None and (self.best is None or (now, self._label(trial_id, result)) < self.best):
+            self.best = (now, self._label(trial_id, result))  # a tie: the label's order, as the report breaks it
         if result.get("is_final"):
             self.epoch.pop(trial_id, None)
             return False
@@ -258,7 +258,7 @@ class TargetStopper(Stopper):
             at = next((t for t, v in points if meets(v, target, self.mode)), None)
             if at is not None:
                 self.reach.setdefault(tid, at)
-            if at is not None and (self.best is None or at < self.best[0]):
+            if at is not None and (self.best is None or (at, self._labels.get(tid, f"trial {tid}")) < self.best):
                 self.best = (at, self._labels.get(tid, f"trial {tid}"))
 
     def confirms(self) -> bool:
@@ -284,11 +284,11 @@ class TargetStopper(Stopper):
             return "wait" if more and (running or room > _EPS) else None
         if running or len(self.confirmations) >= MAX_CONFIRMATIONS or self.target is None:
             return None  # running with nothing live: its trial ended without a final result
-        tried = {c["of"] for c in self.confirmations}
-        due = [(t, tid) for tid, t in self.reach.items() if tid not in tried and tid in self.samples]
-        if not due:
+        tried, names, samples = {c["of"] for c in self.confirmations}, self._labels, self.samples
+        due = [(t, names.get(tid, ""), tid) for tid, t in self.reach.items() if tid in samples and tid not in tried]
+        if not due:  # the soonest first; a tie goes to the label's order, as self.best and the report break it
             return None
-        t, tid = min(due)
+        t, _, tid = min(due)
         label = self._labels.get(tid, f"trial {tid}")
         entry = {"recipe": label, "of": tid, "seed": self.confirm_seed, "first_seed": self.samples[tid].get("seed"),
                  "first_seed_time_s": t}

@@ -69,6 +69,22 @@ def test_the_leader_is_handed_out_again_with_the_next_seed_once_nothing_runs():
     assert s.runs_spent() == pytest.approx((s.unit + (468 + 702) * STEP_S[256] + 116 * STEP_S[1024]) / s.unit)
 
 
+def test_a_tie_to_the_target_confirms_the_recipe_named_soonest_whatever_the_trial_ids():
+    """Two recipes reach the target at the same projected time (same batch, same epoch; warmups 0 and 2 epochs): the
+    confirmed one is the one the budget line names soonest and the report recommends (label order), not the one
+    with the smaller trial id (a make demo run confirmed warmup=2ep while recommending warmup=0ep)."""
+    warm = {**A, "schedule.warmup_epochs": 2}
+    s = planned()
+    baseline(s)
+    assert s("a-zzz", res(A, 234, 0.80, index=1)) is False
+    assert s("a-aaa", res(warm, 234, 0.80, index=2)) is False
+    assert s("a-aaa", res(warm, 468, 0.879, index=2)) is True  # arrives first
+    assert s("a-zzz", res(A, 468, 0.879, index=1)) is True
+    assert s.best == (pytest.approx(468 * STEP_S[256]), "B=256 sqrt warmup=0ep")
+    sample = s.confirmation()
+    assert sample is not None and sample["overrides"] == A and sample["confirms"] == "B=256 sqrt warmup=0ep"
+
+
 def test_a_confirmation_that_cannot_be_sooner_than_the_baseline_stops_and_the_next_recipe_is_confirmed():
     s = planned()
     two_leaders(s)
