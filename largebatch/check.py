@@ -31,10 +31,15 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from largebatch.config import StudyConfig, TrialConfig, baseline_trial
 from largebatch.errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
+
+    from largebatch.tasks import Task, TaskData
 
 CHECK_EXAMPLES = 16  # one small batch: a classifier's 16 examples span most of its classes
 CHECK_LR = 3e-3  # Adam; at 1e-3, 40 steps left LeNet on digits at 0.52x and charlm at 0.57x of their first loss
@@ -191,16 +196,28 @@ def overfit(cfg: TrialConfig, label: str = "base") -> CheckResult:
     """Overfit one small batch of `cfg`'s task (see the module doc); a fault raises _Fault."""
     import torch
 
-    from largebatch.data import epoch_permutation
-    from largebatch.data.feed import make_feed
     from largebatch.tasks import build_data, task_of
-    from largebatch.train.loop import _autocast
 
     t0 = time.perf_counter()
     device = torch.device("cpu")
     task = task_of(cfg)
     data = _call("building the data (task.data)", "fix the task's data()", build_data, task, cfg)
     data_s = time.perf_counter() - t0
+    x, y, n = _training_batch(cfg, task, data, device)
+    model = _check_model(cfg, task, data, device)
+    precision = "bf16" if cfg.precision == "bf16" else "fp32"  # fp16 autocast is a GPU path
+    losses, start, end = _overfit_steps(task, model, x, y, n, device, precision)
+    metrics = _eval_metrics(task, model, data, x, y, n, device, precision, end)
+    return CheckResult(label=label, task=task.name or cfg.task.name, examples=n, steps=len(losses),
+                       loss_start=start, loss_end=end, metrics=metrics, seconds=time.perf_counter() - t0,
+                       data_s=data_s)
+
+
+def _training_batch(cfg: TrialConfig, task: Task, data: TaskData, device: torch.device) -> tuple[Any, Any, int]:
+    """(inputs, targets, examples) of the batch to overfit: the eval split's where the train split is Ray Data."""
+    from largebatch.data import epoch_permutation
+    from largebatch.data.feed import make_feed
+
     ray_data = task.ray_data is not None or data.train is None
     split = data.eval if ray_data else data.train
     feed = make_feed(split, device, 0)
@@ -210,6 +227,12 @@ def overfit(cfg: TrialConfig, label: str = "base") -> CheckResult:
     else:
         idx = epoch_permutation(len(feed), cfg.seed, 0)[:n]
         x, y = _call("reading the training batch", "fix the task's training split", feed.gather, idx)
+    return x, y, n
+
+
+def _check_model(cfg: TrialConfig, task: Task, data: TaskData, device: torch.device) -> torch.nn.Module:
+    """The task's model, seeded, on `device` in train mode, with parameters to train."""
+    import torch
 
     torch.manual_seed(cfg.seed)
     model = _call("building the model (task.model)", "fix the task's model()", task.model, cfg, data)
@@ -219,8 +242,17 @@ def overfit(cfg: TrialConfig, label: str = "base") -> CheckResult:
     if not any(p.requires_grad for p in model.parameters()):
         raise _Fault("the model has no trainable parameters (none, or all with requires_grad=False); nothing can "
                      "learn")
+    return model
+
+
+def _overfit_steps(task: Task, model: torch.nn.Module, x: Any, y: Any, n: int, device: torch.device,
+                   precision: str) -> tuple[list[float], float, float]:
+    """Adam on the one batch until overfitted or MAX_STEPS: (losses, first, end); a loss that fails raises _Fault."""
+    import torch
+
+    from largebatch.train.loop import _autocast
+
     step_adam = _adam([p for p in model.parameters() if p.requires_grad], CHECK_LR)
-    precision = "bf16" if cfg.precision == "bf16" else "fp32"  # fp16 autocast is a GPU path
     losses: list[float] = []
     for step in range(1, MAX_STEPS + 1):
         with _autocast(device, precision):
@@ -256,6 +288,15 @@ def overfit(cfg: TrialConfig, label: str = "base") -> CheckResult:
                      f"{CHECK_LR:g}) on the same {n} examples, where a working model reaches {FALL_FACTOR:g}x or "
                      f"less; the model may be dead (zero or frozen weights, dead ReLUs, an output that ignores the "
                      f"inputs), detached from the loss, or the targets may not follow from the inputs")
+    return losses, start, end
+
+
+def _eval_metrics(task: Task, model: torch.nn.Module, data: TaskData, x: Any, y: Any, n: int, device: torch.device,
+                  precision: str, end: float) -> dict[str, float]:
+    """Eval-mode loss and metrics on the training and an eval batch (must be finite); the training batch's."""
+    import torch
+
+    from largebatch.train.loop import _autocast
 
     model.eval()
     metrics: dict[str, float] = {}
@@ -282,9 +323,7 @@ def overfit(cfg: TrialConfig, label: str = "base") -> CheckResult:
                                  f"be finite for a finite output")
                 if bx is x:
                     metrics[m.name] = mean
-    return CheckResult(label=label, task=task.name or cfg.task.name, examples=n, steps=len(losses),
-                       loss_start=start, loss_end=end, metrics=metrics, seconds=time.perf_counter() - t0,
-                       data_s=data_s)
+    return metrics
 
 
 def check_trial(cfg: TrialConfig, source: str, label: str = "base", threads: int = 1) -> CheckResult:

@@ -42,7 +42,13 @@ def _workers(args, study) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="largebatch", description=__doc__.split(":")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_run_parsers(sub)
+    _add_other_parsers(sub)
+    return ap
 
+
+def _add_run_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """validate, check, train, tune."""
     p = sub.add_parser("validate", help="load and resolve a study without running anything")
     _study_args(p)
     p.add_argument("--workers", type=int, default=None, help="workers per trial (default: tuner.workers_per_trial)")
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the task's overfit check (largebatch check)")
     _verbose_arg(p)
 
+
+def _add_other_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """probe, report, ui, data, list."""
     p = sub.add_parser("probe", help="measure the gradient noise scale B_noise on a short run of the baseline "
                                      "(in this process), print it and the around_critical grid, cache it for tune")
     _study_args(p)
@@ -110,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the registered tasks, rules, schedules, optimizers, models, datasets, "
                                     "searchers and schedulers")
-    return ap
 
 
 def cmd_validate(args) -> int:

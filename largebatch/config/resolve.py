@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 from largebatch.config.schema import TrialConfig, _Strict
 from largebatch.errors import BadInput
 
+_Bad = Callable[[str, str], BadInput]  # builds the BadInput for a field
 FULL_BATCH: Final = "full"  # data.global_batch_size: the whole training set (after data.train_subset) in one step
 
 
@@ -97,9 +98,7 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
             source: str = "<config>", prefix: str = "base.") -> Resolved:
     """Derive per-worker batch, accumulation, peak LR and step counts, for every batch-ramp phase. Anything
     impossible is BadInput."""
-    from largebatch.scaling import scaled_lr
-
-    d, s, b, ramp = cfg.data, cfg.schedule, cfg.budget, cfg.schedule.batch_ramp
+    d, s, b = cfg.data, cfg.schedule, cfg.budget
 
     def bad(field: str, msg: str) -> BadInput:
         return BadInput(msg, source=source, field=prefix + field)
@@ -115,7 +114,38 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
         d = d.model_copy(update={"global_batch_size": B})
         cfg = cfg.model_copy(update={"data": d})
 
-    # ---- the phases: (start epoch, global batch); a factor of 1 starts no phase. Batches must be whole numbers.
+    starts, batches = _ramp_batches(cfg, B, bad)
+    splits = _phase_splits(cfg, num_workers, starts, batches, bad)
+    micro0, accum0 = splits[0]
+    _check_batches_fit(starts, batches, train_size, bad)
+    check_full_batch_only(cfg, min(batches), train_size, bad)
+
+    # ---- steps: epoch e runs train_size // B_e steps (B_e = its phase's batch); the examples budget is epochs
+    # Per phase, never per epoch: time and memory do not grow with budget.epochs (up to MAX_EPOCHS)
+    n_epochs = math.ceil(b.epochs)
+    steps = _StepCounter(starts, batches, train_size, n_epochs)
+    total, epochs = _total_steps(cfg, steps)
+    warmup_steps = _warmup_steps(cfg, steps, total, bad)
+    milestones = tuple(steps.steps_at(m) for m in s.milestones)
+    if list(milestones) != sorted(milestones):
+        raise bad("schedule.milestones", f"got {list(s.milestones)}; milestones must be increasing")
+
+    lrs = _peak_lrs(cfg, batches, bad)
+    phases = tuple(Phase(start_epoch=starts[k], start_step=steps.steps_at(starts[k]), global_batch_size=Bk,
+                         per_worker_batch=splits[k][0], grad_accum_steps=splits[k][1],
+                         steps_per_epoch=train_size // Bk, peak_lr=lrs[k]) for k, Bk in enumerate(batches))
+
+    return Resolved(
+        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro0, micro_batch=micro0,
+        grad_accum_steps=accum0, train_size=train_size, steps_per_epoch=steps.spe(0),
+        examples_per_epoch=steps.spe(0) * B, epochs=epochs, total_steps=total, peak_lr=lrs[0],
+        warmup_steps=warmup_steps, milestone_steps=milestones, phases=phases,
+    )
+
+
+def _ramp_batches(cfg: TrialConfig, B: int, bad: _Bad) -> tuple[list[int], list[int]]:
+    """The phases: (start epochs, global batches); a factor of 1 starts no phase. Batches must be whole numbers."""
+    ramp = cfg.schedule.batch_ramp
     starts, batches = [0], [B]
     for m, f in zip(ramp.milestones, ramp.factors):
         nxt = batches[-1] * f
@@ -125,7 +155,13 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
         if round(nxt) != batches[-1]:
             starts.append(m)
             batches.append(int(round(nxt)))
+    return starts, batches
 
+
+def _phase_splits(cfg: TrialConfig, num_workers: int, starts: list[int], batches: list[int],
+                  bad: _Bad) -> list[tuple[int, int]]:
+    """(micro-batch, accumulation steps) for every phase's global batch."""
+    d, ramp = cfg.data, cfg.schedule.batch_ramp
     # "auto" is settled on the workers (train/microbatch.py), which resolve again with the number they found
     cap = d.per_worker_batch_cap if isinstance(d.per_worker_batch_cap, int) else None
     if d.per_worker_batch_cap == "auto" and d.grad_accum_steps is not None:
@@ -164,41 +200,57 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
                       f"grad_accum_steps={accum}; raise the cap or the accumulation")
         return micro, accum
 
-    micro0, accum0 = split(B, 0)  # split() reads micro0 for the later phases of an `accum` ramp
-    splits = [(micro0, accum0)] + [split(Bk, k) for k, Bk in enumerate(batches[1:], 1)]
+    micro0, accum0 = split(batches[0], 0)  # split() reads micro0 for the later phases of an `accum` ramp
+    return [(micro0, accum0)] + [split(Bk, k) for k, Bk in enumerate(batches[1:], 1)]
 
+
+def _check_batches_fit(starts: list[int], batches: list[int], train_size: int, bad: _Bad) -> None:
+    """Every phase's global batch is at most the training set."""
     for k, Bk in enumerate(batches):
         if train_size < Bk:
             field = "data.global_batch_size" if k == 0 else "schedule.batch_ramp.factors"
             where = "" if k == 0 else f"phase {k} (from epoch {starts[k]}): "
             raise bad(field, f"{where}got {Bk}, larger than the {train_size} training examples; "
                              f"use at most {train_size} (or full)")
-    check_full_batch_only(cfg, min(batches), train_size, bad)
 
-    # ---- steps: epoch e runs train_size // B_e steps (B_e = its phase's batch); the examples budget is epochs
-    # Per phase, never per epoch: time and memory do not grow with budget.epochs (up to MAX_EPOCHS)
-    n_epochs = math.ceil(b.epochs)
 
-    def spe(e: int) -> int:
-        return train_size // batches[bisect.bisect_right(starts, e) - 1]
+class _StepCounter:
+    """Optimizer steps per epoch and up to an epoch, over the batch-ramp phases."""
 
-    def full_steps(n: int) -> int:
+    def __init__(self, starts: list[int], batches: list[int], train_size: int, n_epochs: int) -> None:
+        self.starts, self.batches, self.train_size, self.n_epochs = starts, batches, train_size, n_epochs
+
+    def spe(self, e: int) -> int:
+        return self.train_size // self.batches[bisect.bisect_right(self.starts, e) - 1]
+
+    def full_steps(self, n: int) -> int:
         """Optimizer steps in the first n whole epochs (past the budget, at the last phase's rate)."""
+        starts, train_size = self.starts, self.train_size
         ends = starts[1:] + [max(n, starts[-1])]
-        return sum(max(0, min(n, end) - st) * (train_size // Bk) for st, end, Bk in zip(starts, ends, batches))
+        return sum(max(0, min(n, end) - st) * (train_size // Bk) for st, end, Bk in zip(starts, ends, self.batches))
 
-    def steps_at(x: float) -> int:
+    def steps_at(self, x: float) -> int:
         """Optimizer steps in the first x epochs (x may be fractional, or past the budget for decay milestones)."""
         whole = int(x)
-        return full_steps(whole) + round((x - whole) * spe(min(whole, n_epochs - 1)))
+        return self.full_steps(whole) + round((x - whole) * self.spe(min(whole, self.n_epochs - 1)))
 
-    total = steps_at(b.epochs)
+
+def _total_steps(cfg: TrialConfig, steps: _StepCounter) -> tuple[int, int]:
+    """(total optimizer steps, whole epochs run): the epochs budget, cut by budget.max_steps."""
+    b, n_epochs = cfg.budget, steps.n_epochs
+    total = steps.steps_at(b.epochs)
     epochs = n_epochs
     if b.max_steps is not None:
         total = min(total, b.max_steps)
-        epochs = min(epochs, bisect.bisect_left(range(1, n_epochs + 1), total, key=full_steps) + 1)
+        epochs = min(epochs, bisect.bisect_left(range(1, n_epochs + 1), total, key=steps.full_steps) + 1)
     total = max(total, 1)
+    return total, epochs
 
+
+def _warmup_steps(cfg: TrialConfig, steps: _StepCounter, total: int, bad: _Bad) -> int:
+    """Warmup in optimizer steps; longer than the `total` training steps is BadInput."""
+    s = cfg.schedule
+    starts, batches, train_size, n_epochs = steps.starts, steps.batches, steps.train_size, steps.n_epochs
     if s.warmup == "none":
         warmup_steps = 0
     elif s.warmup_examples is not None:
@@ -213,30 +265,23 @@ def resolve(cfg: TrialConfig, num_workers: int, *, train_size: int | None = None
         else:
             warmup_steps += math.ceil(left / batches[-1])
     else:
-        warmup_steps = steps_at(s.warmup_epochs)
+        warmup_steps = steps.steps_at(s.warmup_epochs)
     if warmup_steps > total:
         field = "schedule.warmup_examples" if s.warmup_examples is not None else "schedule.warmup_epochs"
         raise bad(field, f"warmup of {warmup_steps} steps is longer than the {total} training steps; "
                          f"shorten the warmup or raise budget.epochs")
-    milestones = tuple(steps_at(m) for m in s.milestones)
-    if list(milestones) != sorted(milestones):
-        raise bad("schedule.milestones", f"got {list(s.milestones)}; milestones must be increasing")
+    return warmup_steps
+
+
+def _peak_lrs(cfg: TrialConfig, batches: list[int], bad: _Bad) -> list[float]:
+    """Each phase's peak LR: base_lr scaled by the rule for its global batch."""
+    from largebatch.scaling import scaled_lr
 
     try:
-        lrs = [scaled_lr(cfg.scaling.rule, cfg.optim.base_lr, Bk, cfg.optim.base_batch_size, cfg.scaling.alpha)
-               for Bk in batches]
+        return [scaled_lr(cfg.scaling.rule, cfg.optim.base_lr, Bk, cfg.optim.base_batch_size, cfg.scaling.alpha)
+                for Bk in batches]
     except KeyError as e:
         raise bad("scaling.rule", str(e.args[0])) from None
-    phases = tuple(Phase(start_epoch=starts[k], start_step=steps_at(starts[k]), global_batch_size=Bk,
-                         per_worker_batch=splits[k][0], grad_accum_steps=splits[k][1],
-                         steps_per_epoch=train_size // Bk, peak_lr=lrs[k]) for k, Bk in enumerate(batches))
-
-    return Resolved(
-        cfg=cfg, num_workers=num_workers, global_batch_size=B, per_worker_batch=micro0, micro_batch=micro0,
-        grad_accum_steps=accum0, train_size=train_size, steps_per_epoch=spe(0), examples_per_epoch=spe(0) * B,
-        epochs=epochs, total_steps=total, peak_lr=lrs[0], warmup_steps=warmup_steps, milestone_steps=milestones,
-        phases=phases,
-    )
 
 
 def trial_train_size(cfg: TrialConfig, source: str = "<config>", prefix: str = "base.") -> int:

@@ -296,16 +296,7 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     tolerance (report/target.py: steps, examples and time to it per recipe; the recommendation is the recipe within
     tolerance that reaches it soonest, when the records carry per-epoch curves).
     """
-    if metric.split("_", 1)[0] not in SUMMARIES or "_" not in metric:
-        raise BadInput(f"got {metric!r}: the report compares a trial summary, best_<metric> or final_<metric> "
-                       f"(e.g. best_val_acc)", field="metric")
-    if mode not in MODES:
-        raise BadInput(unknown_choice("mode", mode, MODES), field="mode")
-    units = units or ("points" if mode == "max" else "absolute")
-    if units not in UNITS:
-        raise BadInput(unknown_choice("tolerance units", units, UNITS), field="tolerance_units")
-    if _finite(tolerance) is None or tolerance < 0:
-        raise BadInput(f"tolerance must be a finite number >= 0 (in {units}), got {tolerance!r}", field="tolerance")
+    units = _check_args(metric, mode, units, tolerance)
     trials = [_parse(r, metric) for r in records]
     warnings: list[str] = []
     step_s = step_times(profile)
@@ -317,25 +308,10 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
     per_batch = per_batch_rows(configs, scale)
     safe = [p["global_batch_size"] for p in per_batch if p["within_tolerance"]]
     pareto = pareto_front(configs, scale)
-    ok = [c for c in pareto if c["within_tolerance"]]
-    to_target = time_to_target_section(configs, baseline, goal)
-    # soonest to the target when curves say so (report/target.py), else the fastest within tolerance on the front
-    recommended = recommend_by_target(configs) if to_target else None
-    if recommended is None and ok:
-        recommended = dict(ok[0])  # the front is sorted by time_s: first is fastest
-    if recommended is not None:
-        recommended["chosen_by"] = ("time_to_target" if to_target and recommended.get("time_to_target_s") is not None
-                                    else "pareto")
-        # is it confirmed on a second seed (every seed reached the target), and which sooner recipe missed on one
-        recommended["confirmation"] = confirmation(recommended, configs)
+    to_target, recommended = _recommend(configs, pareto, baseline, goal)
     if not trials:
         warnings.append("no trial records")
-    counts = {"total": len(trials), **{s: sum(t.status == s for t in trials) for s in STATUSES}}
-    failures = [
-        {"trial_id": t.trial_id, "name": t.name, "status": t.status, "reason": t.reason}
-        for t in sorted(trials, key=lambda t: t.trial_id)
-        if t.status in PROBLEM_STATUSES
-    ]
+    counts, failures = _counts(trials)
     critical = critical_batch_section(configs, warnings)
     why = why_section(configs, per_batch)
     cost = study_cost(trials, baseline, step_s, basis)
@@ -365,6 +341,46 @@ def build_report(records: list[dict], *, tolerance: float = 0.5, metric: str = "
         # the study's cost and payback (report/verdict.py); the caller adds the study's name, runs and clock
         "study": cost,
     }
+
+
+def _check_args(metric: str, mode: str, units: str | None, tolerance: float) -> str:
+    """build_report's arguments, checked in order; returns the tolerance units (the mode's default when None)."""
+    if metric.split("_", 1)[0] not in SUMMARIES or "_" not in metric:
+        raise BadInput(f"got {metric!r}: the report compares a trial summary, best_<metric> or final_<metric> "
+                       f"(e.g. best_val_acc)", field="metric")
+    if mode not in MODES:
+        raise BadInput(unknown_choice("mode", mode, MODES), field="mode")
+    units = units or ("points" if mode == "max" else "absolute")
+    if units not in UNITS:
+        raise BadInput(unknown_choice("tolerance units", units, UNITS), field="tolerance_units")
+    if _finite(tolerance) is None or tolerance < 0:
+        raise BadInput(f"tolerance must be a finite number >= 0 (in {units}), got {tolerance!r}", field="tolerance")
+    return units
+
+
+def _recommend(configs: list[dict], pareto: list[dict], baseline: dict | None,
+               goal: dict | None) -> tuple[dict[str, Any] | None, dict | None]:
+    """(the time-to-target section, the recommended recipe or None)."""
+    ok = [c for c in pareto if c["within_tolerance"]]
+    to_target = time_to_target_section(configs, baseline, goal)
+    # soonest to the target when curves say so (report/target.py), else the fastest within tolerance on the front
+    recommended = recommend_by_target(configs) if to_target else None
+    if recommended is None and ok:
+        recommended = dict(ok[0])  # the front is sorted by time_s: first is fastest
+    if recommended is not None:
+        recommended["chosen_by"] = ("time_to_target" if to_target and recommended.get("time_to_target_s") is not None
+                                    else "pareto")
+        # is it confirmed on a second seed (every seed reached the target), and which sooner recipe missed on one
+        recommended["confirmation"] = confirmation(recommended, configs)
+    return to_target, recommended
+
+
+def _counts(trials: list[_Trial]) -> tuple[dict[str, int], list[dict]]:
+    """(trials per status with the total, the failed/diverged/... trials by id)."""
+    counts = {"total": len(trials), **{s: sum(t.status == s for t in trials) for s in STATUSES}}
+    failures = [{"trial_id": t.trial_id, "name": t.name, "status": t.status, "reason": t.reason}
+                for t in sorted(trials, key=lambda t: t.trial_id) if t.status in PROBLEM_STATUSES]
+    return counts, failures
 
 
 # Metric-neutral names for a row's figures (the metric may be val_mse, val_bpb, ...): value_mean/value_std are the

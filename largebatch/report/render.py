@@ -112,8 +112,22 @@ def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
 def format_table(report: dict) -> str:
     """Markdown: one row per batch size, then baseline, max safe batch, recommendation, counts, failures. With a
     throughput profile a 'projected s*' column comes before the measured wall-clock, and the speed-up follows it."""
-    name, units = metric_label(report), _UNIT_LABEL[report.get("tolerance_units", "points")]
+    units = _UNIT_LABEL[report.get("tolerance_units", "points")]
     proj = _projected(report)
+    out = [*first_screen(report), "", *format_time_to_target(report), *_per_batch_grid(report, units, proj), ""]
+    out += _summary_lines(report, units, proj)
+    out += _critical_and_lr_lines(report)
+    out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    out.append(f"- failures: {len(report['failures'])}")
+    out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
+            for f in report["failures"]]
+    out += [f"- warning: {w}" for w in report["warnings"]]
+    return "\n".join(out) + "\n"
+
+
+def _per_batch_grid(report: dict, units: str, proj: bool) -> list[str]:
+    """The table's lines: one row per batch size."""
+    name = metric_label(report)
     head = ["batch", "best recipe (rule, warmup, peak LR)", f"{name} (mean ± std)", f"gap vs baseline ({units})",
             f"no-scaling {name}", *(["projected s*"] if proj else []), "wall-clock s", "steps",
             "speed-up*" if proj else "speed-up"]
@@ -130,7 +144,12 @@ def format_table(report: dict) -> str:
             _num(p["steps"], "d"),
             "-" if p["speedup"] is None else f"{p['speedup']:.2f}x",
         ])
-    out = [*first_screen(report), "", *format_time_to_target(report), *_grid(head, rows), ""]
+    return _grid(head, rows)
+
+
+def _summary_lines(report: dict, units: str, proj: bool) -> list[str]:
+    """The bullets from the metric to the recommendation and its seeds."""
+    out: list[str] = []
     b = report["baseline"]
     mode = report.get("mode", "max")
     out.append(f"- metric: {report['metric']}, tolerance: {report['tolerance']:g} {units}"
@@ -150,6 +169,12 @@ def format_table(report: dict) -> str:
     conf = (rec or {}).get("confirmation")
     if conf:
         out.append(f"- seeds: {_seeds_line(conf)}")
+    return out
+
+
+def _critical_and_lr_lines(report: dict) -> list[str]:
+    """The bullets for the critical batch fit and the LR re-tuned per batch size."""
+    out: list[str] = []
     fit = (report.get("critical_batch") or {}).get("fit")
     if fit:
         gns = report["critical_batch"]["grad_noise_scale_mean"]
@@ -167,12 +192,7 @@ def format_table(report: dict) -> str:
                    f"{r['tuned_over_linear']:.3g}x the linear rule's {r['predicted_linear']:.4g}, "
                    f"{r['tuned_over_sqrt']:.3g}x the sqrt rule's {r['predicted_sqrt']:.4g} "
                    f"({r['n_lrs']} LRs tried; {coarseness(r)})")
-    out.append("- counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
-    out.append(f"- failures: {len(report['failures'])}")
-    out += [f"  - {f['name']} [{f['trial_id']}]: {f['status']}" + (f" ({f['reason']})" if f["reason"] else "")
-            for f in report["failures"]]
-    out += [f"- warning: {w}" for w in report["warnings"]]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _seeds_line(conf: dict) -> str:
