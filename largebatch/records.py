@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from largebatch.tracking import KIND_TAG, STATUS_TAG, TRIAL_TAG, _client, preflight_tracking
+from largebatch.tracking import REASON_TAG, STATUS_TAG, TRIAL_TAG, RunTree, preflight_tracking
 from largebatch.vocab import Status
 
 
@@ -29,9 +29,8 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
     from largebatch.vocab import TRIAL_FIGURES as instrument_keys
     report_keys = {"data.global_batch_size", "scaling.rule", "schedule.warmup_epochs", "optim.name", "optim.base_lr",
                    "seed"}
-    client = _client(uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=5000)
+    tree = RunTree(uri)
+    runs = tree.children(experiment_id, parent_run_id)
     records = []
     for run in runs:
         p, m, tags = run.data.params, run.data.metrics, run.data.tags
@@ -40,7 +39,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
         keys = HISTORY_KEYS + tuple(sorted(k for k in m if k.startswith(("val_", "train_")) and k not in HISTORY_KEYS))
         for key in keys + ("grad_noise_scale", "sharpness"):
             # the first point per step: log_final re-logs the final values at step 0, after epoch 0's own
-            for point in sorted(client.get_metric_history(run.info.run_id, key), key=lambda q: (q.step, q.timestamp)):
+            for point in sorted(tree.metric_history(run.info.run_id, key), key=lambda q: (q.step, q.timestamp)):
                 history.setdefault(point.step, {"epoch": point.step}).setdefault(key, point.value)
         gns = [h["grad_noise_scale"] for h in history.values() if math.isfinite(h.get("grad_noise_scale", math.nan))]
         try:
@@ -61,7 +60,7 @@ def records_from_mlflow(uri: str, experiment_id: str, parent_run_id: str) -> lis
             "peak_lr": _f(p.get("peak_lr")),
             "seed": int(float(p.get("seed", 0))),
             "status": tags.get(STATUS_TAG, Status.RUNNING.value),
-            "reason": tags.get("reason"),
+            "reason": tags.get(REASON_TAG),
             "best_val_acc": m.get("best_val_acc"),
             "final_val_acc": m.get("final_val_acc"),
             **{k: v for k, v in m.items() if k.startswith(("best_", "final_"))},
@@ -86,21 +85,20 @@ def find_study_run(uri: str, experiment: str, parent_run_id: Optional[str] = Non
     from largebatch.errors import BadInput
 
     preflight_tracking(uri)
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
+    tree = RunTree(uri)
+    exp = tree.experiment(experiment)
     if exp is None:
-        names = [e.name for e in client.search_experiments()]
+        names = [e.name for e in tree.experiments()]
         from largebatch.errors import unknown_choice
 
         raise BadInput(unknown_choice("experiment", experiment, names), field="--experiment")
     if parent_run_id:
         try:
-            run = client.get_run(parent_run_id)
+            run = tree.run(parent_run_id)
         except Exception:
             raise BadInput(f"no run {parent_run_id!r} in {uri}", field="--run") from None
     else:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'study'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = tree.latest_study([exp.experiment_id])
         if not runs:
             raise BadInput(f"experiment {experiment!r} has no study runs", field="--experiment")
         run = runs[0]

@@ -8,7 +8,7 @@ that failed every later study; under the lock the first creates it and the other
 `check_database_store` does the same for a database store MLflow reaches through SQLAlchemy (postgresql://,
 mysql://, ...): one connection, before Ray starts, and a server that is not there, a wrong password or a missing
 database is one line naming the URI (password masked) and the fix.
-No mlflow import here: `tracking.py` hands in how to make its client.
+No mlflow import here: `tracking/client.py` hands in how to make its client.
 """
 from __future__ import annotations
 

@@ -46,14 +46,13 @@ def opener_url(base: str, experiment_id: Optional[str]) -> str:
 
 def latest_study_experiment(uri: str) -> tuple[Optional[str], Optional[str]]:
     """(experiment id, experiment name) of the most recently started study run in the store; (None, None) if none."""
-    from largebatch.tracking import KIND_TAG, _client
+    from largebatch.tracking import RunTree
 
-    client = _client(uri)
-    exps = client.search_experiments(max_results=1000)
+    tree = RunTree(uri)
+    exps = tree.experiments(max_results=1000)
     if not exps:
         return None, None
-    runs = client.search_runs([e.experiment_id for e in exps][:100], filter_string=f"tags.`{KIND_TAG}` = 'study'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = tree.latest_study([e.experiment_id for e in exps][:100])
     if not runs:
         return None, None
     exp_id = runs[0].info.experiment_id

@@ -4,7 +4,7 @@ Pure Python, no imports beyond the standard library: the config loader, the loop
 A status or metric list is defined here once; tests/unit/test_structure.py fails on a second list of status strings.
 
 Metric names, by where they are logged (per epoch by the training loop, train/loop.py, into Ray Train/Tune results
-and MLflow metrics; tracking.py logs a trial's summaries; report/ reads the summaries back from MLflow):
+and MLflow metrics; tracking/ logs a trial's summaries; report/ reads the summaries back from MLflow):
 
 | names                                   | direction      | logged                                        |
 |-----------------------------------------|----------------|-----------------------------------------------|

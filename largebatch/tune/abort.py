@@ -9,8 +9,7 @@ from largebatch.vocab import Status
 
 
 def child_runs(tracker, exp_id: str, parent_id: str) -> list:
-    return tracker.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                      max_results=5000)
+    return tracker.children(exp_id, parent_id)
 
 
 def report_hint(tracker, parent_id: str, resume_hint: Optional[str], exp_name: str) -> Optional[str]:
@@ -19,7 +18,7 @@ def report_hint(tracker, parent_id: str, resume_hint: Optional[str], exp_name: s
     from largebatch.tracking import STATUS_TAG
 
     try:
-        status = tracker.client.get_run(parent_id).data.tags.get(STATUS_TAG)
+        status = tracker.run(parent_id).data.tags.get(STATUS_TAG)
     except Exception:
         return resume_hint
     if status != Status.COMPLETED:
@@ -32,7 +31,7 @@ def abort_study(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseExce
     """The driver cannot go on: close the open MLflow runs (never leave them RUNNING) and say how to continue."""
     from largebatch import interrupts
     from largebatch.failures import StudyAborted, describe, signal_name
-    from largebatch.tracking import FINAL_STATUSES, STATUS_TAG
+    from largebatch.tracking import FINAL_STATUSES, REASON_TAG, STATUS_TAG
 
     if isinstance(e, KeyboardInterrupt):
         import signal
@@ -48,7 +47,7 @@ def abort_study(tracker, exp_id: str, exp_name: str, parent_id: str, e: BaseExce
             if run.data.tags.get(STATUS_TAG) == Status.RUNNING:
                 tracker.end_run(run.info.run_id, status)  # the status tag stays 'running': --resume continues it
         finished = str(sum(r.data.tags.get(STATUS_TAG) in FINAL_STATUSES for r in runs))
-        tracker.client.set_tag(parent_id, "reason", redact_uri(what)[:5000])  # errors may quote URIs
+        tracker.set_tag(parent_id, REASON_TAG, redact_uri(what)[:5000])  # errors may quote URIs
         tracker.end_run(parent_id, status)
     except Exception as te:  # MLflow may be what failed
         note = f" (MLflow could not be updated: {describe(te)})"

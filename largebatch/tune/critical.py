@@ -56,8 +56,8 @@ def log_placement(tracker, parent_id: str, info: Optional[dict]) -> None:
     noise_scale.json (the whole estimate) as an artifact."""
     if info is None:
         return
-    tracker.client.log_metric(parent_id, "b_noise", float(info["b_noise"]))
+    tracker.log_metric(parent_id, "b_noise", float(info["b_noise"]))
     if info["b_noise_std"] is not None:
-        tracker.client.log_metric(parent_id, "b_noise_std", float(info["b_noise_std"]))
-    tracker.client.set_tag(parent_id, "critical_grid", json.dumps(info["grid"]))
+        tracker.log_metric(parent_id, "b_noise_std", float(info["b_noise_std"]))
+    tracker.set_tag(parent_id, "critical_grid", json.dumps(info["grid"]))
     tracker.log_text(parent_id, json.dumps(info, indent=2, default=str), "noise_scale.json")

@@ -80,10 +80,9 @@ def _as_logged(flat: dict[str, Any]) -> dict[str, str]:
 
 
 def finished_runs(tracking_uri: str, exp_id: str, parent_id: str) -> list:
-    from largebatch.tracking import FINAL_STATUSES, STATUS_TAG, _client
+    from largebatch.tracking import FINAL_STATUSES, STATUS_TAG, RunTree
 
-    client = _client(tracking_uri)
-    runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000)
+    runs = RunTree(tracking_uri).children(exp_id, parent_id)
     return [r for r in runs if r.data.tags.get(STATUS_TAG) in FINAL_STATUSES]
 
 
@@ -120,7 +119,9 @@ def extension_searcher(study: StudyConfig, base_tree: dict, baseline_tree: dict,
 
 def reopen_parent(tracker, target: dict[str, str], run_name: str, study_text: str, stamp: str) -> None:
     """The parent runs again, under the extension's run folder; the study file of each extension is kept."""
-    tracker.client.update_run(target["parent_id"], status="RUNNING")
-    tracker.client.set_tag(target["parent_id"], "status", Status.RUNNING.value)
-    tracker.client.set_tag(target["parent_id"], "run_name", run_name)
+    from largebatch.tracking import RUN_NAME_TAG, STATUS_TAG
+
+    tracker.reopen(target["parent_id"])
+    tracker.set_tag(target["parent_id"], STATUS_TAG, Status.RUNNING.value)
+    tracker.set_tag(target["parent_id"], RUN_NAME_TAG, run_name)
     tracker.log_text(target["parent_id"], study_text, f"extensions/study-{stamp}.yaml")

@@ -53,10 +53,9 @@ def find_resumable(storage_path: str, exp_name: str, tracking_uri: str) -> dict[
 
 def study_parent(tracking_uri: str, exp_name: str, run_name: str):
     """(the MLflow experiment or None, [the study's parent run] or []) for the Tune run folder `run_name`."""
-    from largebatch.tracking import KIND_TAG, _client
+    from largebatch.tracking import RunTree
 
-    client = _client(tracking_uri)
-    exp = client.get_experiment_by_name(exp_name)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.run_name = '{run_name}' and "
-                              f"tags.`{KIND_TAG}` = 'study'", max_results=1) if exp is not None else []
+    tree = RunTree(tracking_uri)
+    exp = tree.experiment(exp_name)
+    runs = tree.study_named(exp.experiment_id, run_name) if exp is not None else []
     return exp, runs

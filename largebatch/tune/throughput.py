@@ -41,11 +41,14 @@ import platform
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 # the profile line says these too
 from largebatch.report.speed import INPUT_NOTE_SHARE, input_note, profile_workers  # noqa: F401
 from largebatch.tune.measure import BUDGET_S, MAX_STEPS, MIN_TIMED, ROUNDS, measure, summarize  # noqa: F401
+
+if TYPE_CHECKING:
+    from largebatch.tracking import RunTree
 
 VERSION = 4  # bump when the measurement changes: older cache files no longer match
 ARTIFACT = "throughput.json"
@@ -262,29 +265,28 @@ def describe(profile: Optional[dict]) -> str:
 def log_profile(tracker, parent_id: str, profile: dict) -> None:
     """On the study's MLflow run: throughput.json, a param, and per batch size the metrics throughput_step_s and
     throughput_examples_per_s at step = the batch size (MLflow's chart of a metric is then against the batch)."""
-    from mlflow.entities import Metric, Param
+    from largebatch.tracking import log_step_metrics
 
-    ts = int(time.time() * 1000)
-    metrics = [Metric(name, float(e[key]), ts, int(e["global_batch_size"]))
-               for e in profile["entries"]
-               for name, key in (("throughput_step_s", "step_s"), ("throughput_examples_per_s", "examples_per_s"))]
-    params = [Param("throughput_profile", profile["status"] if profile["status"] == "off" else "on")]
-    tracker.client.log_batch(parent_id, metrics=metrics, params=params)
+    points = [(name, float(e[key]), int(e["global_batch_size"]))
+              for e in profile["entries"]
+              for name, key in (("throughput_step_s", "step_s"), ("throughput_examples_per_s", "examples_per_s"))]
+    log_step_metrics(tracker, parent_id, points,
+                     {"throughput_profile": profile["status"] if profile["status"] == "off" else "on"})
     tracker.log_text(parent_id, json.dumps(profile, indent=2, default=str), ARTIFACT)
 
 
-def logged_profile(client, parent_id: str) -> Optional[dict]:
-    """The profile a study logged on its parent run (None when it logged none, e.g. an older study). client: an
-    MlflowClient or a tracking URI."""
+def logged_profile(runs: str | RunTree, parent_id: str) -> Optional[dict]:
+    """The profile a study logged on its parent run (None when it logged none, e.g. an older study). runs: a
+    RunTree (a Tracker) or a tracking URI."""
     import tempfile
 
     try:
-        if isinstance(client, str):
-            from largebatch.tracking import _client
+        if isinstance(runs, str):
+            from largebatch.tracking import RunTree
 
-            client = _client(client)
+            runs = RunTree(runs)
         with tempfile.TemporaryDirectory() as d:
-            path = client.download_artifacts(parent_id, ARTIFACT, d)
+            path = runs.download_artifact(parent_id, ARTIFACT, d)
             return json.loads(Path(path).read_text())
     except Exception:
         return None
@@ -295,7 +297,7 @@ def study_profile(study, tracker, parent_id: str, base_tree: dict, baseline_tree
     """The driver's one call: a resumed study reads the profile it logged; a new one profiles and logs it
     (fingerprint: see profile_study)."""
     if resumed:
-        logged = logged_profile(tracker.client, parent_id)
+        logged = logged_profile(tracker, parent_id)
         if logged is not None:
             print("[largebatch] " + describe(logged) + " (logged by the resumed study)", flush=True)
             return logged

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from largebatch import raycompat
-from largebatch.tracking import FINAL_STATUSES, KIND_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_TAG, Tracker, trial_note
+from largebatch.tracking import (FINAL_STATUSES, KIND_TAG, REASON_TAG, STATUS_TAG, TRIAL_DIR_TAG, TRIAL_INDEX_TAG,
+                                 TRIAL_TAG, Tracker, trial_note)
 from largebatch.config import flatten
 from largebatch.redact import redact_text
 from largebatch.train.spec import TrialSpec
@@ -24,31 +25,23 @@ def _already_finished(tracker: Tracker, run_id: str) -> bool:
     trial raises again), so Tune records the same outcome without training anything."""
     from ray import tune
 
-    run = tracker.client.get_run(run_id)
+    run = tracker.run(run_id)
     status = run.data.tags.get(STATUS_TAG)
     if status not in FINAL_STATUSES:
         return False
     if status == Status.FAILED:
-        raise RuntimeError(run.data.tags.get("reason") or "trial failed")
+        raise RuntimeError(run.data.tags.get(REASON_TAG) or "trial failed")
     tune.report({**run.data.metrics, "trial_id": tune.get_context().get_trial_id(), "status": status})
     raycompat.wait_for_tune_queue()
     return True
 
 
-# "<Tune run folder>:<n>": the trial's number in that Tune run (tune/space.py WithBaseline); a resumed study keeps
-# the folder, an extension (tune/extend.py) gets a new one
-TRIAL_INDEX_TAG = "largebatch.trial_index"
-
-
 def _child_by_index(tracker: Tracker, rt: StudyRuntime, index: int, trial_id: str, trial_dir: str) -> Optional[str]:
-    runs = tracker.client.search_runs(
-        [rt.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{rt.parent_run_id}' and "
-                                          f"tags.`{TRIAL_INDEX_TAG}` = '{rt.run_name}:{index}'", max_results=1)
-    if not runs:
+    run_id = tracker.child_with_tag(rt.experiment_id, rt.parent_run_id, TRIAL_INDEX_TAG, f"{rt.run_name}:{index}")
+    if run_id is None:
         return None
-    run_id = runs[0].info.run_id
-    tracker.client.set_tag(run_id, TRIAL_TAG, trial_id)  # Tune's id for it from now on
-    tracker.client.set_tag(run_id, TRIAL_DIR_TAG, redact_text(trial_dir))
+    tracker.set_tag(run_id, TRIAL_TAG, trial_id)  # Tune's id for it from now on
+    tracker.set_tag(run_id, TRIAL_DIR_TAG, redact_text(trial_dir))
     return run_id
 
 
@@ -92,7 +85,7 @@ def tune_trial(config: dict[str, Any], rt: StudyRuntime) -> None:
     params = {**flatten(cfg.model_dump(mode="json")), **summary, "arm": arm, "trial_id": trial_id,
               "searched": ",".join(overrides)}
     if run_id is not None:  # resumed: its process may have died between creating its run and logging its params
-        if not tracker.call(tracker.client.get_run, run_id).data.params:
+        if not tracker.call(tracker.run, run_id).data.params:
             tracker.log_params(run_id, params)
     else:
         run_id = tracker.start_run(rt.experiment_id, name, parent_id=rt.parent_run_id, params=params,
