@@ -2,14 +2,15 @@
 
 A cluster whose head goes away (the machine lost, its GCS killed) under a connected driver: Ray's own client waits
 RAY_gcs_rpc_server_reconnect_timeout_s (60 s) and then ends the process from C++ ("The program will terminate"), with
-no Python exception, so the study could not close its MLflow runs or say how to resume. `init_ray` therefore starts
-a watch (`ClusterWatch`): once a second it opens a TCP connection to the GCS; when that fails for half of Ray's wait
+no Python exception, so the study could not close its MLflow runs or say how to resume. `init_ray` therefore starts a
+watch (`ClusterWatch`): once a second it opens a TCP connection to the GCS; when that fails for half of Ray's wait
 (at most 20 s) while the main thread is inside Ray's code (Tune's loop, a ray.get), it raises `ClusterLost` in the
-main thread, which the caller handles like any other failure of Ray under it (tune/driver.py `_abort`: the runs
-closed, the one-paragraph resume hint, exit 1; the process then exits at once, not after Ray's own wait). A main
-thread blocked in a call to the lost GCS (Tune freeing a placement group) cannot take it: after `handoff_s` the
-watch's thread stops the process itself, with the `on_cluster_lost` handlers' clean-up and the same paragraph
-(`largebatch tune ... --resume`, from the process's own command line), exit 1. `shutdown_ray` stops the watch.
+main thread, which the caller handles like any other failure of Ray under it (tune/driver.py `_on_ray`, with
+tune/abort.py `abort_study`: the runs closed, the one-paragraph resume hint, exit 1; the process then exits at once,
+not after Ray's own wait). A main thread blocked in a call to the lost GCS (Tune freeing a placement group) cannot
+take it: after `handoff_s` the watch's thread stops the process itself, with the `on_cluster_lost` handlers' clean-up
+and the same paragraph (`largebatch tune ... --resume`, from the process's own command line), exit 1. `shutdown_ray`
+stops the watch.
 """
 from __future__ import annotations
 

@@ -1,72 +1,32 @@
 """`largebatch tune`: run a study on Ray Tune, record it in MLflow, print and store the report.
 
-Flow: validate everything (config, cluster fit, storage, MLflow) -> parent MLflow run -> Tuner over the searcher
-(baseline first) -> mark ASHA-stopped trials -> rebuild trial records FROM MLFLOW -> report. The report is built
-from MLflow alone, so `largebatch report` gives the same answer later.
+The study runs in explicit stages, their state in one `StudyState` (tune/plan.py): plan (what will run: the
+searcher's points, the scheduler and what it derives, the stopper; tune/plan.py) -> preflight (storage, MLflow, the
+run to resume or extend, before Ray starts or a run is written; tune/plan.py) -> open runs (the parent MLflow run:
+new, resumed or extended; here and tune/parent.py) -> run (the throughput profile, then the Tuner over the searcher,
+baseline first; unfinished trials' runs closed) -> close (the report, rebuilt FROM MLFLOW, the parent's status, the
+exit code; tune/finish.py). The report is built from MLflow alone, so `largebatch report` gives the same answer later.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from largebatch.config import StudyConfig, baseline_trial, flatten
-from largebatch.errors import BadInput
+from largebatch.config import StudyConfig
 from largebatch.redact import redact_uri
 from largebatch.tune.abort import child_runs
-from largebatch.tune.study_runs import find_resumable
+from largebatch.tune.plan import StudyState
+from largebatch.tune.plan import _train_sizes, create_scheduler  # noqa: F401 (their old home: tests import them here)
 from largebatch.vocab import Status
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
+    from ray.tune import ResultGrid, Tuner
 
-
-def create_scheduler(study: StudyConfig):
-    """The study's trial scheduler (tune/schedulers.py; the name was checked at load time)."""
-    from largebatch.tune.schedulers import SCHEDULERS
-
-    t = study.tuner
-    if t.scheduler not in SCHEDULERS:
-        from largebatch.errors import unknown_choice
-
-        raise BadInput(unknown_choice("scheduler", t.scheduler, SCHEDULERS.names()), field="tuner.scheduler")
-    return SCHEDULERS.get(t.scheduler)(study)
-
-
-def _train_sizes(study: StudyConfig, trees: list[dict]) -> dict[int, int]:
-    """Training-set sizes per train_subset, computed once on the driver (not in every trial), by the task."""
-    from largebatch.tasks import task_of, train_size
-
-    subsets = {t["data"].get("train_subset") or 0 for t in trees}
-    for key, domain in study.search.items():
-        if key == "data.train_subset":
-            subsets |= {v or 0 for v in next(iter(domain.values()))}
-    n = train_size(task_of(study.base), study.base)
-    # a search over the data itself: each trial counts (and checks the subset against) its own data
-    varies = any(k in ("data.dataset", "data.path") or k.startswith("task.") for k in study.search)
-    for s in subsets:
-        if s > n and not varies:
-            raise BadInput(f"got {s}, more than the {n} training examples; use at most {n}",
-                           field="data.train_subset")
-    return {s: s or n for s in subsets if s <= n}
-
-
-def runs_in_process(study: StudyConfig) -> bool:
-    """1-worker trials of a task fed from memory or a Dataset run in Tune's trial process (train/inprocess.py);
-    a Ray Data task needs Train's dataset shards, so it keeps TorchTrainer."""
-    from largebatch.tasks import task_of
-
-    t = study.tuner
-    return t.in_process and t.workers_per_trial == 1 and task_of(study.base).ray_data is None
+    from largebatch.console import StudyDisplay
+    from largebatch.tune.runtime import StudyRuntime
 
 
 def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optional[str] = None,
@@ -82,236 +42,242 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
     runs as KILLED/FAILED and raises StudyAborted with `resume_hint`, the command that continues the study.
 
     Progress shows live on a terminal (live=False: plain lines, as anywhere else); see largebatch/console.py."""
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
+    from largebatch.raylib import init_ray
+    from largebatch.tune.plan import plan_study, preflight_study
+    from largebatch.tune.throughput import fingerprint_while_ray_starts
 
-    from largebatch import interrupts, quiet
-    from largebatch.console import StudyDisplay, wants_live
-    from largebatch.raylib import init_ray, shutdown_ray
-    from largebatch.raywatch import on_cluster_lost
-    from largebatch.tune.abort import abort_study, report_hint
-    from largebatch.storage import preflight_storage, resolve_storage
-    from largebatch.metrics import summary_name
-    from largebatch.tracking import Tracker, preflight_tracking, resolve_tracking_uri
-    from largebatch.tracking_store import database_scheme
-    from largebatch.tune.space import create_searcher
-    from largebatch.tune import progress
-    from largebatch.tune.finish import finish_study
-    from largebatch.tune.runtime import StudyRuntime
-    from largebatch.tune.trainable import tune_trial
-    from largebatch.tune.critical import log_placement, place_critical
-    from largebatch.tune.extend import extension_searcher, find_extendable, reopen_parent
-    from largebatch.tune.throughput import fingerprint_while_ray_starts, study_profile
-    from largebatch.tune.stopper import create_stopper
-    from largebatch.tasks.build import absolute_paths
-    from largebatch.report.speed import step_times
-    from largebatch.report.target import explicit_target
+    plan = plan_study(study, source=source, study_text=study_text, name=name, storage=storage, mlflow_uri=mlflow_uri,
+                      run_root=run_root, resume_hint=resume_hint, live=live)
+    preflight_study(plan, resume=resume, extend=extend)
+    fingerprint = None if resume else fingerprint_while_ray_starts(plan.study, plan.base_tree)  # the profile's key
+    state = StudyState(plan, init_ray(address))
+    _on_ray(state, fingerprint)
+    return close_study(state)
 
-    t = study.tuner
-    exp_name = name or study.name
-    run_root = str(Path(run_root).resolve())  # absolute from here on: the driver may change directory
-    tracking_uri = resolve_tracking_uri(mlflow_uri, run_root)
-    storage_path = resolve_storage(storage, run_root)
-    # ---- everything that can be wrong is checked before Ray starts or a run is created
-    # relative paths (data.path, files named in task.kwargs) made absolute here, against the folder the study was
-    # loaded (and its task checked) from: the profile and every trial, each in its own folder, read the same files
-    cwd = os.getcwd()
-    base_tree = absolute_paths(study.base.model_dump(mode="json"), cwd)
-    baseline_tree = absolute_paths(baseline_trial(study, source).model_dump(mode="json"), cwd) \
-        if study.baseline is not None else base_tree
-    study, critical = place_critical(study, source, run_root)  # around_critical -> {grid: [..]}, else unchanged
-    searcher, n_trials = create_searcher(study, {} if study.baseline is not None else None)
-    scheduler = create_scheduler(study)
-    rungs = getattr(scheduler, "rungs", None)
-    if rungs:  # sha: every trial saves a checkpoint at each rung, where it may pause (tune/sha.py)
-        if not runs_in_process(study):  # a Ray Data task: its trials go through TorchTrainer
-            from largebatch.config.names import SHA_NEEDS_IN_PROCESS
 
-            raise BadInput(SHA_NEEDS_IN_PROCESS + "; a Ray Data task's trials go through Ray Train", source=source,
-                           field="tuner.scheduler")
-        ckpt = base_tree.setdefault("checkpoint", {})
-        ckpt["at_epochs"] = sorted(set(ckpt.get("at_epochs") or []) | set(rungs))
-    stopper = create_stopper(study)  # budget.stop_at_target: searched trials end at the baseline's quality
-    train_sizes = _train_sizes(study, [base_tree, baseline_tree])
-    preflight_storage(storage_path)
-    preflight_tracking(tracking_uri)
-    target = find_resumable(storage_path, exp_name, tracking_uri) if resume else None
-    extending = find_extendable(storage_path, exp_name, tracking_uri) if extend else None
-    if extending is not None:  # only the trials the study lacks, under its parent run
-        searcher, n_trials = extension_searcher(study, base_tree, baseline_tree, source, tracking_uri, extending)
+def _on_ray(state: StudyState, fingerprint: Optional[Future]) -> None:
+    """The stages that need Ray: the cluster's fit, open runs, run. Anything that stops them once the parent run
+    exists closes the runs (StudyAborted), after Ray (when started here) has stopped."""
+    from largebatch import interrupts
+    from largebatch.raylib import shutdown_ray
+    from largebatch.tune.abort import abort_study
+    from largebatch.tune.plan import cluster_slots
 
-    per_trial = t.workers_per_trial * t.cpus_per_worker
-    in_process = runs_in_process(study)
-    fingerprint = None if resume else fingerprint_while_ray_starts(study, base_tree)  # the profile's cache key
-    info = init_ray(address)
+    plan = state.plan
     aborted: Optional[BaseException] = None
-    parent_id: Optional[str] = None
-    undo_lost = None
     try:
-        if info["cpus"] < per_trial or (t.use_gpu and info["gpus"] < t.workers_per_trial):
-            need = f"{t.workers_per_trial} workers x {t.cpus_per_worker} CPUs" + (" + 1 GPU each" if t.use_gpu else "")
-            raise BadInput(f"one trial needs {need}, but the Ray cluster has {info['cpus']} CPUs and {info['gpus']} "
-                           f"GPUs; lower tuner.workers_per_trial or tuner.cpus_per_worker, or use a larger cluster",
-                           source=source, field="tuner.workers_per_trial")
-        max_conc = t.max_concurrent or max(1, min(info["cpus"] // per_trial,
-                                                  info["gpus"] // t.workers_per_trial if t.use_gpu else 10**6))
-
-        tracker = Tracker(tracking_uri)
-        artifact_location = None
-        if tracking_uri.startswith("sqlite:") or database_scheme(tracking_uri) is not None:  # not <cwd>/mlruns
-            artifact_location = (Path(run_root).resolve() / "mlartifacts").as_uri()
-        exp_id = tracker.experiment_id(exp_name, artifact_location)
-        if target is not None:
-            run_name, parent_id = target["run_name"], target["parent_id"]
-            tracker.client.update_run(parent_id, status="RUNNING")  # an aborted driver left it KILLED/FAILED
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_name = f"{exp_name}-{stamp}"
-            if extending is not None:
-                parent_id = extending["parent_id"]
-                reopen_parent(tracker, extending, run_name, study_text, stamp)
-                if stopper is not None:  # no baseline runs in an extension: the finished one sets the target
-                    from largebatch.records import records_from_mlflow
-
-                    stopper.learn_from_records(records_from_mlflow(tracking_uri, exp_id, parent_id))
-            else:
-                parent_id = _start_parent(tracker, exp_id, stamp, run_name, study, t, source, study_text, n_trials,
-                                          max_conc, storage_path, info, base_tree)
-        log_placement(tracker, parent_id, critical)
-        # the head lost while the main thread is blocked in Ray: the watch's thread closes the runs (raywatch.py)
-        undo_lost = on_cluster_lost(lambda e: str(abort_study(tracker, exp_id, exp_name, parent_id, e, resume_hint)))
-        print(f"[largebatch] study {exp_name!r}: {n_trials} trials, {max_conc} at a time, "
-              f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
-              f"(parent run {parent_id}); storage {redact_uri(storage_path)}", flush=True)
-        if target is not None:
-            print(f"[largebatch] resuming {redact_uri(target['path'])} (finished trials are kept, unfinished ones "
-                  f"resume from their last checkpoint)", flush=True)
-        runtime = StudyRuntime(
-            base_tree=base_tree, baseline_tree=baseline_tree, source=source, seeds=tuple(t.seeds),
-            workers_per_trial=t.workers_per_trial, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
-            max_failures=t.max_failures, train_sizes=train_sizes, tracking_uri=tracking_uri, experiment_id=exp_id,
-            parent_run_id=parent_id, run_name=run_name, storage_path=storage_path,
-            placement_strategy="SPREAD" if info["nodes"] > 1 else "PACK", in_process=in_process, cwd=cwd,
-            credentials=study.credentials())
-        resources: dict[str, float]
-        if in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
-            resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-        else:
-            # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
-            # so it takes 1 MiB of "memory", which every node has. The ConcurrencyLimiter caps how many run at once.
-            resources = {"CPU": 0, "memory": 2**20}
-        trainable = tune.with_resources(tune.with_parameters(tune_trial, rt=runtime), resources)
-        if target is not None:
-            # the searcher (and its position), scheduler and trial list come back from the run folder
-            tuner = tune.Tuner.restore(target["path"], trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            limited = ConcurrencyLimiter(searcher, max_concurrent=max_conc)
-            search_alg: Searcher | SearchAlgorithm = limited
-            if hasattr(scheduler, "holding"):  # sha: trial processes kept between rungs (tune/sha.py HeldSearch)
-                from largebatch.tune.sha import HeldSearch
-
-                search_alg = HeldSearch(limited)
-            # the ConcurrencyLimiter alone caps concurrency (Tune warns when max_concurrent_trials repeats it);
-            # verbose=0 with the old output engine keeps Tune's tables off (largebatch/quiet.py)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=search_alg,
-                                            reuse_actors=in_process,  # one process, its data cache, many trials
-                                            scheduler=scheduler, num_samples=n_trials, metric=t.metric,
-                                            mode=t.mode, time_budget_s=t.time_budget_s),
-                run_config=tune.RunConfig(name=run_name, storage_path=storage_path, verbose=quiet.tune_verbose(),
-                                          stop=stopper,
-                                          # in-process trials: Tune restarts a killed trial from its checkpoint
-                                          # (TorchTrainer trials: Ray Train restarts their workers itself)
-                                          failure_config=tune.FailureConfig(
-                                              max_failures=t.max_failures if in_process else 0),
-                                          checkpoint_config=tune.CheckpointConfig(
-                                              num_to_keep=study.base.checkpoint.num_to_keep),
-                                          callbacks=[progress.create_callback()]),
-            )
-        display = StudyDisplay(title=exp_name, total=n_trials, metric=t.metric, score=summary_name(t.metric),
-                               mode=t.mode or "max", slots=max_conc,
-                               live=live and wants_live() and not quiet.is_verbose(),
-                               # the best so far on the report's basis: tolerance, units, target, step times
-                               tolerance=study.report.tolerance, units=study.report.tolerance_units,
-                               target=explicit_target(t.metric, study.base.budget.target_val_acc))
-        progress.activate(display, runtime)
-        t0 = time.time()
-        try:
-            # each batch size's step time measured alone, before any trial shares the machine (tune/throughput.py)
-            profile = study_profile(study, tracker, parent_id, base_tree, baseline_tree, run_root, target is not None,
-                                    fingerprint=fingerprint)
-            profile_s = time.time() - t0
-            display.step_s = step_times(profile)  # projected times to target, as the report's (report/speed.py)
-            if stopper is not None and target is None:  # tuner.budget_runs: step times, unit, gate (tune/stopper.py)
-                stopper.plan(profile, runtime, searcher)
-            display.start()
-            grid: tune.ResultGrid | list  # Tune's results, or the trials it ended with (tune/progress.py)
-            try:
-                grid = tuner.fit()
-            except Exception as e:
-                # once every trial has ended, Ray reads the study's results back from storage (tune/tune.py `run` ->
-                # ExperimentAnalysis): with S3 down that raises, though nothing is lost (docs/design.md §10)
-                ended = progress.ended_results()
-                if ended is None:
-                    raise
-                grid = ended
-                first = (str(e).strip().splitlines() or [""])[0][:300]
-                print(redact_uri(f"[largebatch] Tune could not read the results back from {storage_path} "
-                                 f"({type(e).__name__}: {first}); using the trials it ended with"), flush=True)
-            finally:
-                display.stop()
-                progress.deactivate()
-            study_s = time.time() - t0
-            marked = _mark_unfinished(tracker, exp_id, parent_id, grid, stopper.stopped if stopper else {})
-            if stopper is not None and stopper.budget_runs is not None:
-                runtime.extra["budget"] = stopper.finish()  # what the budget did: printed, and for the report
-        except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
-            aborted = e
-    except BaseException as e:  # before the trials start: with the parent open, it is closed like any abort
-        if parent_id is None:
+        state.max_conc = cluster_slots(plan, state.info)
+        open_runs(state)
+        run_trials(state, fingerprint)
+    except BaseException as e:  # KeyboardInterrupt too: SIGINT/SIGTERM/SIGHUP arrive as one
+        if state.parent_id is None:  # before the parent run exists: nothing to close
             raise
         aborted = e
     finally:
-        if undo_lost is not None:
-            undo_lost()
-        if info["started"]:
+        if state.undo_lost is not None:
+            state.undo_lost()
+        if state.info["started"]:
             shutdown_ray()
             interrupts.reinstall()  # ray.shutdown() leaves SIGTERM at its default: the report is still ours to close
     if aborted is not None:
         # closed only now, with our head (and every trial process on it) stopped: a trial that was starting when
         # the signal came cannot open its run after the open runs were listed and closed
-        raise abort_study(tracker, exp_id, exp_name, parent_id, aborted, resume_hint) from None
-    try:
-        return finish_study(tracker, grid, runtime, study, marked=marked, study_s=study_s, n_trials=n_trials,
-                            slots=max_conc, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
-                            profile_s=profile_s, profile=profile)
-    except KeyboardInterrupt as e:  # a signal while the report is built: the parent is closed KILLED, not left RUNNING
-        raise abort_study(tracker, exp_id, exp_name, parent_id, e, report_hint(tracker, parent_id, resume_hint,
-                                                                              exp_name)) from None
+        tracker, exp_id, parent_id = state.runs()
+        raise abort_study(tracker, exp_id, plan.exp_name, parent_id, aborted, plan.resume_hint) from None
 
 
-def _start_parent(tracker, exp_id: str, stamp: str, run_name: str, study: StudyConfig, t, source: str,
-                  study_text: str, n_trials: int, max_conc: int, storage_path: str, info: dict,
-                  base_tree: dict) -> str:
+def open_runs(state: StudyState) -> None:
+    """The parent run: reopened (--resume), reopened to add trials (--extend) or new (tune/parent.py); state's
+    tracker, exp_id, parent_id and run_name are set as each is known, so an abort closes what is open. Then the
+    around_critical placement logged on it, the lost-head watch, and the study's first lines."""
+    from largebatch.raywatch import on_cluster_lost
+    from largebatch.tracking import Tracker
+    from largebatch.tracking_store import database_scheme
+    from largebatch.tune.abort import abort_study
+    from largebatch.tune.critical import log_placement
+    from largebatch.tune.parent import open_parent
+
+    plan = state.plan
+    t, exp_name, tracking_uri, target = plan.study.tuner, plan.exp_name, plan.tracking_uri, plan.target
+    tracker = state.tracker = Tracker(tracking_uri)
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:") or database_scheme(tracking_uri) is not None:  # not <cwd>/mlruns
+        artifact_location = (Path(plan.run_root).resolve() / "mlartifacts").as_uri()
+    exp_id = state.exp_id = tracker.experiment_id(exp_name, artifact_location)
+    if target is not None:
+        parent_id = target["parent_id"]
+        state.run_name, state.parent_id = target["run_name"], parent_id
+        tracker.reopen(parent_id)  # an aborted driver left it KILLED/FAILED
+    else:
+        open_parent(state, tracker, exp_id)
+    parent_id = state.runs()[2]
+    log_placement(tracker, parent_id, plan.critical)
+    # the head lost while the main thread is blocked in Ray: the watch's thread closes the runs (raywatch.py)
+    state.undo_lost = on_cluster_lost(
+        lambda e: str(abort_study(tracker, exp_id, exp_name, parent_id, e, plan.resume_hint)))
+    print(f"[largebatch] study {exp_name!r}: {plan.n_trials} trials, {state.max_conc} at a time, "
+          f"{t.workers_per_trial} worker(s) x {t.cpus_per_worker} CPU each; MLflow {redact_uri(tracking_uri)} "
+          f"(parent run {parent_id}); storage {redact_uri(plan.storage_path)}", flush=True)
+    if target is not None:
+        print(f"[largebatch] resuming {redact_uri(target['path'])} (finished trials are kept, unfinished ones "
+              f"resume from their last checkpoint)", flush=True)
+
+
+def run_trials(state: StudyState, fingerprint: Optional[Future]) -> None:
+    """The run stage: each batch size's step time measured alone, before any trial shares the machine
+    (tune/throughput.py), then Tune's fit, then every child run that did not log its own end closed."""
+    from largebatch.report.speed import step_times
+    from largebatch.tune import progress
+    from largebatch.tune.throughput import study_profile
+
+    plan, stopper = state.plan, state.plan.stopper
+    tracker, exp_id, parent_id = state.runs()
+    runtime = state.runtime = _runtime(state)
+    tuner = _tuner(state, runtime)
+    display = _display(state)
+    progress.activate(display, runtime)
+    t0 = time.time()
+    profile = state.profile = study_profile(plan.study, tracker, parent_id, plan.base_tree, plan.baseline_tree,
+                                            plan.run_root, plan.target is not None, fingerprint=fingerprint)
+    state.profile_s = time.time() - t0
+    display.step_s = step_times(profile)  # projected times to target, as the report's (report/speed.py)
+    if stopper is not None and plan.target is None:  # tuner.budget_runs: step times, unit, gate (tune/stopper.py)
+        stopper.plan(profile, runtime, plan.searcher)
+    display.start()
+    state.grid = _fit(tuner, display, plan.storage_path)
+    state.study_s = time.time() - t0
+    state.marked = _mark_unfinished(tracker, exp_id, parent_id, state.grid, stopper.stopped if stopper else {})
+    if stopper is not None and stopper.budget_runs is not None:
+        runtime.extra["budget"] = stopper.finish()  # what the budget did: printed, and for the report
+
+
+def _runtime(state: StudyState) -> StudyRuntime:
+    """What every trial shares (tune/runtime.py)."""
+    from largebatch.tune.runtime import StudyRuntime
+
+    plan, t = state.plan, state.plan.study.tuner
+    _, exp_id, parent_id = state.runs()
+    return StudyRuntime(
+        base_tree=plan.base_tree, baseline_tree=plan.baseline_tree, source=plan.source, seeds=tuple(t.seeds),
+        workers_per_trial=t.workers_per_trial, cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu,
+        max_failures=t.max_failures, train_sizes=plan.train_sizes, tracking_uri=plan.tracking_uri,
+        experiment_id=exp_id, parent_run_id=parent_id, run_name=state.run_name, storage_path=plan.storage_path,
+        placement_strategy="SPREAD" if state.info["nodes"] > 1 else "PACK", in_process=plan.in_process,
+        cwd=plan.cwd, credentials=plan.study.credentials())
+
+
+def _tuner(state: StudyState, runtime: StudyRuntime) -> Tuner:
+    """Tune's Tuner, each trial holding its resources; a resumed study's comes back from its run folder."""
+    from ray import tune
+
+    from largebatch.tune.trainable import tune_trial
+
+    plan, t = state.plan, state.plan.study.tuner
+    resources: dict[str, float]
+    if plan.in_process:  # the trial's process trains: it holds the worker's CPUs (and GPU)
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    else:
+        # The trial's function holds no CPU (its DDP workers hold them): a bundle of {CPU: 0} alone is refused,
+        # so it takes 1 MiB of "memory", which every node has. The ConcurrencyLimiter caps how many run at once.
+        resources = {"CPU": 0, "memory": 2**20}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, rt=runtime), resources)
+    if plan.target is not None:
+        # the searcher (and its position), scheduler and trial list come back from the run folder
+        return tune.Tuner.restore(plan.target["path"], trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    return _new_tuner(state, trainable)
+
+
+def _new_tuner(state: StudyState, trainable: Callable[..., Any]) -> Tuner:
+    """A new study's Tuner: the searcher behind a ConcurrencyLimiter (sha: and HeldSearch), the scheduler, the
+    stopper, the progress callback."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
+
+    from largebatch import quiet
+    from largebatch.tune import progress
+
+    plan, t, in_process = state.plan, state.plan.study.tuner, state.plan.in_process
+    limited = ConcurrencyLimiter(plan.searcher, max_concurrent=state.max_conc)
+    search_alg: Searcher | SearchAlgorithm = limited
+    if hasattr(plan.scheduler, "holding"):  # sha: trial processes kept between rungs (tune/sha.py HeldSearch)
+        from largebatch.tune.sha import HeldSearch
+
+        search_alg = HeldSearch(limited)
+    # the ConcurrencyLimiter alone caps concurrency (Tune warns when max_concurrent_trials repeats it);
+    # verbose=0 with the old output engine keeps Tune's tables off (largebatch/quiet.py)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=search_alg,
+                                    reuse_actors=in_process,  # one process, its data cache, many trials
+                                    scheduler=plan.scheduler, num_samples=plan.n_trials, metric=t.metric,
+                                    mode=t.mode, time_budget_s=t.time_budget_s),
+        run_config=tune.RunConfig(name=state.run_name, storage_path=plan.storage_path, verbose=quiet.tune_verbose(),
+                                  stop=plan.stopper,
+                                  # in-process trials: Tune restarts a killed trial from its checkpoint
+                                  # (TorchTrainer trials: Ray Train restarts their workers itself)
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=t.max_failures if in_process else 0),
+                                  checkpoint_config=tune.CheckpointConfig(
+                                      num_to_keep=plan.study.base.checkpoint.num_to_keep),
+                                  callbacks=[progress.create_callback()]),
+    )
+
+
+def _display(state: StudyState) -> StudyDisplay:
+    """The study's progress on the console (largebatch/console.py)."""
+    from largebatch import quiet
+    from largebatch.console import StudyDisplay, wants_live
+    from largebatch.metrics import summary_name
     from largebatch.report.target import explicit_target
-    from largebatch.tracking import KIND_TAG
 
-    parent_id = tracker.start_run(exp_id, f"study {stamp}", params={
-        **{f"tuner.{k}": v for k, v in t.model_dump(mode="json").items()},
-        **{f"report.{k}": v for k, v in study.report.model_dump(mode="json").items()},  # tolerance and its units
-        "study": study.name, "source": source, "n_trials": n_trials, "max_concurrent": max_conc,
-        "report.tolerance": study.report.tolerance, "storage": redact_uri(storage_path),
-        "report.target": explicit_target(t.metric, study.base.budget.target_val_acc),
-        "search_keys": ",".join(study.search)},
-        tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
-              "ray_nodes": str(info["nodes"]), "storage": redact_uri(storage_path), "run_name": run_name})
-    tracker.log_text(parent_id, study_text, "study.yaml")
-    tracker.log_text(parent_id, json.dumps({"search": study.search, "baseline": study.baseline,
-                                            "resolved_base": flatten(base_tree)}, indent=2, default=str),
-                     "search_space.json")
-    return parent_id
+    plan, t = state.plan, state.plan.study.tuner
+    return StudyDisplay(title=plan.exp_name, total=plan.n_trials, metric=t.metric, score=summary_name(t.metric),
+                        mode=t.mode or "max", slots=state.max_conc,
+                        live=plan.live and wants_live() and not quiet.is_verbose(),
+                        # the best so far on the report's basis: tolerance, units, target, step times
+                        tolerance=plan.study.report.tolerance, units=plan.study.report.tolerance_units,
+                        target=explicit_target(t.metric, plan.study.base.budget.target_val_acc))
+
+
+def _fit(tuner: Tuner, display: StudyDisplay, storage_path: str) -> ResultGrid | list:
+    """Tune's results, or the trials it ended with (tune/progress.py) when it cannot read them back."""
+    from largebatch.tune import progress
+
+    try:
+        return tuner.fit()
+    except Exception as e:
+        # once every trial has ended, Ray reads the study's results back from storage (tune/tune.py `run` ->
+        # ExperimentAnalysis): with S3 down that raises, though nothing is lost (docs/design.md §10)
+        ended = progress.ended_results()
+        if ended is None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(redact_uri(f"[largebatch] Tune could not read the results back from {storage_path} "
+                         f"({type(e).__name__}: {first}); using the trials it ended with"), flush=True)
+        return ended
+    finally:
+        display.stop()
+        progress.deactivate()
+
+
+def close_study(state: StudyState) -> dict[str, Any]:
+    """The close stage (tune/finish.py): the report, the parent run's status (FAILED without a verdict: the CLI
+    exits 1). A signal while the report is built closes the parent KILLED, not left RUNNING."""
+    from largebatch.tune.abort import abort_study, report_hint
+    from largebatch.tune.finish import StudyEnd, report_study
+
+    plan = state.plan
+    tracker, exp_id, parent_id = state.runs()
+    assert state.runtime is not None and state.grid is not None  # run_trials set both
+    try:
+        return report_study(StudyEnd(tracker, state.grid, state.runtime, plan.study, marked=state.marked,
+                                     study_s=state.study_s, n_trials=plan.n_trials, slots=state.max_conc,
+                                     exp_name=plan.exp_name, run_root=plan.run_root, mlflow_uri=plan.mlflow_uri,
+                                     profile=state.profile, profile_s=state.profile_s))
+    except KeyboardInterrupt as e:  # a signal while the report is built: the parent is closed KILLED, not left RUNNING
+        raise abort_study(tracker, exp_id, plan.exp_name, parent_id, e,
+                          report_hint(tracker, parent_id, plan.resume_hint, plan.exp_name)) from None
 
 
 def _open_children(tracker, exp_id: str, parent_id: str) -> list:

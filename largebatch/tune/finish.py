@@ -3,8 +3,9 @@ local folder first, then copied to s3:// storage and logged on the parent run (d
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from largebatch.config import StudyConfig
 from largebatch.console import command_start
@@ -12,52 +13,108 @@ from largebatch.redact import redact_uri
 from largebatch.tune.runtime import StudyRuntime
 from largebatch.vocab import Status
 
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
+
+    from largebatch.tracking import Tracker
+
+
+@dataclass
+class StudyEnd:
+    """What the close stage reads (tune/driver.py close_study): Tune's results, the trials' runtime, the study and
+    what the run stage measured and could not log."""
+    tracker: Tracker
+    grid: ResultGrid | list
+    rt: StudyRuntime
+    study: StudyConfig
+    marked: Optional[str]  # what closing the unfinished trials' runs could not log (MLflow down)
+    study_s: float
+    n_trials: int
+    slots: int
+    exp_name: str
+    run_root: str
+    mlflow_uri: Optional[str]
+    profile: Optional[dict] = None
+    profile_s: float = 0.0
+
 
 def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked: Optional[str], study_s: float,
                  n_trials: int, slots: int, exp_name: str, run_root: str,
                  mlflow_uri: Optional[str], profile: Optional[dict] = None, profile_s: float = 0.0) -> dict[str, Any]:
+    """`report_study` with its StudyEnd given field by field."""
+    return report_study(StudyEnd(tracker, grid, rt, study, marked=marked, study_s=study_s, n_trials=n_trials,
+                                 slots=slots, exp_name=exp_name, run_root=run_root, mlflow_uri=mlflow_uri,
+                                 profile=profile, profile_s=profile_s))
+
+
+def report_study(end: StudyEnd) -> dict[str, Any]:
     """The report, after Tune is done: built from MLflow (from Tune's results if MLflow cannot be read), written to
     a local folder, copied to s3:// storage, logged on the parent run, printed."""
-    from largebatch.metrics import summary_name
-    from largebatch.report import build_report, format_table, write_report
-    from largebatch.report.target import explicit_target
-    from largebatch.tune.costs import costs_line, study_costs
-    from largebatch.report.html import write_html
-    from largebatch.storage import report_dir_for, upload_dir
-    from largebatch.records import records_from_mlflow
-    from largebatch.tracking import tracking_error, with_retry
-    from largebatch.failures import no_verdict
-
-    t = study.tuner
-    tracking_uri, exp_id, parent_id = rt.tracking_uri, rt.experiment_id, rt.parent_run_id
-    storage_path, run_name = rt.storage_path, rt.run_name
     # From here on nothing stops on MLflow or S3 being down (docs/design.md §10): the report is always written to a
     # local folder first; what could not be logged or uploaded is said in one line, with where the report is.
-    unlogged: list[str] = [] if marked is None else [marked]
-    unlogged += _unpersisted_checkpoints(grid, rt)
+    unlogged: list[str] = [] if end.marked is None else [end.marked]
+    unlogged += _unpersisted_checkpoints(end.grid, end.rt)
+    records = _records(end, unlogged)
+    report, verdict = _report(end, records)
+    local_dir, where = _write(end, report, records, unlogged)
+    _close_parent(end, report, records, local_dir, verdict)
+    unlogged += [f"MLflow: {u}" for u in end.tracker.unlogged]
+    _print_end(end, report, where[0], local_dir, unlogged)
+    return report
+
+
+def _records(end: StudyEnd, unlogged: list[str]) -> list[dict]:
+    """The trial records from MLflow; from Tune's results when MLflow cannot be read (said in `unlogged`)."""
+    from largebatch.records import records_from_mlflow
+    from largebatch.tracking import tracking_error, with_retry
+
+    rt = end.rt
     try:
-        records = with_retry(lambda: records_from_mlflow(tracking_uri, exp_id, parent_id))
+        return with_retry(lambda: records_from_mlflow(rt.tracking_uri, rt.experiment_id, rt.parent_run_id))
     except Exception as e:
-        records = _records_from_tune(grid, rt)
+        records = _records_from_tune(end.grid, rt)
         unlogged.append(f"the trial records (read from Tune's results instead: {tracking_error(e)})")
+        return records
+
+
+def _report(end: StudyEnd, records: list[dict]) -> tuple[dict[str, Any], Optional[str]]:
+    """The report dict, with the study's section (cost and payback: report/verdict.py), and the line saying why the
+    study has no verdict (None: it has one)."""
+    from largebatch.failures import no_verdict
+    from largebatch.metrics import summary_name
+    from largebatch.report import build_report
+    from largebatch.report.target import explicit_target
+    from largebatch.tune.costs import study_costs
+
+    study, rt, t = end.study, end.rt, end.study.tuner
     report = build_report(records, tolerance=study.report.tolerance, metric=summary_name(t.metric),
-                          mode=t.mode or "max", units=study.report.tolerance_units, profile=profile,
+                          mode=t.mode or "max", units=study.report.tolerance_units, profile=end.profile,
                           target=explicit_target(t.metric, study.base.budget.target_val_acc))
-    report["study"] = {"name": exp_name, "parent_run_id": parent_id, "experiment_id": exp_id,
-                       "tracking_uri": redact_uri(tracking_uri), "storage": redact_uri(storage_path),
-                       "study_s": study_s,
-                       "n_trials": n_trials, **report.get("study", {})}  # cost and payback: report/verdict.py
-    report["study"].update(study_costs(records, study_s, slots, profile_s))
+    report["study"] = {"name": end.exp_name, "parent_run_id": rt.parent_run_id, "experiment_id": rt.experiment_id,
+                       "tracking_uri": redact_uri(rt.tracking_uri), "storage": redact_uri(rt.storage_path),
+                       "study_s": end.study_s,
+                       "n_trials": end.n_trials, **report.get("study", {})}  # cost and payback: report/verdict.py
+    report["study"].update(study_costs(records, end.study_s, end.slots, end.profile_s))
     if rt.extra.get("budget"):  # tuner.budget_runs: what the budget did (tune/stopper.py TargetStopper.accounts)
         report["study"]["budget"] = rt.extra["budget"]
     # every trial failed, or the baseline did: the CLI exits 1 (failures.py). No record in MLflow (e.g. every trial
     # died before its run was created): Tune's results say what happened
-    verdict = no_verdict(records or _records_from_tune(grid, rt))
+    verdict = no_verdict(records or _records_from_tune(end.grid, rt))
     if verdict is not None:
         report["study"]["no_verdict"] = verdict
-    out_dir = report_dir_for(storage_path, run_name, run_root)
+    return report, verdict
+
+
+def _write(end: StudyEnd, report: dict, records: list[dict], unlogged: list[str]) -> tuple[Path, list[str]]:
+    """The report's files in a local folder, then copied to s3:// storage: (that folder, where the report is, the
+    s3:// copy first when it took)."""
+    from largebatch.report import write_report
+    from largebatch.report.html import write_html
+    from largebatch.storage import report_dir_for, upload_dir
+
+    out_dir = report_dir_for(end.rt.storage_path, end.rt.run_name, end.run_root)
     # an s3:// report is written here first and stays (the copy to read if the upload fails)
-    local_dir = Path(run_root) / run_name / "report" if out_dir.startswith("s3://") else Path(out_dir)
+    local_dir = Path(end.run_root) / end.rt.run_name / "report" if out_dir.startswith("s3://") else Path(out_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
     write_report(report, records, local_dir)
     write_html(report, local_dir)  # report/report.html: the MLflow UI's artifact view shows it as a page
@@ -68,25 +125,37 @@ def finish_study(tracker, grid, rt: StudyRuntime, study: StudyConfig, *, marked:
             where.insert(0, redact_uri(out_dir))
         except Exception as e:  # BadInput from s3.py: one line naming the endpoint problem
             unlogged.append(f"the report upload to {redact_uri(out_dir)} ({redact_uri(str(e))})")
+    return local_dir, where
+
+
+def _close_parent(end: StudyEnd, report: dict, records: list[dict], local_dir: Path, verdict: Optional[str]) -> None:
+    """The report on the parent run (artifacts, descriptions, headline metrics), and its status."""
+    tracker, parent_id = end.tracker, end.rt.parent_run_id
     tracker.log_artifacts(parent_id, local_dir, "report")
     _describe_runs(tracker, parent_id, records, report)
-    tracker.log_final(parent_id, {"study_s": study_s, "max_safe_batch": report.get("max_safe_batch") or 0,
+    tracker.log_final(parent_id, {"study_s": end.study_s, "max_safe_batch": report.get("max_safe_batch") or 0,
                                   **_headline(report)}, Status.COMPLETED.value, verdict)
     # no verdict: the run shows FAILED with the line as its reason; its status tag stays completed (every trial
     # ended, so --resume has nothing to continue and --extend may add trials)
     tracker.end_run(parent_id, "FINISHED" if verdict is None else "FAILED")
-    unlogged += [f"MLflow: {u}" for u in tracker.unlogged]
+
+
+def _print_end(end: StudyEnd, report: dict, where: str, local_dir: Path, unlogged: list[str]) -> None:
+    """The report's table and where it is, the study's costs, what could not be logged, how to browse it."""
+    from largebatch.report import format_table
+    from largebatch.tune.costs import costs_line
+
     print(format_table(report))
-    print(f"[largebatch] report: {where[0]}/report.md and report.html  (MLflow parent run {parent_id}, "
-          f"{study_s:.0f} s)")
+    print(f"[largebatch] report: {where}/report.md and report.html  (MLflow parent run {end.rt.parent_run_id}, "
+          f"{end.study_s:.0f} s)")
     command_s = time.time() - command_start()
-    print(costs_line(report["study"], study_s, command_s))
+    print(costs_line(report["study"], end.study_s, command_s))
     if unlogged:  # also kept beside the local report, for whoever finds it there
         (local_dir / "not_logged.txt").write_text(redact_uri("\n".join(unlogged)) + "\n")
         print(redact_uri(f"[largebatch] not logged: {'; '.join(unlogged)}. The whole report is in {local_dir}"),
               flush=True)
+    mlflow_uri = end.mlflow_uri
     print("[largebatch] browse it: largebatch ui" + (f" --mlflow {redact_uri(mlflow_uri)}" if mlflow_uri else ""))
-    return report
 
 
 def _headline(report: dict) -> dict[str, float]:

@@ -7,7 +7,12 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    import torch
 
 BUDGET_S = 4.0  # per batch size, warm-up included
 MAX_STEPS = 300
@@ -148,8 +153,6 @@ class _Runner:
 
         from largebatch.train.loop import DIVERGENCE_CHECK_STEPS, apply_update
 
-        task, opt, scaler, o, net = self.task, self.opt, self.scaler, self.cfg.optim, self.net
-        accum, step_sums, world = self.res.grad_accum_steps, self.step_sums, self.world
         times: list[float] = []
         cpu: list[float] = []
         proc: list[float] = []
@@ -158,31 +161,12 @@ class _Runner:
         t_start = t0 = time.perf_counter()
         c0, p0 = time.thread_time(), time.process_time()
         while True:
-            f0 = time.perf_counter()
-            micro = iter(next(self._stream))
-            fed = time.perf_counter() - f0
-            i = 0
-            while True:
-                f0 = time.perf_counter()
-                item = next(micro, None)
-                fed += time.perf_counter() - f0
-                if item is None:
-                    break
-                xb, yb = item
-                # gradients are all-reduced only on the last micro-step (DDP no_sync on the others), as in the loop
-                with (no_context if world == 1 or i == accum - 1 else net.no_sync()):
-                    with self.amp:
-                        out = net(xb)
-                        loss = task.loss(out, yb)
-                    scaled = loss if accum == 1 else loss / accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                step_sums.add(loss.detach(), len(yb), out.detach(), yb)
-                i += 1
-            apply_update(opt, scaler, self.model, o.grad_clip_norm)
+            fed, loss = self._accumulate(no_context)
+            apply_update(self.opt, self.scaler, self.model, self.cfg.optim.grad_clip_norm)
             self.steps += 1
             if self.steps % DIVERGENCE_CHECK_STEPS == 0:  # the loop's periodic flush and sync (+1 all-reduce)
-                chk = torch.stack([step_sums.flush()[0], loss.detach().double()])
-                if world > 1:
+                chk = torch.stack([self.step_sums.flush()[0], loss.detach().double()])
+                if self.world > 1:
                     dist.all_reduce(chk, op=dist.ReduceOp.SUM)
                 chk.tolist()
             if self.device.type == "cuda":
@@ -193,15 +177,49 @@ class _Runner:
             proc.append(p1 - p0)
             inputs.append(fed)
             stop = len(times) >= max_steps or (t1 - t_start >= budget_s and len(times) >= min_steps)
-            if world > 1:  # every rank stops at the same step: any rank's stop is everyone's (not timed)
-                flag = torch.tensor([float(stop)], device=self.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item())
+            if self.world > 1:  # every rank stops at the same step: any rank's stop is everyone's (not timed)
+                stop = self._agree(stop)
                 t1, c1, p1 = time.perf_counter(), time.thread_time(), time.process_time()
             if stop:
                 break
             t0, c0, p0 = t1, c1, p1
         return times, cpu, proc, inputs
+
+    def _accumulate(self, no_context: AbstractContextManager) -> tuple[float, torch.Tensor]:
+        """One global batch's forward and backward passes, micro-batch by micro-batch (gradients all-reduced on the
+        last only): (the wall-clock spent producing its batches, the last micro-batch's loss)."""
+        task, scaler, net = self.task, self.scaler, self.net
+        accum, step_sums, world = self.res.grad_accum_steps, self.step_sums, self.world
+        f0 = time.perf_counter()
+        micro = iter(next(self._stream))
+        fed = time.perf_counter() - f0
+        i = 0
+        while True:
+            f0 = time.perf_counter()
+            item = next(micro, None)
+            fed += time.perf_counter() - f0
+            if item is None:
+                break
+            xb, yb = item
+            # gradients are all-reduced only on the last micro-step (DDP no_sync on the others), as in the loop
+            with (no_context if world == 1 or i == accum - 1 else net.no_sync()):
+                with self.amp:
+                    out = net(xb)
+                    loss = task.loss(out, yb)
+                scaled = loss if accum == 1 else loss / accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            step_sums.add(loss.detach(), len(yb), out.detach(), yb)
+            i += 1
+        return fed, loss
+
+    def _agree(self, stop: bool) -> bool:
+        """This rank's stop flag all-reduced (max): every rank stops at the same step."""
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(stop)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def _warm(n: int) -> int:
