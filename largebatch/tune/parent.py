@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from largebatch.config import flatten
 from largebatch.redact import redact_uri
+from largebatch.tracking import RUN_NAME_TAG
 from largebatch.tune.plan import StudyState
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _start_parent(state: StudyState, tracker: Tracker, exp_id: str, stamp: str) 
         "report.target": explicit_target(t.metric, study.base.budget.target_val_acc),
         "search_keys": ",".join(study.search)},
         tags={KIND_TAG: "study", "git_commit": _git_commit(), "ray_address": info["address"],
-              "ray_nodes": str(info["nodes"]), "storage": redact_uri(storage_path), "run_name": state.run_name})
+              "ray_nodes": str(info["nodes"]), "storage": redact_uri(storage_path), RUN_NAME_TAG: state.run_name})
     tracker.log_text(parent_id, plan.study_text, "study.yaml")
     tracker.log_text(parent_id, json.dumps({"search": study.search, "baseline": study.baseline,
                                             "resolved_base": flatten(plan.base_tree)}, indent=2, default=str),
