@@ -76,7 +76,7 @@ def _ray_datasets(res: Resolved) -> dict[str, Any]:
 
 def read_history(checkpoint) -> tuple[list[dict], dict]:
     """(per-epoch history, loop state) from a trial checkpoint (local or on S3)."""
-    from largebatch.train.loop import HISTORY_FILE
+    from largebatch.train.events import HISTORY_FILE
 
     if checkpoint is None:
         return [], {}
