@@ -13,8 +13,8 @@ holds that line.
 
 We use `MlflowClient` with explicit run ids (no fluent global state), so concurrent trials and restarted workers
 log to the right run. Per-epoch metrics are logged by rank 0 only (`EpochLogger`), before the epoch's checkpoint is
-reported (train/ray_worker.py, inprocess.py); on resume it backfills the checkpoint's epochs missing from MLflow, so
-each epoch lands exactly once.
+reported (train/runner.py, for train/ray_worker.py and inprocess.py); on resume it backfills the checkpoint's
+epochs missing from MLflow, so each epoch lands exactly once.
 
 A tracking server that goes away mid-study stops nothing (docs/design.md §10): each MLflow call gives up quickly
 (`HTTP_DEFAULTS`) and ours are retried with backoff for a bounded time (`with_retry`, LARGEBATCH_TRACKING_RETRY_S);
