@@ -53,6 +53,13 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
 
+# Our own head stops at once: Ray 2.60's `ray start --block` drains its node on SIGTERM for up to 30 s (for Serve
+# replicas on Kubernetes, ray/_private/node.py `_drain_node_before_shutdown`), and a node a Train or Tune run had
+# used waited out the whole 30 s (+ 10 s for its agents) after the driver had disconnected: every `largebatch train`
+# and `tune` on the local head ended 40 s after its report. Nothing runs on the head by then; a user's value wins.
+HEAD_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
 def _train_env() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
 
@@ -226,8 +233,9 @@ class LocalHead:
         # RAY_AUTH_TOKEN would win over our token file: a user's cluster token must not reach this head
         base = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
         hook = {} if self.full else {"RAY_START_HOOK": f"{__name__}._no_client_server"}
-        return {**base, **_train_env(), **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(), **hook,
-                "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+        head = {k: os.environ.get(k, v) for k, v in HEAD_ENV.items()}
+        return {**base, **_train_env(), **head, **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(),
+                **hook, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
 
     def start(self, timeout_s: float = 180.0) -> "LocalHead":  # 6.5 s quiet; minutes on a loaded 2-core box
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
