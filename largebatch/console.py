@@ -14,9 +14,13 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Optional, TextIO
 
 from largebatch.vocab import PROBLEM_STATUSES, Status
+
+if TYPE_CHECKING:  # rich is imported when the live view starts
+    from rich.console import Console
+    from rich.live import Live
 
 STATUS_EVERY_S = 30.0  # plain mode: a status line at most this often
 
@@ -94,13 +98,13 @@ class StudyDisplay:
     status_every_s: float = STATUS_EVERY_S
     trials: dict[str, TrialView] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.t0 = command_start()  # the study's time counts from the command's start: Ray's start-up included
         self._end: Optional[float] = None  # the estimated end of the study (eta_s)
         self.finished = 0
         self._last_line = self.t0
-        self._live = None
-        self._console = None
+        self._live: Optional[Live] = None
+        self._console: Optional[Console] = None
 
     # ---------------------------------------------------------------- events
     def start(self) -> "StudyDisplay":
@@ -109,9 +113,9 @@ class StudyDisplay:
             from rich.live import Live
 
             self._console = Console(file=self.out)
-            self._live = Live(get_renderable=self._renderable, console=self._console, refresh_per_second=2,
-                              transient=False)
-            self._live.start()
+            self._live = live = Live(get_renderable=self._renderable, console=self._console, refresh_per_second=2,
+                                     transient=False)
+            live.start()
         return self
 
     def stop(self) -> None:
@@ -353,7 +357,7 @@ class StudyDisplay:
             print(line, file=self.out, flush=True)
 
     # ---------------------------------------------------------------- the live view
-    def _renderable(self):
+    def _renderable(self) -> Any:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
@@ -370,8 +374,9 @@ class StudyDisplay:
         running = self.running()
         if running:
             table = Table(box=None, padding=(0, 2), show_edge=False, header_style="dim")
-            for col, justify in (("running trial", "left"), ("epoch", "right"), (self.metric, "right"),
-                                 ("examples/s", "right")):
+            columns: list[tuple[str, Literal["left", "right"]]] = [
+                ("running trial", "left"), ("epoch", "right"), (self.metric, "right"), ("examples/s", "right")]
+            for col, justify in columns:
                 table.add_column(col, justify=justify)
             for v in running:
                 table.add_row(v.name, f"{v.epoch}/{v.epochs or '?'}", fmt_metric(self.metric, v.metric),
