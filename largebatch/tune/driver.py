@@ -50,9 +50,34 @@ def run_study(study: StudyConfig, *, source: str, study_text: str, name: Optiona
                       run_root=run_root, resume_hint=resume_hint, live=live)
     preflight_study(plan, resume=resume, extend=extend)
     fingerprint = None if resume else fingerprint_while_ray_starts(plan.study, plan.base_tree)  # the profile's key
+    import_before_ray()
     state = StudyState(plan, init_ray(address))
     _on_ray(state, fingerprint)
     return close_study(state)
+
+
+# Every package module the stages import once Ray runs. Inside `ray job submit` the package is the job's working_dir
+# copy on the head, and an import in the seconds after the driver joined Ray failed once in CI under load
+# (ModuleNotFoundError for tune/parent.py, which the package holds); run_study imports them all before Ray starts,
+# as it did before the stages were split out. tests/unit/test_driver_imports.py keeps this list complete.
+AFTER_RAY_IMPORTS = (
+    "largebatch.config.names", "largebatch.console", "largebatch.errors", "largebatch.failures",
+    "largebatch.interrupts", "largebatch.metrics", "largebatch.quiet", "largebatch.raylib", "largebatch.raywatch",
+    "largebatch.records", "largebatch.report", "largebatch.report.html", "largebatch.report.speed",
+    "largebatch.report.target", "largebatch.storage", "largebatch.tasks", "largebatch.tasks.build",
+    "largebatch.tracking", "largebatch.tracking_store", "largebatch.train.persist", "largebatch.train.trial",
+    "largebatch.tune.abort", "largebatch.tune.costs", "largebatch.tune.critical", "largebatch.tune.extend",
+    "largebatch.tune.finish", "largebatch.tune.parent", "largebatch.tune.plan", "largebatch.tune.progress",
+    "largebatch.tune.runtime", "largebatch.tune.schedulers", "largebatch.tune.sha", "largebatch.tune.space",
+    "largebatch.tune.stopper", "largebatch.tune.study_runs", "largebatch.tune.throughput", "largebatch.tune.trainable",
+)
+
+
+def import_before_ray() -> None:
+    import importlib
+
+    for name in AFTER_RAY_IMPORTS:
+        importlib.import_module(name)
 
 
 def _on_ray(state: StudyState, fingerprint: Optional[Future]) -> None:
