@@ -60,8 +60,13 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 HEAD_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
+def _env_defaults(defaults: dict[str, str]) -> dict[str, str]:
+    """`defaults`, each overridden by the value this process's environment has for it."""
+    return {k: os.environ.get(k, v) for k, v in defaults.items()}
+
+
 def _train_env() -> dict[str, str]:
-    return {k: os.environ.get(k, v) for k, v in TRAIN_ENV.items()}
+    return _env_defaults(TRAIN_ENV)
 
 
 DASHBOARD_ENV = "LARGEBATCH_RAY_DASHBOARD"  # "1": the local head with Ray's dashboard, client server and monitor
@@ -233,9 +238,8 @@ class LocalHead:
         # RAY_AUTH_TOKEN would win over our token file: a user's cluster token must not reach this head
         base = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
         hook = {} if self.full else {"RAY_START_HOOK": f"{__name__}._no_client_server"}
-        head = {k: os.environ.get(k, v) for k, v in HEAD_ENV.items()}
-        return {**base, **_train_env(), **head, **self.extra_env, "RAY_ADDRESS": self.address, **self.auth_env(),
-                **hook, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+        return {**base, **_train_env(), **_env_defaults(HEAD_ENV), **self.extra_env, "RAY_ADDRESS": self.address,
+                **self.auth_env(), **hook, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
 
     def start(self, timeout_s: float = 180.0) -> "LocalHead":  # 6.5 s quiet; minutes on a loaded 2-core box
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from largebatch.raylib import descendants, free_port, is_running, stop_process, write_private_token
+from largebatch.raylib import HEAD_ENV, descendants, free_port, is_running, stop_process, write_private_token
 from netwait import wait_http  # noqa: F401  (the e2e tests import it from here)
 from overlap import max_overlap  # noqa: F401  (the e2e tests import it from here)
 
@@ -87,8 +87,8 @@ class RayNodes:
         self.address, self.dashboard = f"127.0.0.1:{self.port}", f"http://127.0.0.1:{self.dash}"
         self.env = {**os.environ, **base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
                     "RAY_ADDRESS": self.address, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-                    # stopped with nothing on them: no 30 s SIGTERM drain per node (as our own head, raylib.HEAD_ENV)
-                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                    # stopped with nothing on them: no 30 s SIGTERM drain per node, as our own head
+                    **HEAD_ENV,
                     "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
