@@ -17,7 +17,6 @@ from largebatch.config import StudyConfig
 from largebatch.redact import redact_uri
 from largebatch.tune.abort import child_runs
 from largebatch.tune.plan import StudyState
-from largebatch.tune.plan import _train_sizes, create_scheduler  # noqa: F401 (their old home: tests import them here)
 from largebatch.vocab import Status
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import numpy as np
 import yaml
 
 from largebatch.config import load_study
-from largebatch.tune.driver import _train_sizes
+from largebatch.tune.plan import _train_sizes
 from largebatch.tune.runtime import StudyRuntime
 
 
@@ -68,7 +68,7 @@ def test_a_subset_beyond_the_trials_own_data_is_a_clear_error(tmp_path):
 
 
 def test_asha_first_rung_never_falls_inside_a_warmup(tmp_path):
-    from largebatch.tune.driver import create_scheduler
+    from largebatch.tune.plan import create_scheduler
     from largebatch.tune.schedulers import asha_grace_epochs
 
     study_file = tmp_path / "asha.yaml"
